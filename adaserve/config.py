@@ -1,0 +1,43 @@
+"""Frozen engine configuration. Plain data; no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "smollm2-135m"
+    device: str = "cpu"
+    dtype: str = "float32"
+    # KV cache: total bytes for K and V of all layers; split into blocks of `block_size` tokens.
+    kv_cache_memory: int = 512 * MiB
+    block_size: int = 16
+    # Per-step limits (continuous batching with chunked prefill).
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 512
+    # None: the model's max_position_embeddings.
+    max_model_len: int | None = None
+    # Pack linear weights for oneDNN on CPU (2-2.6x faster for small token counts here).
+    cpu_packed_linear: bool = True
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.kv_cache_memory <= 0:
+            raise ValueError("block_size and kv_cache_memory must be positive")
+        if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+
+
+def parse_memory(text: str | int) -> int:
+    """'512MiB', '2GiB', '1.5G', '300M' or a number of bytes -> bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if s and s[-1] in units:
+        return int(float(s[:-1]) * units[s[-1]])
+    return int(float(s))

@@ -1,0 +1,3 @@
+from adaserve.kv.manager import BlockPool, KVCacheManager
+
+__all__ = ["BlockPool", "KVCacheManager"]
