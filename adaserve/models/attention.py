@@ -41,13 +41,16 @@ class SeqSpec:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new K/V is written to
     block_tables: torch.Tensor  # [num_seqs, max_blocks] int64, padded with block 0
-    query_index: torch.Tensor  # [num_seqs, max_q_len] int64, flat token of each padded query
-    token_index: torch.Tensor  # [num_tokens] int64, padded position of each flat token
-    mask: torch.Tensor  # [num_seqs, 1, max_q_len, max_blocks * block_size] bool, True = attend
+    # [num_seqs, max_q_len] int64, flat token of each padded query; None when nothing is padded
+    query_index: torch.Tensor | None
+    token_index: torch.Tensor | None  # [num_tokens] int64, padded position of each flat token
+    # [num_seqs, 1, max_q_len, max_blocks * block_size] additive float mask: 0 = attend, -inf = not.
+    # Built once per step as floats so the layers don't convert a bool mask each time.
+    mask: torch.Tensor
 
 
 def build_attention_metadata(
-    seqs: list[SeqSpec], block_size: int, device: torch.device | str
+    seqs: list[SeqSpec], block_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32
 ) -> AttentionMetadata:
     num_seqs = len(seqs)
     max_q = max(s.num_new for s in seqs)
@@ -71,10 +74,11 @@ def build_attention_metadata(
         new_mask = s.tree_mask if s.tree_mask is not None else torch.ones(n, n).tril().bool()
         mask[i, 0, :n, c : c + n] = new_mask
         flat += n
+    padded = flat != num_seqs * max_q
     return AttentionMetadata(
         slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
         block_tables=block_tables.to(device),
-        query_index=query_index.to(device),
-        token_index=torch.tensor(token_index, dtype=torch.long, device=device),
-        mask=mask.to(device),
+        query_index=query_index.to(device) if padded else None,
+        token_index=torch.tensor(token_index, dtype=torch.long, device=device) if padded else None,
+        mask=torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf")).to(device),
     )

