@@ -24,6 +24,14 @@ class EngineConfig:
     cpu_packed_linear: bool = True
     num_threads: int | None = None
     seed: int = 0
+    # Speculative decoding: a draft model (preset, path...) or "ngram"; and the policy
+    # ("none", "chain:K", "static-tree", "dynamic-tree[:N[:DEPTH[:WIDTH]]]").
+    draft: str | None = None
+    spec_policy: str = "none"
+    draft_num_layers: int | None = None  # keep only the draft's first layers (a cheap weak draft)
+    draft_kv_cache_memory: int | None = None  # default: room for everything the target holds
+    ngram_min: int = 1
+    ngram_max: int = 4
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.kv_cache_memory <= 0:

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from adaserve.sampling import SamplingParams
+from adaserve.spec.stats import SpecStats
 
 
 class RequestStatus(enum.Enum):
@@ -39,6 +40,7 @@ class Request:
     stop_reason: int | str | None = None
     # Text decoded so far (kept by the engine's detokenizer) and the part already handed out.
     output_text: str = ""
+    spec_stats: SpecStats = field(default_factory=SpecStats)
 
     @property
     def all_ids(self) -> list[int]:

@@ -1,6 +1,7 @@
 """The engine: requests in, one scheduled step at a time, tokens out.
 
-    step = schedule -> run the model -> sample -> update requests (stop checks, finish, free KV)
+    step = schedule -> speculate + select (if a policy is set) -> target forward
+           -> sample or verify -> update requests (stop checks, finish, free KV)
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from typing import Callable
 import torch
 
 from adaserve.config import EngineConfig
+from adaserve.engine.builder import build_spec_decoder, build_target
 from adaserve.engine.model_runner import ModelRunner
 from adaserve.engine.sampler import Sampler
 from adaserve.engine.stop import StopChecker
-from adaserve.kv.manager import KVCacheManager
-from adaserve.models.loader import load_model, read_model_config
-from adaserve.models.sources import resolve_model
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
@@ -42,24 +41,16 @@ class EngineCore:
             torch.set_num_threads(config.num_threads)
         self.config = config
         self.clock = clock
-        self.device = torch.device(config.device)
-        self.dtype = getattr(torch, config.dtype)
-        self.model_dir = resolve_model(config.model)
-        self.model_config = read_model_config(self.model_dir)
-        self.tokenizer = _load_tokenizer(self.model_dir)
-        bytes_per_block = self.model_config.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
-        num_blocks = config.kv_cache_memory // bytes_per_block
-        if num_blocks < 1:
-            raise ValueError(f"--kv-cache-memory {config.kv_cache_memory} B holds no block ({bytes_per_block} B)")
-        self.kv = KVCacheManager(num_blocks, config.block_size)
-        model_max = config.max_model_len or self.model_config.max_position_embeddings
-        self.max_model_len = min(model_max, self.kv.capacity_tokens)
-        if self.max_model_len < model_max:
-            log.warning("max_model_len %d capped to the KV cache capacity %d", model_max, self.max_model_len)
-        model = load_model(self.model_dir, self.device, self.dtype, self.max_model_len, config.cpu_packed_linear)
-        self.runner = ModelRunner(model, self.kv, self.device, self.dtype)
-        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens)
+        target = build_target(config)
+        self.model_dir, self.model_config, self.tokenizer = target.model_dir, target.model_config, target.tokenizer
+        self.max_model_len = target.max_model_len
+        self.executor = target.executor
+        self.kv = self.executor.kv
+        self.runner = ModelRunner(self.executor)
         self.sampler = Sampler(config.seed)
+        self.spec = build_spec_decoder(config, target, self.sampler)
+        num_spec = self.spec.policy.max_tokens_per_seq if self.spec else 0
+        self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, num_spec)
         eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
@@ -103,41 +94,53 @@ class EngineCore:
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         step = self.scheduler.schedule()
+        for request in step.preempted:
+            if self.spec:
+                self.spec.free(request.request_id)
         if step.is_empty:
             return []
+        if self.spec:
+            self.spec.attach_trees(step)
+        verify_start = self.clock()
         forward = self.runner.run(step)
         now = self.clock()
         outputs = []
-        for chunk in step.chunks:
-            chunk.request.num_computed_tokens += chunk.num_new_tokens
-        for row, chunk_id in enumerate(forward.sampling_chunk_ids):
-            request = step.chunks[chunk_id].request
-            token_id = self.sampler.sample(forward.logits[row], request.request_id, request.params)
-            outputs.append(self._append_token(request, token_id, now))
+        for chunk, logits in zip(step.chunks, forward.logits):
+            request = chunk.request
+            if chunk.tree is not None:
+                new_tokens = self.spec.verify(chunk, logits)
+            else:
+                request.num_computed_tokens += chunk.num_new_tokens
+                if logits is None:
+                    continue
+                new_tokens = [self.sampler.sample(logits[0], request.request_id, request.params)]
+            outputs.append(self._append_tokens(request, new_tokens, now))
+        if self.spec:
+            self.spec.record_step(step, verify_seconds=now - verify_start, now=now)
         return outputs
 
-    def _append_token(self, request: Request, token_id: int, now: float) -> RequestOutput:
-        request.output_ids.append(token_id)
-        request.token_times.append(now)
+    def _append_tokens(self, request: Request, token_ids: list[int], now: float) -> RequestOutput:
+        appended = []
+        for token_id in token_ids:
+            request.output_ids.append(token_id)
+            request.token_times.append(now)
+            appended.append(token_id)
+            reason = self.stop_checker.check(request)
+            if reason is not None:
+                self._finish(request, reason)
+                break
         if request.first_token_time is None:
             request.first_token_time = now
-        reason = self.stop_checker.check(request)
-        if reason is not None:
-            self._finish(request, reason)
         return RequestOutput(
-            request.request_id, [token_id], request.output_text, request.is_finished, request.finish_reason
+            request.request_id, appended, request.output_text, request.is_finished, request.finish_reason
         )
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.scheduler.finish(request, reason)
         request.finish_time = self.clock()
         self.sampler.forget(request.request_id)
+        if self.spec:
+            self.spec.free(request.request_id)
 
     def pop_finished(self, request_id: str) -> Request:
         return self.requests.pop(request_id)
-
-
-def _load_tokenizer(model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(model_dir))

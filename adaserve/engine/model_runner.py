@@ -1,4 +1,4 @@
-"""Turns a scheduler step into tensors, runs the model, returns logits of the sampling tokens."""
+"""Turns a scheduler step into model inputs for the target and returns logits per chunk."""
 
 from __future__ import annotations
 
@@ -6,47 +6,53 @@ from dataclasses import dataclass
 
 import torch
 
-from adaserve.kv.manager import KVCacheManager
-from adaserve.models.attention import SeqSpec, build_attention_metadata
-from adaserve.models.llama import CausalLM, KVCache
-from adaserve.sched.scheduler import SchedulerOutput
+from adaserve.engine.executor import ModelExecutor
+from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
+from adaserve.spec.tree import TreeLayout
 
 
 @dataclass
 class ForwardOutput:
-    logits: torch.Tensor  # [num_sampling_chunks, vocab], one row per chunk that samples
-    sampling_chunk_ids: list[int]  # index into SchedulerOutput.chunks of each logits row
+    # Per chunk: [num_rows, vocab] logits -- all tree nodes when it verifies a tree, the last
+    # token when it samples, None for a prefill chunk that does not reach the end of the prompt.
+    logits: list[torch.Tensor | None]
+
+
+def tree_mask(layout: TreeLayout) -> torch.Tensor:
+    """[num_nodes, num_nodes] bool: row i sees node i's ancestors and itself."""
+    mask = torch.zeros(layout.num_nodes, layout.num_nodes, dtype=torch.bool)
+    for i, row in enumerate(layout.mask_rows()):
+        mask[i, row] = True
+    return mask
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, kv: KVCacheManager, device: torch.device, dtype: torch.dtype) -> None:
-        self.model = model
-        self.kv = kv
-        self.device = device
-        self.kv_cache = KVCache(model.cfg, kv.pool.num_blocks, kv.block_size, dtype, device)
+    def __init__(self, executor: ModelExecutor) -> None:
+        self.executor = executor
 
-    @torch.inference_mode()
+    def _seq_input(self, chunk: ScheduledChunk):
+        request, start = chunk.request, chunk.start
+        if chunk.tree is not None:
+            positions = [start + d for d in chunk.tree.depths]
+            return self.executor.seq_input(
+                request.request_id, chunk.tree.token_ids, positions, chunk.slot_ids, start, tree_mask(chunk.tree)
+            )
+        n = chunk.num_new_tokens
+        token_ids = request.all_ids[start : start + n]
+        return self.executor.seq_input(request.request_id, token_ids, list(range(start, start + n)), chunk.slot_ids, start)
+
     def run(self, step: SchedulerOutput) -> ForwardOutput:
-        input_ids: list[int] = []
-        positions: list[int] = []
-        seqs: list[SeqSpec] = []
-        last_token_index: list[int] = []
-        sampling_chunk_ids: list[int] = []
-        for i, chunk in enumerate(step.chunks):
-            start, n = chunk.start, chunk.num_new_tokens
-            input_ids.extend(chunk.request.all_ids[start : start + n])
-            positions.extend(range(start, start + n))
-            block_table = self.kv.block_tables[chunk.request.request_id]
-            seqs.append(SeqSpec(block_table, chunk.slot_ids, num_cached=start))
-            if chunk.samples:
-                last_token_index.append(len(input_ids) - 1)
-                sampling_chunk_ids.append(i)
-        meta = build_attention_metadata(seqs, self.kv.block_size, self.device)
-        hidden = self.model(
-            torch.tensor(input_ids, device=self.device),
-            torch.tensor(positions, device=self.device),
-            meta,
-            self.kv_cache,
-        )  # [num_tokens, hidden]
-        logits = self.model.compute_logits(hidden[torch.tensor(last_token_index, dtype=torch.long, device=self.device)])
-        return ForwardOutput(logits.float(), sampling_chunk_ids)
+        seqs = [self._seq_input(c) for c in step.chunks]
+        hidden = self.executor.forward(seqs)  # [num_tokens, hidden]
+        rows: list[int] = []
+        row_counts: list[int] = []
+        offset = 0
+        for chunk in step.chunks:
+            n = chunk.num_new_tokens
+            wanted = list(range(offset, offset + n)) if chunk.tree is not None else ([offset + n - 1] if chunk.samples else [])
+            rows += wanted
+            row_counts.append(len(wanted))
+            offset += n
+        logits = self.executor.logits(hidden, rows) if rows else hidden.new_zeros(0, 0)
+        per_chunk = list(logits.split(row_counts)) if rows else [None] * len(step.chunks)
+        return ForwardOutput([x if x.shape[0] else None for x in per_chunk] if rows else per_chunk)

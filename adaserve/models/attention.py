@@ -24,17 +24,25 @@ import torch
 
 @dataclass
 class SeqSpec:
-    """One request's part of a step: new tokens appended after `num_cached` cached tokens."""
+    """One request's part of a step: new tokens after `num_cached` tokens that all of them see.
+
+    With a tree, `tree_mask` [num_new, num_prior + num_new] says which of the positions from
+    num_cached on each new token sees: `num_prior` speculative tokens already in the cache (an
+    earlier draft layer), then the new tokens themselves. None = a causal chain, no prior.
+    """
 
     block_table: list[int]
-    slot_ids: list[int]  # one per new token
+    slot_ids: list[int]  # one per new token, at positions num_cached + num_prior + i
     num_cached: int
-    # [num_new, num_new] bool: which new tokens each new token sees (None = causal chain).
     tree_mask: torch.Tensor | None = None
 
     @property
     def num_new(self) -> int:
         return len(self.slot_ids)
+
+    @property
+    def num_prior(self) -> int:
+        return 0 if self.tree_mask is None else self.tree_mask.shape[1] - self.num_new
 
 
 @dataclass
@@ -63,7 +71,7 @@ def build_attention_metadata(
     flat = 0
     for i, s in enumerate(seqs):
         n, c = s.num_new, s.num_cached
-        if c + n > len(s.block_table) * block_size:
+        if c + s.num_prior + n > len(s.block_table) * block_size:
             raise ValueError("block table too short for cached + new tokens")
         block_tables[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.long)
         query_index[i, :n] = torch.arange(flat, flat + n)
@@ -71,8 +79,8 @@ def build_attention_metadata(
         slot_mapping.extend(s.slot_ids)
         mask[i, 0, :n, :c] = True
         mask[i, 0, n:, 0] = True  # padded query rows see kv 0 only
-        new_mask = s.tree_mask if s.tree_mask is not None else torch.ones(n, n).tril().bool()
-        mask[i, 0, :n, c : c + n] = new_mask
+        tree = s.tree_mask if s.tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
+        mask[i, 0, :n, c : c + tree.shape[1]] = tree
         flat += n
     padded = flat != num_seqs * max_q
     return AttentionMetadata(

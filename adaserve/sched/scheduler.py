@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from adaserve.kv.manager import KVCacheManager
 from adaserve.request import FinishReason, Request, RequestStatus
+from adaserve.spec.tree import TreeLayout
 
 
 @dataclass
@@ -20,6 +21,8 @@ class ScheduledChunk:
     request: Request
     num_new_tokens: int
     slot_ids: list[int]  # KV slots of positions [start, start + num_new_tokens)
+    # Set by speculation on a decode chunk: the root (its pending token) plus drafted nodes.
+    tree: TreeLayout | None = None
 
     @property
     def start(self) -> int:
@@ -28,13 +31,24 @@ class ScheduledChunk:
     @property
     def samples(self) -> bool:
         """The chunk reaches the last known token, so the step samples the next one."""
-        return self.start + self.num_new_tokens == self.request.num_tokens
+        return self.tree is not None or self.start + self.num_new_tokens == self.request.num_tokens
+
+    @property
+    def is_decode(self) -> bool:
+        """Feeds just the last sampled token: the root of a speculation tree."""
+        return self.num_new_tokens == 1 and self.request.num_pending_tokens == 1
 
 
 @dataclass
 class SchedulerOutput:
+    token_budget: int
     chunks: list[ScheduledChunk] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def spare_tokens(self) -> int:
+        """Budget left for speculative tokens after prefill chunks and decode roots."""
+        return max(0, self.token_budget - self.num_batched_tokens)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -46,10 +60,14 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int, num_spec_tokens_per_seq: int = 0
+    ) -> None:
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # Budget held back per decoding request for its draft tokens, so prefill can't take it all.
+        self.num_spec_tokens_per_seq = num_spec_tokens_per_seq
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order: oldest first, newest preempted first
 
@@ -61,7 +79,7 @@ class Scheduler:
         self.waiting.append(request)
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out = SchedulerOutput(self.max_num_batched_tokens)
         budget = self._schedule_running(out, self.max_num_batched_tokens)
         if not out.preempted:  # after a preemption memory is tight: don't admit new work
             self._admit_waiting(out, budget)
@@ -83,7 +101,7 @@ class Scheduler:
                 break  # it preempted itself: everything after it is gone too
             slot_ids = self.kv.reserve(request.request_id, n)
             out.chunks.append(ScheduledChunk(request, n, slot_ids))
-            budget -= n
+            budget -= n + (self.num_spec_tokens_per_seq if request.num_pending_tokens == 1 else 0)
             i += 1
         return budget
 

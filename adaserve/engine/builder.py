@@ -1,0 +1,99 @@
+"""Assemble the target (model, KV cache, tokenizer) and the optional draft side from a config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from adaserve.config import EngineConfig
+from adaserve.engine.executor import ModelExecutor
+from adaserve.engine.sampler import Sampler
+from adaserve.engine.speculation import SpecDecoder
+from adaserve.kv.manager import KVCacheManager
+from adaserve.models.config import ModelConfig
+from adaserve.models.loader import load_model, read_model_config
+from adaserve.models.sources import resolve_model
+from adaserve.spec.policies import make_policy
+from adaserve.spec.proposers import DraftModelProposer, NgramProposer
+
+log = logging.getLogger(__name__)
+MAX_TREE_DEPTH = 64  # rotary tables cover max_model_len + this (tree positions run past the end)
+
+
+@dataclass
+class Target:
+    model_dir: Path
+    model_config: ModelConfig
+    tokenizer: object
+    max_model_len: int
+    executor: ModelExecutor
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def build_target(config: EngineConfig) -> Target:
+    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
+    model_dir = resolve_model(config.model)
+    model_config = read_model_config(model_dir)
+    bytes_per_block = model_config.kv_bytes_per_token(dtype.itemsize) * config.block_size
+    num_blocks = config.kv_cache_memory // bytes_per_block
+    if num_blocks < 1:
+        raise ValueError(f"--kv-cache-memory {config.kv_cache_memory} B holds no block ({bytes_per_block} B)")
+    kv = KVCacheManager(num_blocks, config.block_size)
+    model_max = config.max_model_len or model_config.max_position_embeddings
+    max_model_len = min(model_max, kv.capacity_tokens)
+    if max_model_len < model_max:
+        log.warning("max_model_len %d capped to the KV cache capacity %d", model_max, max_model_len)
+    model = load_model(model_dir, device, dtype, max_model_len + MAX_TREE_DEPTH, config.cpu_packed_linear)
+    return Target(model_dir, model_config, _load_tokenizer(model_dir), max_model_len, ModelExecutor(model, kv, dtype, device))
+
+
+def build_spec_decoder(config: EngineConfig, target: Target, sampler: Sampler) -> SpecDecoder | None:
+    policy = make_policy(config.spec_policy)
+    if policy is None:
+        return None
+    if config.draft is None:
+        raise ValueError(f"speculation policy {config.spec_policy!r} needs a draft (a model or 'ngram')")
+    if config.draft == "ngram":
+        proposer = NgramProposer(config.ngram_min, config.ngram_max)
+    else:
+        proposer = DraftModelProposer(_build_draft_executor(config, target, policy.max_tokens_per_seq))
+    return SpecDecoder(proposer, policy, target.executor, sampler)
+
+
+def _build_draft_executor(config: EngineConfig, target: Target, max_tree_tokens: int) -> ModelExecutor:
+    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
+    draft_dir = resolve_model(config.draft)
+    draft_config = read_model_config(draft_dir)
+    check_same_vocabulary(target, draft_dir, draft_config)
+    bs = config.block_size
+    if config.draft_kv_cache_memory:
+        num_blocks = config.draft_kv_cache_memory // (draft_config.kv_bytes_per_token(dtype.itemsize) * bs)
+    else:  # everything the target holds, plus every request's draft tree
+        num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-max_tree_tokens // bs) + 1)
+    model = load_model(
+        draft_dir, device, dtype, target.max_model_len + MAX_TREE_DEPTH, config.cpu_packed_linear,
+        num_layers=config.draft_num_layers,
+    )
+    return ModelExecutor(model, KVCacheManager(num_blocks, bs), dtype, device)
+
+
+def check_same_vocabulary(target: Target, draft_dir: Path, draft_config: ModelConfig) -> None:
+    """Draft token ids must mean the same tokens as the target's."""
+    draft_vocab = _load_tokenizer(draft_dir).get_vocab()
+    if draft_vocab != target.tokenizer.get_vocab():
+        raise ValueError(
+            f"draft {draft_dir} has a different tokenizer vocabulary than the target {target.model_dir} "
+            f"({len(draft_vocab)} vs {len(target.tokenizer.get_vocab())} tokens); speculation needs a shared one"
+        )
+    if draft_config.vocab_size != target.model_config.vocab_size:
+        raise ValueError(
+            f"draft vocab_size {draft_config.vocab_size} != target vocab_size {target.model_config.vocab_size}"
+        )

@@ -1,0 +1,110 @@
+"""Speculate -> select -> verify for one engine step, around the target's forward pass.
+
+    attach_trees: draft candidate trees for decoding requests, let the policy select nodes within
+                  the step's spare token budget, reserve their KV slots, hang them on the chunks;
+    verify:       after the target pass, accept a path per tree, move the accepted tokens' KV into
+                  place and drop the rest, in the target cache (the draft rolls itself back).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from adaserve.engine.executor import ModelExecutor
+from adaserve.engine.sampler import Sampler, logits_to_probs
+from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
+from adaserve.spec.policies import SpecPolicy
+from adaserve.spec.proposers import Proposer
+from adaserve.spec.stats import EngineSpecStats, StepStats
+from adaserve.spec.tree import CandidateTree, layout_tree
+from adaserve.spec.verify import accept_greedy, accept_sampled
+
+
+class SpecDecoder:
+    def __init__(self, proposer: Proposer, policy: SpecPolicy, target: ModelExecutor, sampler: Sampler) -> None:
+        self.proposer = proposer
+        self.policy = policy
+        self.target = target
+        self.kv = target.kv
+        self.sampler = sampler
+        self.stats = EngineSpecStats()
+        self._candidates: dict[str, CandidateTree] = {}
+        self._draft_seconds = 0.0
+        self._step_accepted = 0
+
+    def attach_trees(self, step: SchedulerOutput) -> None:
+        self._draft_seconds, self._step_accepted = 0.0, 0
+        chunks = [c for c in step.chunks if c.is_decode]
+        if not chunks:
+            return
+        start = time.perf_counter()
+        trees = self.proposer.propose([c.request for c in chunks], self.policy)
+        selections = self.policy.select(trees, step.spare_tokens)
+        for chunk, tree, selected in zip(chunks, trees, selections):
+            self._candidates[chunk.request.request_id] = tree
+            self._attach(chunk, tree, selected)
+        self._draft_seconds = time.perf_counter() - start
+
+    def _attach(self, chunk: ScheduledChunk, tree: CandidateTree, selected: list[int]) -> None:
+        request = chunk.request
+        # Tokens past max_tokens would be thrown away: don't verify deeper than what is left.
+        room = request.params.max_tokens - request.num_output_tokens - 1
+        selected = sorted(n for n in selected if tree.depths[n] <= room)  # parents-first prefix order
+        while selected and not self.kv.can_reserve(request.request_id, len(selected)):
+            selected.pop()  # out of KV blocks: speculate less (a prefix stays connected)
+        chunk.tree = layout_tree(tree, selected)
+        chunk.slot_ids = chunk.slot_ids + self.kv.reserve(request.request_id, len(selected))
+        chunk.num_new_tokens = chunk.tree.num_nodes
+
+    def verify(self, chunk: ScheduledChunk, logits: torch.Tensor) -> list[int]:
+        """logits: [num_nodes, vocab] for the chunk's tree. Commits the accepted path's KV and
+        returns the new tokens (accepted drafts + bonus)."""
+        request, layout, start = chunk.request, chunk.tree, chunk.start
+        if request.params.greedy:
+            acceptance = accept_greedy(layout, logits.argmax(-1).tolist())
+        else:
+            generator = self.sampler.generator(request.request_id, request.params)
+            acceptance = accept_sampled(layout, logits_to_probs(logits, request.params).cpu(), generator)
+        accepted = acceptance.accepted_nodes
+        # Node i of the layout was written at position start + i; the accepted node at depth d
+        # belongs at start + d. Sources are never behind their targets, so one copy is safe.
+        src = [chunk.slot_ids[i] for i in accepted]
+        dst = self.kv.slots(request.request_id, start + 1, len(accepted))
+        if src != dst:
+            self.target.kv_cache.copy_slots(torch.tensor(src), torch.tensor(dst))
+        self.kv.truncate(request.request_id, start + 1 + len(accepted))
+        request.num_computed_tokens = start + 1 + len(accepted)
+        self._record(chunk, accepted)
+        return [layout.token_ids[i] for i in accepted] + [acceptance.bonus_token_id]
+
+    def _record(self, chunk: ScheduledChunk, accepted: list[int]) -> None:
+        layout, rid = chunk.tree, chunk.request.request_id
+        depths = layout.depths[1:]
+        self.stats.totals.record(depths, len(accepted))
+        self._step_accepted += len(accepted)
+        chunk.request.spec_stats.record(depths, len(accepted))
+        tree = self._candidates.pop(rid)
+        on_path = set(accepted)
+        for i in range(1, layout.num_nodes):
+            self.stats.calibration.append((tree.path_prob(layout.source_nodes[i]), i in on_path))
+
+    def record_step(self, step: SchedulerOutput, verify_seconds: float, now: float) -> None:
+        trees = [c.tree for c in step.chunks if c.tree is not None]
+        self.stats.steps.append(
+            StepStats(
+                time=now,
+                num_requests=len(step.chunks),
+                num_prefill_tokens=sum(c.num_new_tokens for c in step.chunks if c.tree is None),
+                num_verified_tokens=sum(t.num_nodes for t in trees),
+                num_proposed=sum(t.num_nodes - 1 for t in trees),
+                num_accepted=self._step_accepted,
+                draft_seconds=self._draft_seconds,
+                verify_seconds=verify_seconds,
+            )
+        )
+
+    def free(self, request_id: str) -> None:
+        self.proposer.free(request_id)
+        self._candidates.pop(request_id, None)

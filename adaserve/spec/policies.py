@@ -1,0 +1,143 @@
+"""Speculation policies: how candidate trees grow, and which nodes get verified.
+
+A policy answers two questions and nothing else (pure Python, no torch):
+  expand  - while drafting, which of a layer's candidate children stay in the tree;
+  select  - which nodes of each request's candidate tree the target verifies, within a budget.
+The SLO-aware AdaServe policy implements the same interface in adaserve.sched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from adaserve.spec.tree import CandidateTree
+
+
+@dataclass
+class Child:
+    """A candidate child offered by the proposer for a frontier node."""
+
+    parent: int  # candidate-tree node index
+    token_id: int
+    logprob: float  # draft log-prob of this token given the parent's path
+    path_logprob: float  # parent's path log-prob + logprob
+
+
+class SpecPolicy(Protocol):
+    name: str
+    depth: int  # draft layers
+    top_k: int  # children offered per frontier node
+    max_tokens_per_seq: int  # most drafted nodes it verifies per request and step
+
+    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+        """Of one request's candidate children at `layer` (1-based), the ones that stay."""
+        ...
+
+    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
+        """Per tree, the candidate node indices to verify (root implied), at most `budget` in all."""
+        ...
+
+
+def top_by_path_prob(children: list[Child], n: int) -> list[Child]:
+    return sorted(children, key=lambda c: -c.path_logprob)[:n]
+
+
+def best_nodes(tree: CandidateTree, n: int) -> list[int]:
+    """The n highest-f non-root nodes. f(child) <= f(parent), and ties go to the shallower node,
+    so the result is always connected."""
+    order = sorted(range(1, tree.num_nodes), key=lambda i: (-tree.path_logprobs[i], tree.depths[i], i))
+    return order[:n]
+
+
+def split_budget(trees: list[CandidateTree], budget: int, want: list[int]) -> list[int]:
+    """Give each tree up to what it wants, evenly from `budget` (fixed policies have no priorities)."""
+    quota = [0] * len(trees)
+    remaining = budget
+    active = [i for i, w in enumerate(want) if w > 0]
+    while remaining > 0 and active:
+        share = max(1, remaining // len(active))
+        for i in list(active):
+            give = min(share, want[i] - quota[i], remaining)
+            quota[i] += give
+            remaining -= give
+            if quota[i] == want[i]:
+                active.remove(i)
+            if remaining == 0:
+                break
+    return quota
+
+
+class ChainPolicy:
+    """vLLM-Spec style: one chain of the draft's top-1 tokens, `length` deep."""
+
+    def __init__(self, length: int) -> None:
+        if length < 1:
+            raise ValueError("chain length must be >= 1")
+        self.name, self.depth, self.top_k = f"chain:{length}", length, 1
+        self.max_tokens_per_seq = length
+
+    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+        return top_by_path_prob(children, 1)
+
+    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
+        quotas = split_budget(trees, budget, [t.num_nodes - 1 for t in trees])
+        return [best_nodes(t, q) for t, q in zip(trees, quotas)]
+
+
+class StaticTreePolicy:
+    """SpecInfer style: a fixed shape; widths[l] = children kept per node at depth l + 1."""
+
+    def __init__(self, widths: tuple[int, ...] = (1, 1, 3, 1, 1, 1, 1, 1)) -> None:
+        if not widths or min(widths) < 1:
+            raise ValueError("static tree widths must be >= 1")
+        self.widths = tuple(widths)
+        self.name, self.depth, self.top_k = "static-tree", len(widths), max(widths)
+        self.max_tokens_per_seq = sum(math.prod(widths[: i + 1]) for i in range(len(widths)))
+
+    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+        kept, width = [], self.widths[layer - 1]
+        for parent in dict.fromkeys(c.parent for c in children):
+            kept += top_by_path_prob([c for c in children if c.parent == parent], width)
+        return kept
+
+    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
+        quotas = split_budget(trees, budget, [t.num_nodes - 1 for t in trees])
+        return [best_nodes(t, q) for t, q in zip(trees, quotas)]
+
+
+class DynamicTreePolicy:
+    """EAGLE-2 style: grow top-`width` nodes per layer by path probability, verify the best
+    `num_nodes` of them per request."""
+
+    def __init__(self, num_nodes: int = 16, depth: int = 6, width: int = 4) -> None:
+        if min(num_nodes, depth, width) < 1:
+            raise ValueError("dynamic tree sizes must be >= 1")
+        self.num_nodes, self.width = num_nodes, width
+        self.name, self.depth, self.top_k = "dynamic-tree", depth, width
+        self.max_tokens_per_seq = num_nodes
+
+    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+        return top_by_path_prob(children, self.width)
+
+    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
+        quotas = split_budget(trees, budget, [min(self.num_nodes, t.num_nodes - 1) for t in trees])
+        return [best_nodes(t, q) for t, q in zip(trees, quotas)]
+
+
+def make_policy(spec: str) -> SpecPolicy | None:
+    """'none' | 'chain:K' | 'static-tree[:1,1,3,...]' | 'dynamic-tree[:N[:DEPTH[:WIDTH]]]'."""
+    name, _, arg = spec.partition(":")
+    try:
+        if name == "none":
+            return None
+        if name == "chain":
+            return ChainPolicy(int(arg or 4))
+        if name == "static-tree":
+            return StaticTreePolicy(tuple(int(w) for w in arg.split(",")) if arg else (1, 1, 3, 1, 1, 1, 1, 1))
+        if name == "dynamic-tree":
+            return DynamicTreePolicy(*(int(a) for a in arg.split(":") if a))
+    except ValueError as e:
+        raise ValueError(f"bad speculation policy {spec!r}: {e}") from e
+    raise ValueError(f"unknown speculation policy {spec!r} (none, chain:K, static-tree, dynamic-tree)")
