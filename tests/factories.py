@@ -71,3 +71,20 @@ class ForwardHarness:
         meta = build_attention_metadata(specs, self.kv.block_size, "cpu")
         hidden = self.model(torch.tensor(ids), torch.tensor(pos), meta, self.cache)
         return list(self.model.compute_logits(hidden).split([len(s.token_ids) for s in seqs]))
+
+
+def chi_square_pvalue(observed: list[float], expected_probs: list[float]) -> float:
+    """Goodness of fit of counts to probabilities; cells expecting < 5 counts are pooled."""
+    from scipy.stats import chisquare
+
+    total = sum(observed)
+    expected = [p * total for p in expected_probs]
+    big = [i for i, e in enumerate(expected) if e >= 5]
+    small = [i for i, e in enumerate(expected) if e < 5]
+    obs = [observed[i] for i in big]
+    exp = [expected[i] for i in big]
+    if small:
+        obs.append(sum(observed[i] for i in small))
+        exp.append(sum(expected[i] for i in small))
+    scale = sum(obs) / sum(exp)  # chisquare wants equal sums; probabilities may not add to 1 exactly
+    return float(chisquare(obs, [e * scale for e in exp]).pvalue)

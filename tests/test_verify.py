@@ -1,0 +1,101 @@
+"""Tree verification: greedy tables, and a statistical check that tree speculative sampling
+keeps the target's distribution (and that the check catches a broken residual step)."""
+
+import pytest
+import torch
+
+from adaserve.spec import verify
+from adaserve.spec.tree import CandidateTree, layout_tree
+from adaserve.spec.verify import accept_greedy, accept_sampled, residual
+from tests.factories import chi_square_pvalue
+
+
+def tree_from(parent_tokens: list[tuple[int, int]], root: int = 9):
+    """[(parent_node, token), ...] in node order -> layout with every node selected."""
+    t = CandidateTree.root_only("r", root)
+    for i, (parent, token) in enumerate(parent_tokens):
+        t.add(parent, token, -0.1 * (i + 1))  # earlier siblings are more likely
+    return layout_tree(t, list(range(1, t.num_nodes)))
+
+
+# root -> 1(tok 5), 2(tok 7); node 1 -> 3(tok 6), 4(tok 8); node 3 -> 5(tok 2)
+TREE = [(0, 5), (0, 7), (1, 6), (1, 8), (3, 2)]
+
+
+@pytest.mark.parametrize(
+    "argmax, path, bonus",
+    [
+        ([5, 6, 0, 2, 0, 4], [1, 3, 5], 4),  # full path r-5-6-2, bonus after node 5
+        ([7, 0, 3, 0, 0, 0], [2], 3),  # second root child, then a miss
+        ([4, 0, 0, 0, 0, 0], [], 4),  # nothing accepted: the bonus is the target's own token
+        ([5, 8, 0, 0, 1, 0], [1, 4], 1),
+    ],
+)
+def test_greedy_acceptance(argmax, path, bonus):
+    acc = accept_greedy(tree_from(TREE), argmax)
+    assert acc.accepted_nodes == path and acc.bonus_token_id == bonus
+
+
+def test_residual_removes_the_rejected_draft_mass():
+    p = torch.tensor([0.5, 0.3, 0.2])
+    torch.testing.assert_close(residual(p, torch.tensor([0.0, 1.0, 0.0])), torch.tensor([0.5, 0.0, 0.2]) / 0.7)
+    torch.testing.assert_close(residual(p, torch.tensor([0.25, 0.25, 0.5])), torch.tensor([0.25, 0.05, 0.0]) / 0.3)
+
+
+VOCAB = 6
+
+
+def target_dist(prefix: tuple[int, ...]) -> torch.Tensor:
+    """A fixed random 'target model': next-token distribution after a token prefix."""
+    g = torch.Generator().manual_seed(hash(prefix) % (2**31))
+    weights = torch.rand(VOCAB, generator=g).pow(3) + 1e-3  # peaked, like a real model
+    return weights / weights.sum()
+
+
+def draft_children(prefix: tuple[int, ...]) -> list[int]:
+    """A 'draft' that proposes 2 tokens that need not be the target's favourites."""
+    g = torch.Generator().manual_seed((hash(prefix) * 7 + 1) % (2**31))
+    return torch.randperm(VOCAB, generator=g)[:2].tolist()
+
+
+def speculative_iteration(context: tuple[int, ...], g: torch.Generator) -> list[int]:
+    """One verification of a depth-2, width-2 draft tree after `context`; returns emitted tokens."""
+    t = CandidateTree.root_only("r", context[-1])
+    paths = {0: context}
+    for node in (0, 1, 2):  # the root's two children are nodes 1 and 2
+        for tok in draft_children(paths[node]):
+            paths[t.add(node, tok, -0.5)] = paths[node] + (tok,)
+    layout = layout_tree(t, list(range(1, t.num_nodes)))
+    probs = torch.stack([target_dist(paths[n]) for n in layout.source_nodes])  # [nodes, vocab]
+    acc = accept_sampled(layout, probs, g)
+    return [layout.token_ids[i] for i in acc.accepted_nodes] + [acc.bonus_token_id]
+
+
+def sample_two_tokens(g: torch.Generator) -> tuple[int, int]:
+    context: tuple[int, ...] = (0,)
+    emitted: list[int] = []
+    while len(emitted) < 2:
+        new = speculative_iteration(context, g)
+        emitted += new
+        context += tuple(new)
+    return emitted[0], emitted[1]
+
+
+def sampled_vs_exact_pvalue(num_samples: int = 12000) -> float:
+    g = torch.Generator().manual_seed(1234)
+    counts = torch.zeros(VOCAB, VOCAB)
+    for _ in range(num_samples):
+        a, b = sample_two_tokens(g)
+        counts[a, b] += 1
+    p1 = target_dist((0,))
+    exact = torch.stack([p1[a] * target_dist((0, a)) for a in range(VOCAB)])  # [VOCAB, VOCAB]
+    return chi_square_pvalue(counts.flatten().tolist(), exact.flatten().tolist())
+
+
+def test_tree_speculative_sampling_keeps_the_target_distribution():
+    assert sampled_vs_exact_pvalue() > 1e-3
+
+
+def test_the_distribution_check_catches_a_broken_residual(monkeypatch):
+    monkeypatch.setattr(verify, "residual", lambda p, q: p)  # forget to remove the rejected draft
+    assert sampled_vs_exact_pvalue() < 1e-6
