@@ -1,4 +1,4 @@
-"""adaserve command line: download | generate | demo (serve, bench, simulate, profile come later)."""
+"""adaserve command line: download | generate | demo | profile (serve, bench, simulate come later)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--draft", default=None, help="draft model (preset, dir, .gguf) or 'ngram'")
+    p.add_argument("--policy", default="none", help="none, chunked, chain:K, static-tree, dynamic-tree, "
+                   "smartspec, adaserve, adaserve-equal")
+    p.add_argument("--cost-model", default=None, help="profile JSON (default: cached per model pair)")
 
 
 def _llm(args):
@@ -39,7 +43,28 @@ def _llm(args):
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
         num_threads=args.threads,
+        draft=args.draft,
+        spec_policy=args.policy,
+        cost_model=args.cost_model,
     )
+
+
+def cmd_profile(args) -> None:
+    from pathlib import Path
+
+    from adaserve.config import EngineConfig
+    from adaserve.engine.core import EngineCore
+
+    engine = EngineCore(EngineConfig(
+        model=args.model, draft=args.draft, device=args.device, num_threads=args.threads,
+        kv_cache_memory=parse_memory(args.kv_cache_memory), max_num_batched_tokens=args.max_num_batched_tokens,
+    ))
+    cost = engine.load_cost_model(refresh=args.refresh)
+    print(cost.to_json())
+    print(f"verify budget (2x one-token latency): {cost.verify_budget()} tokens; "
+          f"draft budget: {cost.draft_budget()} tokens", file=sys.stderr)
+    if args.out:
+        cost.save(Path(args.out))
 
 
 def cmd_download(args) -> None:
@@ -82,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--top-p", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=None)
         p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("profile", help="measure (or show the cached) cost model of a model pair on this machine")
+    _engine_args(p)
+    p.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
+    p.add_argument("--out", default=None, help="also write the profile JSON here")
+    p.set_defaults(func=cmd_profile)
     args = parser.parse_args(argv)
     try:
         args.func(args)

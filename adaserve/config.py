@@ -25,11 +25,15 @@ class EngineConfig:
     num_threads: int | None = None
     seed: int = 0
     # Speculative decoding: a draft model (preset, path...) or "ngram"; and the policy
-    # ("none", "chain:K", "static-tree", "dynamic-tree[:N[:DEPTH[:WIDTH]]]").
+    # (adaserve.sched.registry: none, chunked, chain:K, static-tree, dynamic-tree, smartspec,
+    # adaserve, adaserve-equal).
     draft: str | None = None
     spec_policy: str = "none"
     draft_num_layers: int | None = None  # keep only the draft's first layers (a cheap weak draft)
     draft_kv_cache_memory: int | None = None  # default: room for everything the target holds
+    # Profiled cost model JSON (`adaserve profile`); None: this pair's cached profile, or profile
+    # at start-up when a policy needs one (chunked, smartspec, adaserve, adaserve-equal).
+    cost_model: str | None = None
     ngram_min: int = 1
     ngram_max: int = 4
 

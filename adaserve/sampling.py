@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adaserve.slo import SLO
+
 
 @dataclass
 class SamplingParams:
@@ -16,6 +18,9 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
+    # Latency target of this request (TPOT and/or TTFT) and the class it was named by, if any.
+    slo: SLO = field(default_factory=SLO)
+    slo_class: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -28,6 +33,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if isinstance(self.slo, dict):
+            self.slo = SLO(**self.slo)
+        if not isinstance(self.slo, SLO):
+            raise ValueError(f"slo must be an SLO or a dict with tpot_ms/ttft_ms, got {self.slo!r}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
 

@@ -155,3 +155,17 @@ def test_sampled_speculation_keeps_the_target_distribution(tiny_model_dirs):
     assert llm.engine.spec.stats.totals.acceptance_rate < 0.9
     cells = list(exact)
     assert chi_square_pvalue([counts.get(c, 0) for c in cells], [exact[c] for c in cells]) > 1e-3
+
+
+def test_switching_policy_between_requests(smollm2_dir, smollm2_plain):
+    llm = LLM(str(smollm2_dir), max_num_batched_tokens=256, draft="smollm2-135m", spec_policy="static-tree")
+    for policy in ["none", "chain:4", "dynamic-tree:12:5:3", "static-tree"]:
+        llm.engine.set_spec_policy(policy)
+        assert (llm.engine.spec is None) == (policy == "none")
+        outs = llm.generate(PROMPTS[:2], SamplingParams(max_tokens=48))
+        assert [o.token_ids for o in outs] == smollm2_plain[:2], policy
+    with pytest.raises(ValueError, match="sized for"):
+        llm.engine.set_spec_policy("static-tree:4,4,4")
+    llm.engine.add_request(PROMPTS[0], SamplingParams(max_tokens=4))
+    with pytest.raises(RuntimeError, match="in flight"):
+        llm.engine.set_spec_policy("none")

@@ -3,7 +3,7 @@
 import pytest
 
 from adaserve.spec.policies import (
-    ChainPolicy, Child, DynamicTreePolicy, StaticTreePolicy, best_nodes, make_policy, split_budget,
+    ChainPolicy, Child, DynamicTreePolicy, StaticTreePolicy, best_nodes, make_policy, split_budget, SelectionContext,
 )
 from adaserve.spec.proposers import NgramProposer
 from adaserve.spec.tree import CandidateTree, layout_tree
@@ -82,7 +82,7 @@ def test_chain_select_respects_the_budget():
     p = 0
     for tok in range(4):
         p = t.add(p, tok, -0.1)
-    assert ChainPolicy(4).select([t, t], budget=5) == [[1, 2, 3], [1, 2]]
+    assert ChainPolicy(4).select([t, t], SelectionContext(budget=5)) == [[1, 2, 3], [1, 2]]
 
 
 @pytest.mark.parametrize(

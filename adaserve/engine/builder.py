@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -16,11 +17,12 @@ from adaserve.kv.manager import KVCacheManager
 from adaserve.models.config import ModelConfig
 from adaserve.models.loader import load_model, read_model_config
 from adaserve.models.sources import resolve_model
-from adaserve.spec.policies import make_policy
-from adaserve.spec.proposers import DraftModelProposer, NgramProposer
+from adaserve.spec.policies import ChainPolicy, SpecPolicy
+from adaserve.spec.proposers import DraftModelProposer, NgramProposer, Proposer
 
 log = logging.getLogger(__name__)
 MAX_TREE_DEPTH = 64  # rotary tables cover max_model_len + this (tree positions run past the end)
+MAX_TREE_TOKENS = 64  # the draft KV room per request: any policy may draft up to this many nodes
 
 
 @dataclass
@@ -55,20 +57,10 @@ def build_target(config: EngineConfig) -> Target:
     return Target(model_dir, model_config, _load_tokenizer(model_dir), max_model_len, ModelExecutor(model, kv, dtype, device))
 
 
-def build_spec_decoder(config: EngineConfig, target: Target, sampler: Sampler) -> SpecDecoder | None:
-    policy = make_policy(config.spec_policy)
-    if policy is None:
+def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor | None:
+    """The draft model with its own KV cache (None for no draft or the n-gram proposer)."""
+    if config.draft is None or config.draft == "ngram":
         return None
-    if config.draft is None:
-        raise ValueError(f"speculation policy {config.spec_policy!r} needs a draft (a model or 'ngram')")
-    if config.draft == "ngram":
-        proposer = NgramProposer(config.ngram_min, config.ngram_max)
-    else:
-        proposer = DraftModelProposer(_build_draft_executor(config, target, policy.max_tokens_per_seq))
-    return SpecDecoder(proposer, policy, target.executor, sampler)
-
-
-def _build_draft_executor(config: EngineConfig, target: Target, max_tree_tokens: int) -> ModelExecutor:
     device, dtype = torch.device(config.device), getattr(torch, config.dtype)
     draft_dir = resolve_model(config.draft)
     draft_config = read_model_config(draft_dir)
@@ -76,13 +68,30 @@ def _build_draft_executor(config: EngineConfig, target: Target, max_tree_tokens:
     bs = config.block_size
     if config.draft_kv_cache_memory:
         num_blocks = config.draft_kv_cache_memory // (draft_config.kv_bytes_per_token(dtype.itemsize) * bs)
-    else:  # everything the target holds, plus every request's draft tree
-        num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-max_tree_tokens // bs) + 1)
+    else:  # everything the target holds, plus every request's largest draft tree
+        num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
     model = load_model(
         draft_dir, device, dtype, target.max_model_len + MAX_TREE_DEPTH, config.cpu_packed_linear,
         num_layers=config.draft_num_layers,
     )
     return ModelExecutor(model, KVCacheManager(num_blocks, bs), dtype, device)
+
+
+def build_spec_decoder(
+    config: EngineConfig, target: Target, sampler: Sampler, policy: SpecPolicy | None,
+    draft: ModelExecutor | None, clock: Callable[[], float],
+) -> SpecDecoder | None:
+    """A speculative decoder when a draft is configured. `policy` None (speculation off for now)
+    parks a placeholder policy until the engine switches one on."""
+    if config.draft is None:
+        if policy is not None:
+            raise ValueError(f"speculation policy {config.spec_policy!r} needs a draft (a model or 'ngram')")
+        return None
+    if config.draft == "ngram":
+        proposer: Proposer = NgramProposer(config.ngram_min, config.ngram_max)
+    else:
+        proposer = DraftModelProposer(draft)
+    return SpecDecoder(proposer, policy or ChainPolicy(1), target.executor, sampler, clock, MAX_TREE_TOKENS)
 
 
 def check_same_vocabulary(target: Target, draft_dir: Path, draft_config: ModelConfig) -> None:

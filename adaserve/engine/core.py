@@ -9,12 +9,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from adaserve.config import EngineConfig
-from adaserve.engine.builder import build_spec_decoder, build_target
+from adaserve.engine.builder import build_draft_executor, build_spec_decoder, build_target
+from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.model_runner import ModelRunner
 from adaserve.engine.sampler import Sampler
 from adaserve.engine.stop import StopChecker
@@ -22,6 +24,9 @@ from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.scheduler import Scheduler
+from adaserve.models.sources import resolve_model
+from adaserve.sched.cost_model import CostModel
+from adaserve.sched.registry import PolicyChoice, choose_policy, needs_cost_model, slo_step_budget
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +53,13 @@ class EngineCore:
         self.kv = self.executor.kv
         self.runner = ModelRunner(self.executor)
         self.sampler = Sampler(config.seed)
-        self.spec = build_spec_decoder(config, target, self.sampler)
-        num_spec = self.spec.policy.max_tokens_per_seq if self.spec else 0
+        self._target = target
+        self._draft = build_draft_executor(config, target)
+        self.cost_model: CostModel | None = None
+        self.policy = self._choose_policy(config.spec_policy)
+        self._spec_decoder = build_spec_decoder(config, target, self.sampler, self.policy.spec, self._draft, clock)
+        self.spec = self._spec_decoder if self.policy.spec else None
+        num_spec = self.policy.spec.max_tokens_per_seq if self.policy.spec else 0
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, num_spec)
         eos_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
@@ -72,7 +82,7 @@ class EngineCore:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
-        if any(not 0 <= t < self.model_config.vocab_size for t in prompt_ids):
+        if any(not isinstance(t, int) or not 0 <= t < self.model_config.vocab_size for t in prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
@@ -87,13 +97,60 @@ class EngineCore:
         if request is not None and not request.is_finished:
             self._finish(request, FinishReason.ABORT)
 
+    # -- policy and cost model --------------------------------------------------------------
+    def _choose_policy(self, name: str) -> PolicyChoice:
+        if needs_cost_model(name) and self.cost_model is None:
+            self.cost_model = self.load_cost_model()
+        return choose_policy(name, self.cost_model)
+
+    def load_cost_model(self, refresh: bool = False) -> CostModel:
+        """The configured profile, or this model pair's cached one, or profile now (and cache)."""
+        if self.config.cost_model:
+            return CostModel.load(Path(self.config.cost_model))
+        draft_dir = resolve_model(self.config.draft) if self._draft is not None else None
+        key = profile_key(self.model_dir, draft_dir, self.config.device, self.config.dtype, self.config.cpu_packed_linear)
+        meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
+        max_tokens = min(256, self.config.max_num_batched_tokens)
+        return load_or_profile(self.executor, self._draft, key, max_tokens, meta, refresh)
+
+    def set_spec_policy(self, name: str) -> None:
+        """Switch policy between requests (e.g. to compare policies side by side on one loaded
+        model pair). The draft's KV room was sized for MAX_TREE_TOKENS per request."""
+        if self.scheduler.has_work:
+            raise RuntimeError("switch the speculation policy only while no request is in flight")
+        choice = self._choose_policy(name)
+        if choice.spec is not None:
+            if self._spec_decoder is None:
+                raise ValueError("this engine was started without a draft; speculation needs one")
+            if choice.spec.max_tokens_per_seq > self._spec_decoder.max_tree_tokens:
+                raise ValueError(
+                    f"{name!r} drafts {choice.spec.max_tokens_per_seq} tokens per request; this engine's draft "
+                    f"KV was sized for {self._spec_decoder.max_tree_tokens}"
+                )
+            self._spec_decoder.policy = choice.spec
+        self.policy = choice
+        self.spec = self._spec_decoder if choice.spec is not None else None
+        self.scheduler.num_spec_tokens_per_seq = choice.spec.max_tokens_per_seq if choice.spec else 0
+
+    def _max_prefill_tokens(self) -> int | None:
+        """With an SLO-aware policy: prefill only what keeps this iteration within the tightest
+        running TPOT (never less than one block, so prompts still progress)."""
+        if not self.policy.slo_token_budget:
+            return None
+        running = self.scheduler.running
+        tpots = [r.params.slo.tpot_ms for r in running if r.params.slo.tpot_ms is not None]
+        if not tpots:
+            return None
+        fits = slo_step_budget(self.cost_model, tpots, self.config.max_num_batched_tokens, 1)
+        return max(self.config.block_size, fits - len(running))
+
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        step = self.scheduler.schedule()
+        step = self.scheduler.schedule(self._max_prefill_tokens())
         for request in step.preempted:
             if self.spec:
                 self.spec.free(request.request_id)
@@ -138,6 +195,13 @@ class EngineCore:
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.scheduler.finish(request, reason)
         request.finish_time = self.clock()
+        stats = request.spec_stats
+        log.info(
+            "finished %s (%s): %d tokens, tpot target %s ms, %d verifications, %.2f drafted and %.2f accepted per verification",
+            request.request_id, reason.value, request.num_output_tokens, request.params.slo.tpot_ms,
+            stats.num_verifications, stats.num_proposed / max(1, stats.num_verifications),
+            stats.num_accepted / max(1, stats.num_verifications),
+        )
         self.sampler.forget(request.request_id)
         if self.spec:
             self.spec.free(request.request_id)

@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
 from adaserve.engine.executor import ModelExecutor
 from adaserve.engine.sampler import Sampler, logits_to_probs
 from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
-from adaserve.spec.policies import SpecPolicy
+from adaserve.spec.policies import SelectionContext, SeqState, SpecPolicy
 from adaserve.spec.proposers import Proposer
 from adaserve.spec.stats import EngineSpecStats, StepStats
 from adaserve.spec.tree import CandidateTree, layout_tree
@@ -23,9 +24,14 @@ from adaserve.spec.verify import accept_greedy, accept_sampled
 
 
 class SpecDecoder:
-    def __init__(self, proposer: Proposer, policy: SpecPolicy, target: ModelExecutor, sampler: Sampler) -> None:
+    def __init__(
+        self, proposer: Proposer, policy: SpecPolicy, target: ModelExecutor, sampler: Sampler,
+        clock: Callable[[], float] = time.perf_counter, max_tree_tokens: int | None = None,
+    ) -> None:
         self.proposer = proposer
+        self.clock = clock
         self.policy = policy
+        self.max_tree_tokens = max_tree_tokens or policy.max_tokens_per_seq  # the draft KV room is sized for this
         self.target = target
         self.kv = target.kv
         self.sampler = sampler
@@ -40,8 +46,20 @@ class SpecDecoder:
         if not chunks:
             return
         start = time.perf_counter()
-        trees = self.proposer.propose([c.request for c in chunks], self.policy)
-        selections = self.policy.select(trees, step.spare_tokens)
+        requests = [c.request for c in chunks]
+        self.policy.begin_step(len(requests), sum(r.num_computed_tokens for r in requests))
+        if self.policy.depth > 0:
+            trees = self.proposer.propose(requests, self.policy)
+        else:  # the policy chose not to speculate this step (e.g. SmartSpec under heavy load)
+            trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]
+        ctx = SelectionContext(
+            budget=step.spare_tokens,
+            num_batched_tokens=step.num_batched_tokens,
+            now=self.clock(),
+            seqs=[SeqState(r.params.slo.tpot_ms, r.first_token_time, r.num_output_tokens, r.num_computed_tokens)
+                  for r in requests],
+        )
+        selections = self.policy.select(trees, ctx)
         for chunk, tree, selected in zip(chunks, trees, selections):
             self._candidates[chunk.request.request_id] = tree
             self._attach(chunk, tree, selected)
@@ -83,6 +101,7 @@ class SpecDecoder:
         layout, rid = chunk.tree, chunk.request.request_id
         depths = layout.depths[1:]
         self.stats.totals.record(depths, len(accepted))
+        self.policy.record(max(depths, default=0), len(accepted))
         self._step_accepted += len(accepted)
         chunk.request.spec_stats.record(depths, len(accepted))
         tree = self._candidates.pop(rid)

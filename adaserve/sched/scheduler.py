@@ -59,6 +59,27 @@ class SchedulerOutput:
         return not self.chunks
 
 
+class _Budget:
+    """A step's token budget: `total` for everything, `prefill` for prompt/recompute chunks.
+    Each decoding request also holds back `spec` tokens of the total for its draft tree."""
+
+    def __init__(self, total: int, prefill: int | None) -> None:
+        self.total = total
+        self.prefill = total if prefill is None else min(total, prefill)
+
+    def grant(self, num_pending: int) -> int:
+        if num_pending == 1:
+            return min(1, self.total)
+        return min(num_pending, self.total, self.prefill)
+
+    def take(self, n: int, num_pending: int, spec: int) -> None:
+        if num_pending == 1:
+            self.total -= n + spec
+        else:
+            self.total -= n
+            self.prefill -= n
+
+
 class Scheduler:
     def __init__(
         self, kv: KVCacheManager, max_num_seqs: int, max_num_batched_tokens: int, num_spec_tokens_per_seq: int = 0
@@ -78,18 +99,24 @@ class Scheduler:
     def add(self, request: Request) -> None:
         self.waiting.append(request)
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, max_prefill_tokens: int | None = None) -> SchedulerOutput:
+        """One step. `max_prefill_tokens` caps prompt (and recompute) tokens this step, e.g. so an
+        iteration stays within the tightest running SLO; decode roots are not capped by it."""
         out = SchedulerOutput(self.max_num_batched_tokens)
-        budget = self._schedule_running(out, self.max_num_batched_tokens)
+        prefill = _Budget(self.max_num_batched_tokens, max_prefill_tokens)
+        self._schedule_running(out, prefill)
         if not out.preempted:  # after a preemption memory is tight: don't admit new work
-            self._admit_waiting(out, budget)
+            self._admit_waiting(out, prefill)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, out: SchedulerOutput, budget: "_Budget") -> None:
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and budget.total > 0:
             request = self.running[i]
-            n = min(request.num_pending_tokens, budget)
+            n = budget.grant(request.num_pending_tokens)
+            if n == 0:
+                i += 1
+                continue
             # Out of blocks: preempt the newest running request until this one fits.
             while not self.kv.can_reserve(request.request_id, n):
                 victim = self.running[-1]
@@ -101,21 +128,35 @@ class Scheduler:
                 break  # it preempted itself: everything after it is gone too
             slot_ids = self.kv.reserve(request.request_id, n)
             out.chunks.append(ScheduledChunk(request, n, slot_ids))
-            budget -= n + (self.num_spec_tokens_per_seq if request.num_pending_tokens == 1 else 0)
+            budget.take(n, request.num_pending_tokens, self.num_spec_tokens_per_seq)
             i += 1
-        return budget
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            request = self.waiting[0]
-            n = min(request.num_pending_tokens, budget)
-            if not self.kv.can_reserve(request.request_id, n):
-                break  # does not fit now: it waits for blocks to be freed
-            self.waiting.popleft()
+    def _admit_waiting(self, out: SchedulerOutput, budget: "_Budget") -> None:
+        while self.waiting and budget.total > 0 and len(self.running) < self.max_num_seqs:
+            request = self._next_waiting()
+            n = budget.grant(request.num_pending_tokens)
+            if n == 0 or not self.kv.can_reserve(request.request_id, n):
+                break  # does not fit now: it waits for budget or blocks
+            self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             out.chunks.append(ScheduledChunk(request, n, self.kv.reserve(request.request_id, n)))
-            budget -= n
+            budget.take(n, request.num_pending_tokens, 0)
+
+    def _next_waiting(self) -> Request:
+        """FCFS, except that requests with a TTFT deadline go by deadline, and preempted requests
+        (which already have their first token) go first."""
+        best, best_key = self.waiting[0], None
+        for position, request in enumerate(self.waiting):
+            if request.first_token_time is not None:
+                key = (-1.0, position)
+            elif request.params.slo.ttft_ms is not None:
+                key = (request.arrival_time + request.params.slo.ttft_ms / 1000.0, position)
+            else:
+                key = (float("inf"), position)
+            if best_key is None or key < best_key:
+                best, best_key = request, key
+        return best
 
     def _preempt(self, request: Request) -> None:
         """Free the request's KV and put it back at the head of the queue to recompute later."""

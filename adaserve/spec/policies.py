@@ -9,7 +9,7 @@ The SLO-aware AdaServe policy implements the same interface in adaserve.sched.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from adaserve.spec.tree import CandidateTree
@@ -25,19 +25,60 @@ class Child:
     path_logprob: float  # parent's path log-prob + logprob
 
 
+@dataclass
+class SeqState:
+    """What an SLO-aware policy knows about one decoding request."""
+
+    tpot_ms: float | None  # its TPOT target, None when it has none
+    first_token_time: float | None
+    num_output_tokens: int
+    num_context_tokens: int  # tokens already in its KV cache
+
+
+@dataclass
+class SelectionContext:
+    budget: int  # drafted nodes this step may verify in all (roots are not part of it)
+    num_batched_tokens: int = 0  # tokens already in the pass: prefill chunks and tree roots
+    now: float = 0.0  # the engine clock
+    seqs: list[SeqState] = field(default_factory=list)  # aligned with the trees
+
+
 class SpecPolicy(Protocol):
     name: str
-    depth: int  # draft layers
+    depth: int  # draft layers this step
     top_k: int  # children offered per frontier node
-    max_tokens_per_seq: int  # most drafted nodes it verifies per request and step
+    max_tokens_per_seq: int  # most drafted nodes it ever verifies per request and step
+
+    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
+        """Before drafting: adapt depth/width to the load (fixed policies do nothing)."""
+        ...
 
     def expand(self, layer: int, children: list[Child]) -> list[Child]:
         """Of one request's candidate children at `layer` (1-based), the ones that stay."""
         ...
 
-    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
-        """Per tree, the candidate node indices to verify (root implied), at most `budget` in all."""
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        """Per tree, the candidate node indices to verify (root implied), at most ctx.budget in all."""
         ...
+
+    def record(self, num_proposed_depth: int, num_accepted: int) -> None:
+        """After verifying one request's tree: its depth and how many drafted tokens were accepted."""
+        ...
+
+
+class FixedPolicy:
+    """Shared by the fixed-shape policies: no adaptation, no feedback."""
+
+    name: str
+    depth: int
+    top_k: int
+    max_tokens_per_seq: int
+
+    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
+        pass
+
+    def record(self, num_proposed_depth: int, num_accepted: int) -> None:
+        pass
 
 
 def top_by_path_prob(children: list[Child], n: int) -> list[Child]:
@@ -47,8 +88,7 @@ def top_by_path_prob(children: list[Child], n: int) -> list[Child]:
 def best_nodes(tree: CandidateTree, n: int) -> list[int]:
     """The n highest-f non-root nodes. f(child) <= f(parent), and ties go to the shallower node,
     so the result is always connected."""
-    order = sorted(range(1, tree.num_nodes), key=lambda i: (-tree.path_logprobs[i], tree.depths[i], i))
-    return order[:n]
+    return tree.ranked_nodes()[:n]
 
 
 def split_budget(trees: list[CandidateTree], budget: int, want: list[int]) -> list[int]:
@@ -69,7 +109,7 @@ def split_budget(trees: list[CandidateTree], budget: int, want: list[int]) -> li
     return quota
 
 
-class ChainPolicy:
+class ChainPolicy(FixedPolicy):
     """vLLM-Spec style: one chain of the draft's top-1 tokens, `length` deep."""
 
     def __init__(self, length: int) -> None:
@@ -81,12 +121,12 @@ class ChainPolicy:
     def expand(self, layer: int, children: list[Child]) -> list[Child]:
         return top_by_path_prob(children, 1)
 
-    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
-        quotas = split_budget(trees, budget, [t.num_nodes - 1 for t in trees])
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        quotas = split_budget(trees, ctx.budget, [t.num_nodes - 1 for t in trees])
         return [best_nodes(t, q) for t, q in zip(trees, quotas)]
 
 
-class StaticTreePolicy:
+class StaticTreePolicy(FixedPolicy):
     """SpecInfer style: a fixed shape; widths[l] = children kept per node at depth l + 1."""
 
     def __init__(self, widths: tuple[int, ...] = (1, 1, 3, 1, 1, 1, 1, 1)) -> None:
@@ -102,12 +142,12 @@ class StaticTreePolicy:
             kept += top_by_path_prob([c for c in children if c.parent == parent], width)
         return kept
 
-    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
-        quotas = split_budget(trees, budget, [t.num_nodes - 1 for t in trees])
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        quotas = split_budget(trees, ctx.budget, [t.num_nodes - 1 for t in trees])
         return [best_nodes(t, q) for t, q in zip(trees, quotas)]
 
 
-class DynamicTreePolicy:
+class DynamicTreePolicy(FixedPolicy):
     """EAGLE-2 style: grow top-`width` nodes per layer by path probability, verify the best
     `num_nodes` of them per request."""
 
@@ -121,8 +161,8 @@ class DynamicTreePolicy:
     def expand(self, layer: int, children: list[Child]) -> list[Child]:
         return top_by_path_prob(children, self.width)
 
-    def select(self, trees: list[CandidateTree], budget: int) -> list[list[int]]:
-        quotas = split_budget(trees, budget, [min(self.num_nodes, t.num_nodes - 1) for t in trees])
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        quotas = split_budget(trees, ctx.budget, [min(self.num_nodes, t.num_nodes - 1) for t in trees])
         return [best_nodes(t, q) for t, q in zip(trees, quotas)]
 
 

@@ -46,6 +46,12 @@ class CandidateTree:
     def path_prob(self, node: int) -> float:
         return math.exp(self.path_logprobs[node])
 
+    def ranked_nodes(self) -> list[int]:
+        """Non-root nodes by decreasing f. The sort is stable and nodes are stored parents-first,
+        so a child whose f equals its parent's (a draft probability of 1.0) still comes after it;
+        any prefix of the ranking is a connected tree."""
+        return sorted(range(1, self.num_nodes), key=self.path_logprobs.__getitem__, reverse=True)
+
 
 @dataclass
 class TreeLayout:

@@ -1,0 +1,113 @@
+"""Measure the cost model: target and draft forward latency vs tokens, and the attention cost of
+context. Cached per model pair and machine as JSON (adaserve.sched.cost_model.CostModel).
+
+Each point is the median of `reps` timed forwards of one sequence of N new tokens (causal, like a
+chain or a prefill chunk) over a `context`-token prefix, run through the engine's own executor and
+KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from adaserve.engine.executor import ModelExecutor
+from adaserve.models.sources import cache_root
+from adaserve.sched.cost_model import CostModel, LatencyCurve
+
+log = logging.getLogger(__name__)
+PROFILE_ID = "__profile__"
+DEFAULT_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> float:
+    """One pass of num_tokens new tokens after `context` cached tokens; leaves the cache at context."""
+    slots = executor.kv.reserve(PROFILE_ID, num_tokens)
+    seq = executor.seq_input(PROFILE_ID, [11] * num_tokens, list(range(context, context + num_tokens)), slots, context)
+    start = time.perf_counter()
+    hidden = executor.forward([seq])
+    executor.logits(hidden, [num_tokens - 1])
+    elapsed = time.perf_counter() - start
+    executor.kv.truncate(PROFILE_ID, context)
+    return elapsed * 1000.0
+
+
+def _fill_context(executor: ModelExecutor, context: int) -> None:
+    executor.kv.free(PROFILE_ID)
+    done = 0
+    while done < context:
+        n = min(256, context - done)
+        slots = executor.kv.reserve(PROFILE_ID, n)
+        executor.forward([executor.seq_input(PROFILE_ID, [11] * n, list(range(done, done + n)), slots, done)])
+        done += n
+
+
+def profile_curve(
+    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 1024, reps: int = 3
+) -> LatencyCurve:
+    long_context = min(long_context, executor.kv.capacity_tokens - max(grid) - executor.kv.block_size)
+    grid = tuple(n for n in grid if context + n <= executor.kv.capacity_tokens)
+    try:
+        _fill_context(executor, context)
+        _timed_forward(executor, context, 1)  # warm-up
+        medians = [statistics.median(_timed_forward(executor, context, n) for _ in range(reps)) for n in grid]
+        short = statistics.median(_timed_forward(executor, context, 1) for _ in range(reps + 2))
+        beta = 0.0
+        if long_context > context:
+            _fill_context(executor, long_context)
+            long = statistics.median(_timed_forward(executor, long_context, 1) for _ in range(reps + 2))
+            beta = max(0.0, (long - short) / (long_context - context))
+    finally:
+        executor.kv.free(PROFILE_ID)
+    # The curve is for `context` cached tokens; store it as if context-free plus beta * context.
+    return LatencyCurve(grid, tuple(max(1e-3, m - beta * context) for m in medians), beta)
+
+
+def profile_key(target_dir: Path, draft_dir: Path | None, device: str, dtype: str, packed: bool) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [str(target_dir), str(draft_dir), device, dtype, str(packed), cpu, str(torch.get_num_threads()),
+             torch.__version__, str(os.cpu_count())]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def profile_path(key: str) -> Path:
+    return cache_root() / "profiles" / f"{key}.json"
+
+
+def profile_models(
+    target: ModelExecutor, draft: ModelExecutor | None, max_tokens: int, reps: int = 3, meta: dict | None = None
+) -> CostModel:
+    grid = tuple(n for n in DEFAULT_GRID if n <= max_tokens) or (1,)
+    start = time.perf_counter()
+    target_curve = profile_curve(target, grid, reps=reps)
+    draft_curve = profile_curve(draft, grid, reps=reps) if draft is not None else None
+    meta = dict(meta or {}, seconds=round(time.perf_counter() - start, 1), threads=torch.get_num_threads(),
+                torch=torch.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return CostModel(target_curve, draft_curve, meta)
+
+
+def load_or_profile(
+    target: ModelExecutor, draft: ModelExecutor | None, key: str, max_tokens: int, meta: dict | None = None,
+    refresh: bool = False,
+) -> CostModel:
+    path = profile_path(key)
+    if path.exists() and not refresh:
+        try:
+            return CostModel.load(path)
+        except (ValueError, KeyError) as e:
+            log.warning("ignoring unreadable profile %s: %s", path, e)
+    log.warning("profiling this model pair on this machine (once; cached in %s)", path)
+    cost = profile_models(target, draft, max_tokens, meta=meta)
+    cost.save(path)
+    return cost

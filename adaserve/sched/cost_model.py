@@ -1,0 +1,131 @@
+"""Hardware cost model: predicted latency of a target or draft forward pass, from profiled points.
+Plain Python; no torch (the measuring lives in adaserve.engine.profiler).
+
+A forward's latency is modelled as f(num_tokens) + beta * num_context_tokens:
+  f     monotone piecewise-linear through the profiled medians (isotonic regression removes noise
+        dips; past the last point it extends the last segment's slope);
+  beta  ms per KV token read by attention (sum of the context lengths of the batch's sequences).
+Worked example: points (1, 30 ms), (8, 40 ms), (16, 60 ms), beta 0.001 ->
+  f(12) = 40 + (12 - 8) * (60 - 40) / (16 - 8) = 50 ms; 12 tokens over 1000 context tokens: 51 ms.
+
+The verification budget is where the curve stops being flat: the most tokens one pass can verify
+within `budget_factor` x the one-token latency (memory-bound region of the hardware).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+def isotonic(ys: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (least squares; pool adjacent violators): a noise spike
+    is averaged with its neighbours instead of lifting everything after it."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for y in ys:
+        blocks.append([y, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [total / count for total, count in blocks for _ in range(int(count))]
+
+
+@dataclass(frozen=True)
+class LatencyCurve:
+    num_tokens: tuple[int, ...]
+    latency_ms: tuple[float, ...]
+    ms_per_context_token: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.num_tokens or len(self.num_tokens) != len(self.latency_ms):
+            raise ValueError("a latency curve needs matching, non-empty token and latency lists")
+        if list(self.num_tokens) != sorted(set(self.num_tokens)) or self.num_tokens[0] < 1:
+            raise ValueError("token counts must be increasing and >= 1")
+        object.__setattr__(self, "latency_ms", tuple(isotonic(list(self.latency_ms))))
+
+    def __call__(self, num_tokens: int, num_context_tokens: int = 0) -> float:
+        xs, ys = self.num_tokens, self.latency_ms
+        context = self.ms_per_context_token * max(0, num_context_tokens)
+        if num_tokens <= xs[0] or len(xs) == 1:
+            return ys[0] + context
+        i = min(bisect.bisect_left(xs, num_tokens), len(xs) - 1)  # segment (i-1, i)
+        slope = (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
+        return ys[i - 1] + slope * (num_tokens - xs[i - 1]) + context
+
+    def max_tokens_within(self, latency_ms: float, num_context_tokens: int = 0, limit: int = 4096) -> int:
+        """The most tokens one pass handles within `latency_ms` (at least 1)."""
+        lo, hi = 1, limit
+        while lo < hi:  # f is monotone: binary search
+            mid = (lo + hi + 1) // 2
+            if self(mid, num_context_tokens) <= latency_ms:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+@dataclass(frozen=True)
+class CostModel:
+    target: LatencyCurve
+    draft: LatencyCurve | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def verify_ms(self, num_tokens: int, num_context_tokens: int = 0) -> float:
+        return self.target(num_tokens, num_context_tokens)
+
+    def draft_ms(self, num_tokens: int, num_context_tokens: int = 0) -> float:
+        return self.draft(num_tokens, num_context_tokens) if self.draft else 0.0
+
+    def speculation_ms(self, num_seqs: int, depth: int, width: int, num_context_tokens: int = 0) -> float:
+        """A speculate phase: one sync pass (about 2 committed tokens per request) and `depth - 1`
+        passes over each request's kept frontier (`width` nodes)."""
+        if self.draft is None or depth < 1 or num_seqs < 1:
+            return 0.0
+        sync = self.draft_ms(2 * num_seqs, num_context_tokens)
+        return sync + (depth - 1) * self.draft_ms(num_seqs * width, num_context_tokens)
+
+    def verify_budget(self, budget_factor: float = 2.0, limit: int = 4096) -> int:
+        """B: tokens one verification pass takes within budget_factor x the 1-token latency."""
+        return self.target.max_tokens_within(budget_factor * self.target(1), limit=limit)
+
+    def draft_budget(self, budget_factor: float = 2.0, limit: int = 4096) -> int:
+        if self.draft is None:
+            return 0
+        return self.draft.max_tokens_within(budget_factor * self.draft(1), limit=limit)
+
+    # -- persistence -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({"target": asdict(self.target), "draft": asdict(self.draft) if self.draft else None,
+                           "meta": self.meta}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CostModel":
+        data = json.loads(text)
+
+        def curve(d: dict | None) -> LatencyCurve | None:
+            if d is None:
+                return None
+            return LatencyCurve(tuple(d["num_tokens"]), tuple(d["latency_ms"]), d.get("ms_per_context_token", 0.0))
+
+        return cls(curve(data["target"]), curve(data.get("draft")), data.get("meta", {}))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "CostModel":
+        return cls.from_json(Path(path).read_text())
+
+    @classmethod
+    def from_table(cls, points: dict[int, float], draft_points: dict[int, float] | None = None) -> "CostModel":
+        """A measured table (tokens -> ms), e.g. a published one."""
+        def curve(p):
+            return LatencyCurve(tuple(sorted(p)), tuple(p[k] for k in sorted(p))) if p else None
+
+        return cls(curve(points), curve(draft_points))

@@ -1,0 +1,62 @@
+"""`--policy` names -> what the engine runs. Plain Python; no torch.
+
+  none            continuous batching, no speculation (vLLM)
+  chunked         no speculation; per-step token budget from the tightest running TPOT (Sarathi-Serve)
+  chain:K         a K-token draft chain per request (vLLM-Spec)
+  static-tree     SpecInfer's fixed tree (widths 1,1,3,1,1,1,1,1)
+  dynamic-tree    EAGLE-2: the top-N nodes per request of an expanded candidate tree
+  smartspec       one chain length per step, chosen for expected goodput from the cost model
+  adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper)
+  adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adaserve.sched.cost_model import CostModel
+from adaserve.sched.slo_policies import AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
+from adaserve.spec.policies import SpecPolicy, make_policy
+
+COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-equal")
+POLICY_NAMES = ("none", "chunked", "chain:K", "static-tree", "dynamic-tree", "smartspec", "adaserve", "adaserve-equal")
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    name: str
+    spec: SpecPolicy | None  # None: no speculation
+    # Cap each step's tokens so one iteration fits the tightest running TPOT (chunked prefill
+    # sized by the SLO instead of a fixed chunk).
+    slo_token_budget: bool
+
+
+def needs_cost_model(name: str) -> bool:
+    return name.partition(":")[0] in COST_MODEL_POLICIES
+
+
+def choose_policy(name: str, cost: CostModel | None = None) -> PolicyChoice:
+    base = name.partition(":")[0]
+    if base in COST_MODEL_POLICIES and cost is None:
+        raise ValueError(f"policy {name!r} needs a cost model (run `adaserve profile` or let the engine profile)")
+    if base == "chunked":
+        return PolicyChoice(name, None, slo_token_budget=True)
+    if base == "adaserve":
+        return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=True)
+    if base == "adaserve-equal":
+        return PolicyChoice(name, AdaServeEqualPolicy(cost), slo_token_budget=True)
+    if base == "smartspec":
+        return PolicyChoice(name, SmartSpecPolicy(cost), slo_token_budget=True)
+    try:
+        return PolicyChoice(name, make_policy(name), slo_token_budget=False)
+    except ValueError as e:
+        raise ValueError(f"{e}; policies: {', '.join(POLICY_NAMES)}") from None
+
+
+def slo_step_budget(cost: CostModel, tpots_ms: list[float], max_tokens: int, min_tokens: int) -> int:
+    """Tokens one iteration may carry so it takes at most the tightest running TPOT, never fewer
+    than `min_tokens` (decode roots and a little prefill must still progress) nor more than max."""
+    if not tpots_ms:
+        return max_tokens
+    fits = cost.target.max_tokens_within(min(tpots_ms), limit=max_tokens)
+    return max(min_tokens, min(max_tokens, fits))

@@ -1,0 +1,164 @@
+"""Policies that use the cost model: AdaServe, its equal-budget ablation, and SmartSpec.
+Plain Python; no torch. They implement adaserve.spec.policies.SpecPolicy.
+
+AdaServe, each step (DESIGN.md section 1):
+  begin_step  adaptive shape from the number n of decoding requests:
+                depth d = clip(B1 // (n + c1) - 1, min_depth, max_depth)
+                width w = clip(B2 // n + c2, 1, max_width)
+              B1 / B2 = profiled verify / draft budgets (tokens one pass takes within
+              `budget_factor` x its one-token latency).
+  expand      per request and layer, keep the w children with the highest path probability.
+  select      A(r) for each request with a TPOT target, from the predicted iteration time; the SLO
+              phase serves the quotas, the throughput phase adds the globally best nodes while each
+              one raises expected tokens per second of the whole pass (cost model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from adaserve.sched.cost_model import CostModel
+from adaserve.sched.selection import select_nodes, throughput_phase
+from adaserve.slo import required_tokens
+from adaserve.spec.policies import Child, SelectionContext, SeqState, top_by_path_prob
+from adaserve.spec.tree import CandidateTree
+
+
+@dataclass(frozen=True)
+class AdaptiveShape:
+    """The constants of the adaptive depth/width rule."""
+
+    c1: int = 1
+    c2: int = 1
+    min_depth: int = 1
+    max_depth: int = 8
+    max_width: int = 4
+    top_k: int = 8  # children each frontier node offers
+    budget_factor: float = 2.0
+    n_max_factor: float = 1.2  # per-request cap in the SLO phase: n_max = factor * B1 / n
+
+
+def clip(x: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, x))
+
+
+class AdaServePolicy:
+    def __init__(self, cost: CostModel, shape: AdaptiveShape = AdaptiveShape(), name: str = "adaserve") -> None:
+        self.cost, self.shape, self.name = cost, shape, name
+        self.verify_budget = cost.verify_budget(shape.budget_factor)
+        self.draft_budget = max(1, cost.draft_budget(shape.budget_factor))
+        self.top_k = shape.top_k
+        self.max_tokens_per_seq = shape.max_depth * shape.max_width
+        self.depth, self.width = shape.max_depth, shape.max_width
+        self._num_context_tokens = 0
+        self._last_num_selected = 0  # drafted nodes verified last step: the guess for this one
+
+    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
+        n, s = max(1, num_requests), self.shape
+        self.depth = clip(self.verify_budget // (n + s.c1) - 1, s.min_depth, s.max_depth)
+        self.width = clip(self.draft_budget // n + s.c2, 1, s.max_width)
+        self._num_context_tokens = num_context_tokens
+
+    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+        return top_by_path_prob(children, self.width)
+
+    def predicted_step_ms(self, num_seqs: int, num_tokens: int) -> float:
+        """Draft (this step's shape) plus verification of num_tokens over the batch's context."""
+        spec = self.cost.speculation_ms(num_seqs, self.depth, self.width, self._num_context_tokens)
+        return spec + self.cost.verify_ms(num_tokens, self._num_context_tokens)
+
+    def requirements(self, ctx: SelectionContext, t_iter_s: float) -> list[float | None]:
+        return [_requirement(seq, ctx.now, t_iter_s) for seq in ctx.seqs]
+
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        n = len(trees)
+        if n == 0:
+            return []
+        t_iter_s = self.predicted_step_ms(n, ctx.num_batched_tokens + self._last_num_selected) / 1000.0
+        n_max = max(1, math.ceil(self.shape.n_max_factor * self.verify_budget / n))
+        chosen = select_nodes(
+            trees, self.requirements(ctx, t_iter_s), ctx.budget, self.depth, n_max, self._pays_off(n, ctx)
+        )
+        self._last_num_selected = sum(len(c) for c in chosen)
+        return chosen
+
+    def _pays_off(self, num_seqs: int, ctx: SelectionContext):
+        """Throughput-phase stop rule: add a node of acceptance probability f iff it raises
+        expected tokens per second of the step: (E + f) / T(N + 1) > E / T(N)."""
+        spec_ms = self.cost.speculation_ms(num_seqs, self.depth, self.width, self._num_context_tokens)
+        step_ms: dict[int, float] = {}
+
+        def t(num_tokens: int) -> float:
+            if num_tokens not in step_ms:
+                step_ms[num_tokens] = spec_ms + self.cost.verify_ms(num_tokens, self._num_context_tokens)
+            return step_ms[num_tokens]
+
+        def keep_going(f: float, num_selected: int, expected: float) -> bool:
+            n = ctx.num_batched_tokens + num_selected
+            return (expected + f) * t(n) > expected * t(n + 1)
+
+        return keep_going
+
+    def record(self, num_proposed_depth: int, num_accepted: int) -> None:
+        pass
+
+
+class AdaServeEqualPolicy(AdaServePolicy):
+    """Ablation: the same drafting, but every request gets an equal share of the budget (its best
+    nodes), with no SLO phase and no global merge."""
+
+    def __init__(self, cost: CostModel, shape: AdaptiveShape = AdaptiveShape()) -> None:
+        super().__init__(cost, shape, name="adaserve-equal")
+
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        if not trees:
+            return []
+        share = min(ctx.budget, max(0, self.verify_budget - len(trees))) // len(trees)
+        return [t.ranked_nodes()[:share] for t in trees]
+
+
+def _requirement(seq: SeqState, now: float, t_iter_s: float) -> float | None:
+    if seq.tpot_ms is None or seq.first_token_time is None:
+        return None
+    return required_tokens(now - seq.first_token_time, t_iter_s, seq.tpot_ms, seq.num_output_tokens - 1)
+
+
+class SmartSpecPolicy:
+    """SmartSpec: one chain length k for the whole batch each step, the k in [0, max_depth] that
+    maximises expected goodput n * E[tokens | k] / (draft time + verification time), with the
+    acceptance rate alpha a running estimate from verified chains (E[tokens | k] = sum_{j<=k} alpha^j)."""
+
+    def __init__(self, cost: CostModel, max_depth: int = 8, prior_alpha: float = 0.6, decay: float = 0.98) -> None:
+        self.cost, self.max_depth, self.decay = cost, max_depth, decay
+        self.name, self.top_k, self.max_tokens_per_seq = "smartspec", 1, max_depth
+        self.depth = max_depth
+        # Geometric acceptance: alpha = accepted / (accepted + rejections), decayed counts.
+        self._accepted, self._trials = prior_alpha * 10, 10.0
+
+    @property
+    def alpha(self) -> float:
+        return min(0.99, self._accepted / self._trials)
+
+    def expected_rate(self, k: int, num_seqs: int, num_context_tokens: int) -> float:
+        """Expected tokens per ms of a step verifying a k-chain for every request."""
+        tokens = num_seqs * sum(self.alpha**j for j in range(k + 1))
+        ms = self.cost.verify_ms(num_seqs * (k + 1), num_context_tokens)
+        if k > 0:
+            ms += self.cost.speculation_ms(num_seqs, k, 1, num_context_tokens)
+        return tokens / ms
+
+    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
+        n = max(1, num_requests)
+        self.depth = max(range(self.max_depth + 1), key=lambda k: self.expected_rate(k, n, num_context_tokens))
+
+    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+        return top_by_path_prob(children, 1)
+
+    def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
+        return throughput_phase(trees, [t.ranked_nodes() for t in trees], [[] for _ in trees], ctx.budget)
+
+    def record(self, num_proposed_depth: int, num_accepted: int) -> None:
+        rejected = 1.0 if num_accepted < num_proposed_depth else 0.0
+        self._accepted = self.decay * self._accepted + num_accepted
+        self._trials = self.decay * self._trials + num_accepted + rejected

@@ -1,0 +1,167 @@
+"""Per-request latency targets (SLOs) and the arithmetic every part of adaserve shares: how many
+tokens a request needs this iteration, whether it attained its SLO, attainment and goodput.
+Plain Python; no torch. Used by the engine, the server, the benchmark and the simulator alike.
+
+Definitions (AdaServe, EuroSys 2026, with TTFT added):
+  TPOT     = (t_last_token - t_first_token) / (num_output_tokens - 1): decode time per token after
+             the first (prefill) token, as vLLM and our benchmark measure it. A one-token output has
+             no decode phase and meets any TPOT target.
+  TTFT     = t_first_token - t_arrival.
+  attained = TPOT <= tpot_ms (if set) and TTFT <= ttft_ms (if set).
+  goodput  = output tokens of attained requests / wall time.
+
+Required tokens A(r): a request that has decoded `num_decoded` tokens in `elapsed` seconds since its
+first token is on its SLO line after the next iteration (taking `t_iter`) iff it has then decoded
+(elapsed + t_iter) / tpot tokens. Worked example: tpot 50 ms, 10 tokens decoded in 0.5 s, next
+iteration 0.1 s -> A = (0.5 + 0.1) / 0.05 - 10 = 2 tokens, i.e. the bonus token plus one accepted draft.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SLO:
+    tpot_ms: float | None = None
+    ttft_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("tpot_ms", "ttft_ms"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"SLO {name} must be a positive number of milliseconds, got {value!r}")
+
+    @property
+    def is_set(self) -> bool:
+        return self.tpot_ms is not None or self.ttft_ms is not None
+
+
+@dataclass(frozen=True)
+class SLOClassSpec:
+    """A named class as configured: tpot either absolute (ms) or a multiple of the unloaded
+    per-token latency ('1.2x'); ttft absolute."""
+
+    name: str
+    tpot_ms: float | None = None
+    tpot_scale: float | None = None
+    ttft_ms: float | None = None
+
+    def resolve(self, unloaded_tpot_ms: float | None) -> SLO:
+        tpot = self.tpot_ms
+        if self.tpot_scale is not None:
+            if unloaded_tpot_ms is None:
+                raise ValueError(f"SLO class {self.name!r} is relative ({self.tpot_scale}x); it needs a measured latency")
+            tpot = self.tpot_scale * unloaded_tpot_ms
+        return SLO(tpot_ms=tpot, ttft_ms=self.ttft_ms)
+
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|x)\s*$")
+
+
+def parse_slo_class(text: str) -> SLOClassSpec:
+    """'coding=tpot:1.2x' | 'chat=tpot:50ms' | 'batch=tpot:2s,ttft:30s'."""
+    name, sep, body = text.partition("=")
+    if not sep or not name.strip() or not body.strip():
+        raise ValueError(f"SLO class must look like NAME=tpot:50ms[,ttft:2s], got {text!r}")
+    fields: dict[str, float | None] = {"tpot_ms": None, "tpot_scale": None, "ttft_ms": None}
+    for part in body.split(","):
+        key, _, value = part.partition(":")
+        m = _DURATION.match(value)
+        if key.strip() not in ("tpot", "ttft") or not m:
+            raise ValueError(f"bad SLO term {part!r} in {text!r}: use tpot:<N>ms|<N>s|<N>x or ttft:<N>ms|<N>s")
+        number, unit = float(m.group(1)), m.group(2)
+        if number <= 0:
+            raise ValueError(f"SLO values must be positive: {part!r}")
+        if unit == "x":
+            if key.strip() != "tpot":
+                raise ValueError(f"only tpot can be relative (x): {part!r}")
+            fields["tpot_scale"] = number
+        else:
+            fields[f"{key.strip()}_ms"] = number * (1000.0 if unit == "s" else 1.0)
+    return SLOClassSpec(name.strip(), **fields)
+
+
+def required_tokens(elapsed_decode_s: float, t_iter_s: float, tpot_ms: float, num_decoded: int) -> float:
+    """A(r): tokens the request must gain in the next iteration to be on its SLO line after it."""
+    return (elapsed_decode_s + t_iter_s) / (tpot_ms / 1000.0) - num_decoded
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    """What the SLO arithmetic needs to know about a finished (or running) request."""
+
+    arrival_time: float
+    first_token_time: float | None
+    last_token_time: float | None
+    num_output_tokens: int
+    slo: SLO = SLO()
+    category: str = "default"
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def tpot_s(self) -> float | None:
+        if self.first_token_time is None or self.last_token_time is None or self.num_output_tokens < 2:
+            return None
+        return (self.last_token_time - self.first_token_time) / (self.num_output_tokens - 1)
+
+    @property
+    def attained(self) -> bool:
+        if self.first_token_time is None:
+            return False  # never produced a token (error, abort before the first token)
+        if self.slo.ttft_ms is not None and self.ttft_s * 1000.0 > self.slo.ttft_ms:
+            return False
+        tpot = self.tpot_s
+        return not (self.slo.tpot_ms is not None and tpot is not None and tpot * 1000.0 > self.slo.tpot_ms)
+
+
+@dataclass(frozen=True)
+class SLOSummary:
+    num_requests: int
+    num_attained: int
+    num_output_tokens: int
+    num_attained_tokens: int
+    wall_time_s: float
+
+    @property
+    def attainment(self) -> float:
+        return self.num_attained / self.num_requests if self.num_requests else 0.0
+
+    @property
+    def goodput(self) -> float:
+        """Output tokens per second of requests that attained their SLO."""
+        return self.num_attained_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.num_output_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+
+def summarize(timings: list[RequestTiming], wall_time_s: float | None = None) -> SLOSummary:
+    """Attainment and goodput; the wall time defaults to first arrival -> last token."""
+    if wall_time_s is None:
+        ends = [t.last_token_time for t in timings if t.last_token_time is not None]
+        wall_time_s = max(ends) - min(t.arrival_time for t in timings) if ends else 0.0
+    attained = [t for t in timings if t.attained]
+    return SLOSummary(
+        num_requests=len(timings),
+        num_attained=len(attained),
+        num_output_tokens=sum(t.num_output_tokens for t in timings),
+        num_attained_tokens=sum(t.num_output_tokens for t in attained),
+        wall_time_s=wall_time_s,
+    )
+
+
+def summarize_by_category(timings: list[RequestTiming], wall_time_s: float | None = None) -> dict[str, SLOSummary]:
+    """Per category (and 'all'), each over the same wall time so goodputs add up."""
+    if wall_time_s is None:
+        wall_time_s = summarize(timings).wall_time_s
+    out = {"all": summarize(timings, wall_time_s)}
+    for category in sorted({t.category for t in timings}):
+        out[category] = summarize([t for t in timings if t.category == category], wall_time_s)
+    return out

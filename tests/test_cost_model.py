@@ -1,0 +1,60 @@
+"""Cost model arithmetic: monotone interpolation, context term, budgets, JSON round trip."""
+
+import pytest
+
+from adaserve.sched.cost_model import CostModel, LatencyCurve
+from adaserve.sched.registry import choose_policy, slo_step_budget
+
+CURVE = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), ms_per_context_token=0.001)
+
+
+@pytest.mark.parametrize(
+    "tokens, context, ms",
+    [(1, 0, 30.0), (12, 0, 50.0), (12, 1000, 51.0), (24, 0, 80.0), (0, 0, 30.0), (4, 0, 30 + 3 * 10 / 7)],
+)
+def test_interpolation_worked_example(tokens, context, ms):
+    assert CURVE(tokens, context) == pytest.approx(ms)
+
+
+def test_noise_dips_are_removed():
+    c = LatencyCurve((1, 2, 4), (30.0, 26.0, 40.0))
+    assert c.latency_ms == (28.0, 28.0, 40.0)  # the violating pair is pooled
+    spike = LatencyCurve((1, 2, 4, 8), (30.0, 90.0, 31.0, 32.0))  # one noisy point
+    assert spike.latency_ms[-1] == 51.0 and list(spike.latency_ms) == sorted(spike.latency_ms)
+    assert all(c(n) <= c(n + 1) for n in range(1, 20))
+
+
+def test_budgets():
+    cost = CostModel(CURVE, LatencyCurve((1, 4), (10.0, 30.0)))
+    assert CURVE.max_tokens_within(50.0) == 12
+    assert cost.verify_budget(2.0) == 16  # 2 x 30 ms = 60 ms: 40 + (n - 8) * 2.5 <= 60
+    assert cost.draft_budget(2.0) == 2  # 10 + (n - 1) * 20 / 3 <= 20
+    assert cost.speculation_ms(num_seqs=2, depth=3, width=2) == pytest.approx(cost.draft_ms(4) + 2 * cost.draft_ms(4))
+
+
+def test_json_round_trip(tmp_path):
+    cost = CostModel(CURVE, None, {"model": "m"})
+    cost.save(tmp_path / "p.json")
+    assert CostModel.load(tmp_path / "p.json") == cost
+
+
+@pytest.mark.parametrize("bad", [((), ()), ((1, 2), (1.0,)), ((2, 1), (1.0, 2.0)), ((0, 1), (1.0, 2.0))])
+def test_bad_curves(bad):
+    with pytest.raises(ValueError):
+        LatencyCurve(*bad)
+
+
+def test_slo_step_budget():
+    cost = CostModel(CURVE)
+    assert slo_step_budget(cost, [], 512, 16) == 512
+    assert slo_step_budget(cost, [200.0, 50.0], 512, 4) == 12  # tightest TPOT 50 ms -> 12 tokens
+    assert slo_step_budget(cost, [10.0], 512, 4) == 4  # never below the floor
+
+
+def test_policies_needing_a_cost_model_say_so():
+    with pytest.raises(ValueError, match="cost model"):
+        choose_policy("adaserve")
+    with pytest.raises(ValueError, match="policies: none, chunked"):
+        choose_policy("fastest")
+    assert choose_policy("chain:3").spec.depth == 3
+    assert choose_policy("chunked", CostModel(CURVE)).spec is None

@@ -1,0 +1,30 @@
+"""Slow: the realistic pair, Qwen2.5-Coder 1.5B target with its 0.5B draft. Greedy speculation
+must be token-for-token plain greedy for every policy, on a ragged batch."""
+
+import pytest
+
+from adaserve import LLM, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "def is_prime(n: int) -> bool:\n",
+    "<|im_start|>user\nWrite a Python function that reverses a linked list.<|im_end|>\n<|im_start|>assistant\n",
+    "# Quick sort in Python\n",
+    "<|im_start|>user\nWhat does `git rebase -i` do? Answer briefly.<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+def test_qwen_pair_greedy_speculation_equals_plain_greedy():
+    llm = LLM("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b", spec_policy="static-tree",
+              max_num_batched_tokens=256, kv_cache_memory=256 << 20, max_model_len=1024)
+    params = SamplingParams(max_tokens=48)
+    results = {}
+    for policy in ["none", "chain:4", "static-tree", "dynamic-tree"]:
+        llm.engine.set_spec_policy(policy)
+        results[policy] = [o.token_ids for o in llm.generate(PROMPTS, params)]
+    for policy in ["chain:4", "static-tree", "dynamic-tree"]:
+        assert results[policy] == results["none"], policy
+    stats = llm.engine.spec.stats.totals
+    assert stats.num_accepted > 0.5 * stats.num_verifications  # a real draft: most steps gain tokens
+    assert llm.engine.kv.num_free_blocks == llm.engine.kv.pool.num_blocks
