@@ -1,4 +1,4 @@
-"""adaserve command line: download | generate | demo | profile (serve, bench, simulate come later)."""
+"""adaserve command line: download | generate | demo | profile | serve (bench, simulate come later)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ DEMO_PROMPTS = [
 ]
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="preset, local HF dir, .gguf file or hub id")
+def _engine_args(p: argparse.ArgumentParser, default_model: str = "smollm2-135m", default_policy: str | None = "none") -> None:
+    p.add_argument("--model", default=default_model, help="preset, local HF dir, .gguf file or hub id")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kv-cache-memory", default="512MiB", help="bytes for the KV cache, e.g. 512MiB, 2GiB")
     p.add_argument("--block-size", type=int, default=16)
@@ -26,7 +26,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--draft", default=None, help="draft model (preset, dir, .gguf) or 'ngram'")
-    p.add_argument("--policy", default="none", help="none, chunked, chain:K, static-tree, dynamic-tree, "
+    p.add_argument("--policy", default=default_policy, help="none, chunked, chain:K, static-tree, dynamic-tree, "
                    "smartspec, adaserve, adaserve-equal")
     p.add_argument("--cost-model", default=None, help="profile JSON (default: cached per model pair)")
 
@@ -44,7 +44,7 @@ def _llm(args):
         max_model_len=args.max_model_len,
         num_threads=args.threads,
         draft=args.draft,
-        spec_policy=args.policy,
+        spec_policy=args.policy or "none",
         cost_model=args.cost_model,
     )
 
@@ -92,6 +92,55 @@ def cmd_generate(args) -> None:
     print(f"\n{len(outs)} requests batched, {num_tokens} tokens in {elapsed:.2f} s: {num_tokens / elapsed:.1f} tokens/s")
 
 
+DEFAULT_SLO_CLASSES = ["coding=tpot:1.2x", "chat=tpot:2x", "summarization=tpot:6x"]  # the paper's ratios
+
+
+def cmd_serve(args) -> None:
+    import logging
+
+    import uvicorn
+
+    from adaserve.config import EngineConfig
+    from adaserve.engine.async_engine import AsyncEngine
+    from adaserve.engine.core import EngineCore
+    from adaserve.server.app import ServerConfig, create_app
+    from adaserve.slo import parse_slo_class
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model = args.model_pos or args.model
+    draft = args.draft
+    if draft is None and model == "qwen2.5-coder-1.5b":
+        draft = "qwen2.5-coder-0.5b"  # the default pair
+    policy = args.policy or ("adaserve" if draft else "none")
+    specs = [parse_slo_class(c) for c in (args.slo_class or DEFAULT_SLO_CLASSES)]
+    engine = EngineCore(EngineConfig(
+        model=model, draft=draft, spec_policy=policy, device=args.device, num_threads=args.threads,
+        kv_cache_memory=parse_memory(args.kv_cache_memory), max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+        cost_model=args.cost_model,
+    ))
+    unloaded_ms = None
+    if any(c.tpot_scale is not None for c in specs):
+        cost = engine.cost_model or engine.load_cost_model()
+        unloaded_ms = cost.verify_ms(1, 256)  # plain decoding, one request, a short context
+    classes = {c.name: c.resolve(unloaded_ms) for c in specs}
+    for name, slo in classes.items():
+        logging.info("SLO class %s: tpot %s ms, ttft %s ms", name, slo.tpot_ms, slo.ttft_ms)
+    async_engine = AsyncEngine(engine, max_pending_requests=args.max_pending_requests)
+    async_engine.start()
+    config = ServerConfig(
+        served_model_name=args.served_model_name or model,
+        model_aliases=(model, str(engine.model_dir)),
+        api_key=args.api_key,
+        slo_classes=classes,
+        default_slo_class=args.default_slo_class,
+    )
+    try:
+        uvicorn.run(create_app(async_engine, config), host=args.host, port=args.port, log_level="warning")
+    finally:
+        async_engine.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="adaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +156,18 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--top-p", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=None)
         p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("serve", help="OpenAI-compatible server (default: the Qwen2.5-Coder 1.5B + 0.5B pair)")
+    _engine_args(p, default_model="qwen2.5-coder-1.5b", default_policy=None)
+    p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--slo-class", action="append", help="NAME=tpot:<N>ms|<N>x[,ttft:<N>ms] (repeatable); "
+                   f"default {' '.join(DEFAULT_SLO_CLASSES)}")
+    p.add_argument("--default-slo-class", default=None, help="class of requests that name none")
+    p.add_argument("--max-pending-requests", type=int, default=256, help="beyond this, 429")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("profile", help="measure (or show the cached) cost model of a model pair on this machine")
     _engine_args(p)
     p.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")

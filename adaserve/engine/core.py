@@ -74,9 +74,10 @@ class EngineCore:
             return self.tokenizer.encode(prompt, add_special_tokens=False)
         return list(prompt)
 
-    def add_request(
-        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
-    ) -> Request:
+    def validate(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        """The prompt's token ids, or a ValueError saying what is wrong (nothing is queued)."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError("params must be SamplingParams")
         prompt_ids = self.tokenize(prompt)
         if not prompt_ids:
             raise ValueError("the prompt is empty")
@@ -84,6 +85,12 @@ class EngineCore:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
         if any(not isinstance(t, int) or not 0 <= t < self.model_config.vocab_size for t in prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
+        return prompt_ids
+
+    def add_request(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> Request:
+        prompt_ids = self.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")

@@ -1,0 +1,184 @@
+"""The engine loop in a background thread, with an asyncio front end for the server.
+
+    server coroutine --add/abort--> command queue --> engine thread: step(), step(), ...
+    server coroutine <--deltas----- per-request asyncio.Queue <--(call_soon_threadsafe)--
+
+Every accepted request ends with a final delta (finished, or an error): a failed step fails the
+requests it carried instead of killing the loop. A caller that stops listening (client gone) aborts
+its request, which frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from adaserve.engine.core import EngineCore
+from adaserve.request import FinishReason, Request
+from adaserve.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class EngineOverloadedError(RuntimeError):
+    """Too many requests in flight; the caller should retry later."""
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+@dataclass
+class Delta:
+    """New output of one request: tokens since the last delta, the full text so far, and when
+    finished the request itself (timings, stats)."""
+
+    request_id: str
+    new_token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    request: Request | None = None
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncEngine:
+    def __init__(self, engine: EngineCore, max_pending_requests: int = 256) -> None:
+        self.engine = engine
+        self.max_pending_requests = max_pending_requests
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="adaserve-engine", daemon=True)
+        self.error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and self.error is None
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)
+
+    # -- front end (event loop thread) -----------------------------------------------------------
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
+        """Yields deltas until the request finishes. Validation errors raise before anything runs."""
+        if not self.is_alive:
+            raise EngineDeadError(f"the engine loop is not running: {self.error!r}")
+        self.engine.validate(prompt_ids, params)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if len(self._streams) >= self.max_pending_requests:
+                raise EngineOverloadedError(f"{len(self._streams)} requests in flight (limit {self.max_pending_requests})")
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        self._commands.put(("add", request_id, prompt_ids, params))
+        self._wake.set()
+        finished = False
+        try:
+            while not finished:
+                delta: Delta = await stream.queue.get()
+                finished = delta.finished
+                yield delta
+        finally:
+            if not finished:  # the caller went away: cancel and free the request's blocks
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wake.set()
+
+    # -- engine thread -------------------------------------------------------------------------
+    def _deliver(self, delta: Delta) -> None:
+        with self._lock:
+            stream = self._streams.get(delta.request_id)
+            if delta.finished:
+                self._streams.pop(delta.request_id, None)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                _, request_id, prompt_ids, params = command
+                if request_id not in self._streams:
+                    continue  # aborted before it was added
+                try:
+                    self.engine.add_request(prompt_ids, params, request_id)
+                except Exception as e:  # noqa: BLE001 -- reported to its caller, the loop goes on
+                    self._deliver(Delta(request_id, [], "", True, FinishReason.ERROR, error=str(e)))
+            else:
+                request_id = command[1]
+                if request_id in self.engine.requests:
+                    self.engine.abort(request_id)
+                    self.engine.requests.pop(request_id, None)
+                with self._lock:
+                    self._streams.pop(request_id, None)
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:  # noqa: BLE001
+            log.exception("engine step failed; failing its requests")
+            self._fail_all(f"internal error in the engine step: {e}")
+            return
+        for out in outputs:
+            request = self.engine.pop_finished(out.request_id) if out.finished else None
+            self._deliver(Delta(out.request_id, out.new_token_ids, out.text, out.finished, out.finish_reason,
+                                out.error, request))
+
+    def _fail_all(self, message: str) -> None:
+        for request_id in list(self.engine.requests):
+            request = self.engine.requests[request_id]
+            if not request.is_finished:
+                self.engine.abort(request_id)
+            self.engine.requests.pop(request_id, None)
+            self._deliver(Delta(request_id, [], request.output_text, True, FinishReason.ERROR, message, request))
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._run_commands()
+                if self.engine.has_unfinished:
+                    self._step()
+                else:
+                    self._wake.wait(timeout=0.5)
+                    self._wake.clear()
+        except BaseException as e:  # noqa: BLE001 -- a dead loop must not leave callers hanging
+            self.error = e
+            log.exception("engine loop died")
+            self._fail_all(f"engine loop died: {e}")
+            with self._lock:
+                streams, self._streams = self._streams, {}
+            for request_id in streams:
+                self._deliver_to(streams[request_id], Delta(request_id, [], "", True, FinishReason.ERROR, str(e)))
+
+    @staticmethod
+    def _deliver_to(stream: _Stream, delta: Delta) -> None:
+        stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)

@@ -1,0 +1,256 @@
+"""OpenAI-compatible HTTP API over the async engine: /v1/completions, /v1/chat/completions,
+/v1/models, /health, /metrics. Errors use OpenAI's schema: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adaserve.engine.async_engine import AsyncEngine, Delta, EngineDeadError, EngineOverloadedError
+from adaserve.server.metrics import ServerMetrics
+from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from adaserve.server.responses import StreamFormatter, final_body, usage
+from adaserve.slo import SLO, RequestTiming
+
+
+@dataclass
+class ServerConfig:
+    served_model_name: str
+    model_aliases: tuple[str, ...] = ()
+    api_key: str | None = None
+    slo_classes: dict[str, SLO] = field(default_factory=dict)
+    default_slo_class: str | None = None
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers or {}
+
+
+def error_response(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None):
+    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
+    app = FastAPI(title="adaserve", version="0.1.0")
+    app.state.engine, app.state.config = engine, config
+    app.state.metrics = metrics = ServerMetrics(engine.engine)
+    core = engine.engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(_, e: APIError):
+        if e.status == 429:
+            metrics.rejected_requests.labels("overloaded").inc()
+        return error_response(e.status, e.message, e.type, e.param, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        message = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body')}: {err.get('msg')}"
+                            for err in e.errors()[:5])
+        return error_response(400, message or "invalid request", "invalid_request_error", loc or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_, e: StarletteHTTPException):
+        type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return error_response(e.status_code, str(e.detail), type_)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_, e: Exception):
+        return error_response(500, f"internal error: {e}", "internal_error")
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if config.api_key and request.url.path.startswith("/v1"):
+            header = request.headers.get("authorization", "")
+            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            if not secrets.compare_digest(token.encode(), config.api_key.encode()):
+                return error_response(401, "missing or invalid API key", "authentication_error")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        if not engine.is_alive:
+            return error_response(503, f"engine is not running: {engine.error!r}", "service_unavailable")
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [
+            {"id": config.served_model_name, "object": "model", "created": 0, "owned_by": "adaserve",
+             "max_model_len": core.max_model_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        prompt_ids = _tokenize(core, body.prompt_input())
+        return await _serve(body, prompt_ids, request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        try:
+            text = core.tokenizer.apply_chat_template(body.conversation(), add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # noqa: BLE001 -- a template that rejects the conversation is the client's 400
+            raise APIError(400, f"cannot apply the chat template: {e}", "invalid_request_error", "messages") from e
+        return await _serve(body, _tokenize(core, text), request, chat=True)
+
+    async def _serve(body, prompt_ids: list[int], request: Request, chat: bool):
+        _check_model(body.model, config)
+        slo, slo_class = _resolve_slo(body, request, config)
+        max_tokens = _max_tokens(body, len(prompt_ids), core.max_model_len)
+        try:
+            params = body.sampling_params(max_tokens, slo, slo_class)
+        except ValueError as e:
+            raise APIError(400, str(e), "invalid_request_error") from e
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        deltas = engine.generate(prompt_ids, params, request_id)
+        first = await _first_delta(deltas)
+        fmt = StreamFormatter(request_id, config.served_model_name, chat, params.stop)
+        on_finish = _finisher(metrics, len(prompt_ids), slo_class)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(_sse(first, deltas, fmt, include_usage, on_finish), media_type="text/event-stream")
+        final = await _collect(first, deltas, request)
+        if final is None:
+            return Response(status_code=499)  # the client left; its request was aborted
+        if final.error:
+            raise APIError(500, final.error, "internal_error")
+        return final_body(fmt, final, on_finish(final))
+
+    return app
+
+
+def _tokenize(core, prompt) -> list[int]:
+    try:
+        return core.tokenize(prompt)
+    except Exception as e:  # noqa: BLE001
+        raise APIError(400, f"cannot tokenize the prompt: {e}", "invalid_request_error", "prompt") from e
+
+
+def _check_model(model: str | None, config: ServerConfig) -> None:
+    if model is not None and model not in (config.served_model_name, *config.model_aliases):
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {config.served_model_name!r}",
+                       "not_found_error", "model")
+
+
+def _resolve_slo(body, request: Request, config: ServerConfig) -> tuple[SLO, str | None]:
+    """Body `slo` > body `slo_class` > headers (x-slo-tpot-ms, x-slo-ttft-ms, x-slo-class) > default class."""
+    if body.slo is not None:
+        return SLO(body.slo.tpot_ms, body.slo.ttft_ms), body.slo_class or "custom"
+    name = body.slo_class or request.headers.get("x-slo-class")
+    if name is None and ("x-slo-tpot-ms" in request.headers or "x-slo-ttft-ms" in request.headers):
+        try:
+            tpot, ttft = (request.headers.get(h) for h in ("x-slo-tpot-ms", "x-slo-ttft-ms"))
+            return SLO(float(tpot) if tpot else None, float(ttft) if ttft else None), "custom"
+        except ValueError as e:
+            raise APIError(400, f"bad SLO header: {e}", "invalid_request_error", "x-slo-tpot-ms") from e
+    name = name or config.default_slo_class
+    if name is None:
+        return SLO(), None
+    if name not in config.slo_classes:
+        known = ", ".join(sorted(config.slo_classes)) or "none configured"
+        raise APIError(400, f"unknown slo_class {name!r} (known: {known})", "invalid_request_error", "slo_class")
+    return config.slo_classes[name], name
+
+
+def _max_tokens(body, num_prompt_tokens: int, max_model_len: int) -> int:
+    room = max_model_len - num_prompt_tokens
+    if room < 1:
+        raise APIError(400, f"this model's maximum context length is {max_model_len} tokens; the prompt has "
+                       f"{num_prompt_tokens} tokens", "invalid_request_error", "messages")
+    asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if asked is None:
+        return room
+    if asked > room:
+        raise APIError(400, f"this model's maximum context length is {max_model_len} tokens; you requested "
+                       f"{num_prompt_tokens + asked} tokens ({num_prompt_tokens} in the prompt, {asked} in the "
+                       "completion)", "invalid_request_error", "max_tokens")
+    return asked
+
+
+async def _first_delta(deltas: AsyncIterator[Delta]) -> Delta:
+    try:
+        return await deltas.__anext__()
+    except EngineOverloadedError as e:
+        raise APIError(429, f"server overloaded: {e}; retry later", "rate_limit_error", headers={"Retry-After": "1"}) from e
+    except EngineDeadError as e:
+        raise APIError(503, str(e), "service_unavailable") from e
+    except ValueError as e:
+        raise APIError(400, str(e), "invalid_request_error", "prompt") from e
+
+
+async def _collect(first: Delta, deltas: AsyncIterator[Delta], request: Request) -> Delta | None:
+    """Run to the end; None if the client disconnects first (the request is then aborted)."""
+    if first.finished:
+        return first
+
+    async def drain() -> Delta:
+        last = first
+        async for last in deltas:
+            pass
+        return last
+
+    task = asyncio.ensure_future(drain())
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if not done and await request.is_disconnected():
+            task.cancel()  # the generator's cleanup aborts the request in the engine
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+    return task.result()
+
+
+def _finisher(metrics: ServerMetrics, num_prompt_tokens: int, slo_class: str | None):
+    def on_finish(final: Delta) -> dict:
+        request = final.request
+        if request is None:
+            return usage(num_prompt_tokens, 0, None, None)
+        timing = RequestTiming(request.arrival_time, request.first_token_time,
+                               request.token_times[-1] if request.token_times else None,
+                               request.num_output_tokens, request.params.slo, slo_class or "none")
+        metrics.observe_finished(request, timing)
+        return usage(num_prompt_tokens, request.num_output_tokens, timing, request)
+
+    return on_finish
+
+
+async def _sse(first: Delta, deltas: AsyncIterator[Delta], fmt: StreamFormatter, include_usage: bool, on_finish):
+    def event(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    try:
+        for chunk in fmt.opening():
+            yield event(chunk)
+        delta = first
+        while True:
+            if delta.error:
+                yield event({"error": {"message": delta.error, "type": "internal_error", "param": None, "code": 500}})
+                break
+            for chunk in fmt.chunks(delta):
+                yield event(chunk)
+            if delta.finished:
+                u = on_finish(delta)
+                if include_usage:
+                    yield event(fmt.usage_chunk(u))
+                break
+            delta = await deltas.__anext__()
+        yield "data: [DONE]\n\n"
+    finally:
+        await deltas.aclose()  # a disconnect lands here: abort the request and free its blocks

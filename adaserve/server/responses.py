@@ -1,0 +1,84 @@
+"""OpenAI response bodies: whole completions, SSE chunks, and usage with adaserve's extras
+(measured TTFT/TPOT, SLO attained, speculation counts)."""
+
+from __future__ import annotations
+
+import time
+
+from adaserve.engine.async_engine import Delta
+from adaserve.request import FinishReason, Request
+from adaserve.slo import RequestTiming
+
+
+def usage(num_prompt_tokens: int, num_output_tokens: int, timing: RequestTiming | None, request: Request | None) -> dict:
+    u = {"prompt_tokens": num_prompt_tokens, "completion_tokens": num_output_tokens,
+         "total_tokens": num_prompt_tokens + num_output_tokens}
+    if timing is not None and request is not None:
+        stats = request.spec_stats
+        u.update({
+            "ttft_ms": None if timing.ttft_s is None else round(timing.ttft_s * 1000.0, 3),
+            "tpot_ms": None if timing.tpot_s is None else round(timing.tpot_s * 1000.0, 3),
+            "slo_class": timing.category,
+            "slo": {"tpot_ms": timing.slo.tpot_ms, "ttft_ms": timing.slo.ttft_ms},
+            "slo_attained": timing.attained,
+            "spec_verifications": stats.num_verifications,
+            "spec_proposed_tokens": stats.num_proposed,
+            "spec_accepted_tokens": stats.num_accepted,
+        })
+    return u
+
+
+def _finish_reason(reason: FinishReason | None) -> str | None:
+    return None if reason is None else reason.value
+
+
+class StreamFormatter:
+    """Turns deltas into OpenAI chunks. Text that could still become a stop string is held back
+    until it can't (or the request ends), so a stop string never leaks into the stream."""
+
+    def __init__(self, request_id: str, model: str, chat: bool, stops: list[str]) -> None:
+        self.request_id, self.model, self.chat = request_id, model, chat
+        self.created = int(time.time())
+        self.holdback = max((len(s) for s in stops), default=1) - 1
+        self.num_sent_chars = 0
+
+    def _chunk(self, choice: dict | None, **extra) -> dict:
+        return {
+            "id": self.request_id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created, "model": self.model, "choices": [choice] if choice else [], **extra,
+        }
+
+    def _choice(self, text: str | None, finish_reason: str | None, role: str | None = None) -> dict:
+        if self.chat:
+            delta = {} if text is None and role is None else {"content": text or ""}
+            if role:
+                delta["role"] = role
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+    def opening(self) -> list[dict]:
+        return [self._chunk(self._choice("", None, role="assistant"))] if self.chat else []
+
+    def chunks(self, delta: Delta) -> list[dict]:
+        end = len(delta.text) if delta.finished else len(delta.text) - self.holdback
+        out = []
+        if end > self.num_sent_chars:
+            out.append(self._chunk(self._choice(delta.text[self.num_sent_chars:end], None)))
+            self.num_sent_chars = end
+        if delta.finished:
+            out.append(self._chunk(self._choice(None, _finish_reason(delta.finish_reason))))
+        return out
+
+    def usage_chunk(self, u: dict) -> dict:
+        return self._chunk(None, usage=u)
+
+
+def final_body(fmt: StreamFormatter, final: Delta, u: dict) -> dict:
+    reason = _finish_reason(final.finish_reason)
+    if fmt.chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": None,
+                  "finish_reason": reason}
+    else:
+        choice = {"index": 0, "text": final.text, "logprobs": None, "finish_reason": reason}
+    return {"id": fmt.request_id, "object": "chat.completion" if fmt.chat else "text_completion",
+            "created": fmt.created, "model": fmt.model, "choices": [choice], "usage": u}

@@ -1,0 +1,225 @@
+"""The real server on loopback (SmolLM2 + a 3-layer self draft, adaserve policy), driven by the
+official openai client and raw HTTP: completions and chat, streaming and not, SLOs, usage extras,
+every error status, disconnects freeing KV blocks, and 32 concurrent streams."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from adaserve.config import EngineConfig
+from adaserve.engine.async_engine import AsyncEngine
+from adaserve.engine.core import EngineCore
+from adaserve.sched.cost_model import CostModel, LatencyCurve
+from adaserve.server.app import ServerConfig, create_app
+from adaserve.slo import SLO
+
+MODEL = "smollm2"
+API_KEY = "sk-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, app) -> None:
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_dir, tmp_path_factory):
+    cost = CostModel(LatencyCurve((1, 8, 16, 32, 64), (35.0, 40.0, 52.0, 84.0, 141.0)),
+                     LatencyCurve((1, 16, 64), (5.0, 7.0, 16.0)))
+    path = tmp_path_factory.mktemp("cost") / "cost.json"
+    cost.save(path)
+    core = EngineCore(EngineConfig(
+        model=str(smollm2_dir), draft=str(smollm2_dir), draft_num_layers=3, spec_policy="adaserve",
+        cost_model=str(path), max_num_seqs=40, max_num_batched_tokens=256, max_model_len=512,
+    ))
+    eng = AsyncEngine(core, max_pending_requests=64)
+    eng.start()
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    classes = {"chat": SLO(tpot_ms=500.0), "coding": SLO(tpot_ms=100.0, ttft_ms=5000.0)}
+    live = LiveServer(create_app(engine, ServerConfig(MODEL, slo_classes=classes)))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def wait_idle(engine, timeout=30.0) -> None:
+    kv = engine.engine.kv
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not engine.engine.scheduler.has_work and kv.num_free_blocks == kv.pool.num_blocks and engine.num_in_flight == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"engine not idle: {kv.num_free_blocks}/{kv.pool.num_blocks} blocks free")
+
+
+def test_completion_stream_equals_non_stream_with_slo(client, engine):
+    kwargs = dict(model=MODEL, prompt="def fibonacci(n):", max_tokens=24, temperature=0,
+                  extra_body={"slo": {"tpot_ms": 400, "ttft_ms": 10000}})
+    whole = client.completions.create(**kwargs)
+    assert whole.choices[0].finish_reason in ("length", "stop") and whole.usage.completion_tokens > 0
+    extras = whole.usage.model_extra
+    assert extras["slo"] == {"tpot_ms": 400, "ttft_ms": 10000} and isinstance(extras["slo_attained"], bool)
+    assert extras["ttft_ms"] > 0 and extras["spec_verifications"] > 0
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    wait_idle(engine)
+
+
+def test_chat_stream_equals_non_stream_with_slo_class(client):
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=20,
+                  temperature=0, extra_body={"slo_class": "chat"})
+    whole = client.chat.completions.create(**kwargs)
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.usage.model_extra["slo_class"] == "chat" and whole.usage.model_extra["slo"]["tpot_ms"] == 500.0
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_slo_by_header_and_stop_strings(server):
+    body = {"model": MODEL, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 30, "temperature": 0, "stop": [" 9"]}
+    r = httpx.post(server.url + "/v1/completions", json=body, headers={"x-slo-tpot-ms": "250"}, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["usage"]["slo"]["tpot_ms"] == 250.0 and " 9" not in out["choices"][0]["text"]
+    assert out["choices"][0]["finish_reason"] == "stop"
+    with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as s:
+        text = "".join(json.loads(line[6:])["choices"][0]["text"] for line in s.iter_lines()
+                       if line.startswith("data: {") and json.loads(line[6:])["choices"])
+    assert text == out["choices"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"model": MODEL, "prompt": "hi", "temperature": -1}, 400, "temperature"),
+        ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": MODEL, "prompt": ""}, 400, "prompt"),
+        ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n"),
+        ({"model": MODEL, "prompt": "hi", "slo": {"tpot_ms": -5}}, 400, "tpot_ms"),
+        ({"model": MODEL, "prompt": "hi", "slo": {"tpot": 5}}, 400, "slo"),
+        ({"model": MODEL, "prompt": "hi", "slo_class": "gold"}, 400, "unknown slo_class"),
+        ({"model": MODEL, "prompt": "hi " * 600}, 400, "maximum context length is 512"),
+        ({"model": MODEL, "prompt": "hi", "max_tokens": 5000}, 400, "you requested"),
+        ({"model": MODEL, "prompt": [10**9]}, 400, "token ids"),
+        ({"model": "gpt-4", "prompt": "hi"}, 404, "does not exist"),
+        ({"prompt": "hi", "stop": [""]}, 400, "stop"),
+    ],
+)
+def test_errors_use_the_openai_schema(server, body, status, needle):
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"] or needle == err.get("param"), err
+    assert err["code"] == status and err["type"]
+
+
+def test_invalid_json_and_chat_errors(server):
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
+    assert r.status_code == 400
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]})
+    assert r.status_code == 400
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # still alive
+
+
+def test_openai_client_raises_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="hi")
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="hi", extra_body={"slo": {"ttft_ms": 0}})
+
+
+def test_api_key(engine):
+    live = LiveServer(create_app(engine, ServerConfig(MODEL, api_key=API_KEY)))
+    try:
+        r = httpx.post(live.url + "/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        bad = openai.OpenAI(base_url=live.url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=live.url + "/v1", api_key=API_KEY, max_retries=0)
+        assert [m.id for m in good.models.list()] == [MODEL]
+        assert httpx.get(live.url + "/health").status_code == 200  # health needs no key
+    finally:
+        live.stop()
+
+
+def test_overload_is_429_with_retry_after(server, engine):
+    engine.max_pending_requests = 1
+    try:
+        with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                          json={"model": MODEL, "prompt": "Tell a story.", "max_tokens": 200, "stream": True,
+                                "ignore_eos": True}) as s:
+            next(s.iter_lines())
+            r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "hi"})
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    finally:
+        engine.max_pending_requests = 64
+    wait_idle(engine)
+
+
+def test_disconnect_mid_stream_frees_blocks(server, engine):
+    body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as s:
+        lines = s.iter_lines()
+        for _ in range(3):
+            next(lines)
+        assert engine.engine.kv.num_free_blocks < engine.engine.kv.pool.num_blocks
+    wait_idle(engine, timeout=5.0)  # aborted and freed: 400 tokens would take far longer than 5 s
+
+
+def test_32_concurrent_streams_finish(server, engine):
+    async def one(client, i):
+        stream = await client.completions.create(model=MODEL, prompt=f"Count to {i}:", max_tokens=12,
+                                                 temperature=0.7, seed=i, stream=True,
+                                                 extra_body={"slo_class": "coding" if i % 2 else "chat"})
+        reasons = [c.choices[0].finish_reason async for c in stream if c.choices]
+        return reasons[-1]
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=300)
+        return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    reasons = asyncio.run(main())
+    assert len(reasons) == 32 and all(r in ("length", "stop") for r in reasons)
+    wait_idle(engine)
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'adaserve_slo_attainment{slo_class="coding"}' in metrics
+    assert "adaserve_ttft_seconds_bucket" in metrics and "adaserve_kv_cache_usage" in metrics
