@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("download", help="fetch and convert models into the cache")
     p.add_argument("models", nargs="+")
     p.set_defaults(func=cmd_download)
-    for name, help_text in [("generate", "generate for prompts (chat template)"), ("demo", "the quick-start demo")]:
+    for name, help_text in [("generate", "generate for prompts (chat template)")]:
         p = sub.add_parser(name, help=help_text)
         _engine_args(p)
         p.add_argument("prompts", nargs="*")
@@ -156,6 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--top-p", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=None)
         p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("demo", help="start the server on the default pair, send a mixed-SLO load, report attainment")
+    p.add_argument("--model", default=None, help="default: the Qwen2.5-Coder 1.5B + 0.5B pair")
+    p.add_argument("--policy", default=None)
+    p.add_argument("--requests", type=int, default=12)
+    p.add_argument("--rate", type=float, default=0.3, help="requests per second (Poisson)")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.set_defaults(func=lambda a: __import__("adaserve.bench.demo", fromlist=["run"]).run(a))
     p = sub.add_parser("serve", help="OpenAI-compatible server (default: the Qwen2.5-Coder 1.5B + 0.5B pair)")
     _engine_args(p, default_model="qwen2.5-coder-1.5b", default_policy=None)
     p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL")

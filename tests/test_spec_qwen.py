@@ -28,3 +28,21 @@ def test_qwen_pair_greedy_speculation_equals_plain_greedy():
     stats = llm.engine.spec.stats.totals
     assert stats.num_accepted > 0.5 * stats.num_verifications  # a real draft: most steps gain tokens
     assert llm.engine.kv.num_free_blocks == llm.engine.kv.pool.num_blocks
+
+
+def test_qwen_pair_tight_slo_gets_more_tokens_verified():
+    """AdaServe on the real pair with its profiled cost model: a tight and a loose request run
+    together; the tight one gets more drafted tokens verified per iteration; output = plain greedy."""
+    llm = LLM("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b", spec_policy="adaserve",
+              max_num_batched_tokens=256, kv_cache_memory=256 << 20, max_model_len=1024)
+    prompt = PROMPTS[1]
+    engine = llm.engine
+    tight = engine.add_request(prompt, SamplingParams(max_tokens=40, slo={"tpot_ms": 1.0}))
+    loose = engine.add_request(prompt, SamplingParams(max_tokens=40, slo={"tpot_ms": 1e6}))
+    while engine.has_unfinished:
+        engine.step()
+    engine.set_spec_policy("none")
+    plain = llm.generate([prompt], SamplingParams(max_tokens=40))[0].token_ids
+    assert tight.output_ids == plain and loose.output_ids == plain
+    per_verify = [r.spec_stats.num_proposed / r.spec_stats.num_verifications for r in (tight, loose)]
+    assert per_verify[0] > per_verify[1], per_verify

