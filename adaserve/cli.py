@@ -106,7 +106,7 @@ def cmd_serve(args) -> None:
     from adaserve.server.app import ServerConfig, create_app
     from adaserve.slo import parse_slo_class
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = args.model_pos or args.model
     draft = args.draft
     if draft is None and model == "qwen2.5-coder-1.5b":
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                    f"default {' '.join(DEFAULT_SLO_CLASSES)}")
     p.add_argument("--default-slo-class", default=None, help="class of requests that name none")
     p.add_argument("--max-pending-requests", type=int, default=256, help="beyond this, 429")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("profile", help="measure (or show the cached) cost model of a model pair on this machine")
     _engine_args(p)

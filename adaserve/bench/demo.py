@@ -93,7 +93,7 @@ def run(args) -> None:
     """args: model, policy, requests, rate, max_tokens (see `adaserve demo --help`)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port), "--log-level", "warning"]
     cmd += ["--model", args.model] if args.model else []
     cmd += ["--policy", args.policy] if args.policy else []
     print("starting:", " ".join(cmd), "(first run: downloads, converts and profiles the models)", flush=True)
