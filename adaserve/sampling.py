@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from adaserve.slo import SLO
 
 
+GREEDY_TEMPERATURE = 1e-5
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 16
@@ -42,4 +45,5 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Temperatures this small are argmax anyway (and dividing by them overflows).
+        return self.temperature < GREEDY_TEMPERATURE

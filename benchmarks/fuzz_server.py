@@ -28,7 +28,7 @@ def main() -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "adaserve.cli", "serve", "--model", "smollm2-135m",
-                               "--port", str(port), "--max-model-len", "96", "--slo-class", "chat=tpot:200ms"])
+                               "--port", str(port), "--log-level", "warning", "--max-model-len", "96", "--slo-class", "chat=tpot:200ms"])
     try:
         wait_healthy(url, server, timeout_s=600)
         start = time.time()

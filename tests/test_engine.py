@@ -106,6 +106,8 @@ def test_token_times_are_monotonic_and_after_arrival(llm):
         (SamplingParams(temperature=1.0, top_k=2), {3, 2}),
         (SamplingParams(temperature=1.0, top_p=0.5), {3}),  # p(3) = 0.64 alone reaches 0.5
         (SamplingParams(temperature=1.0, top_p=0.7), {3, 2}),
+        (SamplingParams(temperature=1.0, top_p=5e-324), {3}),  # underflows to 0 in fp32 (found by fuzzing)
+        (SamplingParams(temperature=5e-324), {3}),  # would overflow the division: treated as greedy
     ],
 )
 def test_top_k_top_p_filtering(params, allowed):
@@ -113,3 +115,26 @@ def test_top_k_top_p_filtering(params, allowed):
     probs = logits_to_probs(logits, params)[0]
     assert set(torch.nonzero(probs).flatten().tolist()) == allowed
     assert probs.sum().item() == pytest.approx(1.0)
+
+
+def test_one_failing_request_does_not_fail_the_batch(llm, monkeypatch):
+    engine = llm.engine
+    ok = engine.add_request("The capital of France is", SamplingParams(max_tokens=4))
+    bad = engine.add_request("1, 2, 3,", SamplingParams(max_tokens=4, temperature=1.0, seed=1))
+    real_sample = engine.sampler.sample
+
+    def sample(logits, request_id, params):
+        if request_id == bad.request_id:
+            raise RuntimeError("boom")
+        return real_sample(logits, request_id, params)
+
+    monkeypatch.setattr(engine.sampler, "sample", sample)
+    errors = {}
+    while engine.has_unfinished:
+        for out in engine.step():
+            if out.error:
+                errors[out.request_id] = out.error
+    assert errors == {bad.request_id: "RuntimeError: boom"}
+    assert ok.num_output_tokens == 4 and bad.finish_reason.value == "error"
+    engine.pop_finished(ok.request_id), engine.pop_finished(bad.request_id)
+    assert engine.kv.num_free_blocks == engine.kv.pool.num_blocks

@@ -173,13 +173,18 @@ class EngineCore:
         outputs = []
         for chunk, logits in zip(step.chunks, forward.logits):
             request = chunk.request
-            if chunk.tree is not None:
-                new_tokens = self.spec.verify(chunk, logits)
-            else:
-                request.num_computed_tokens += chunk.num_new_tokens
-                if logits is None:
-                    continue
-                new_tokens = [self.sampler.sample(logits[0], request.request_id, request.params)]
+            try:
+                if chunk.tree is not None:
+                    new_tokens = self.spec.verify(chunk, logits)
+                else:
+                    request.num_computed_tokens += chunk.num_new_tokens
+                    if logits is None:
+                        continue
+                    new_tokens = [self.sampler.sample(logits[0], request.request_id, request.params)]
+            except Exception as e:  # noqa: BLE001 -- one request's failure must not take the batch down
+                log.exception("request %s failed", request.request_id)
+                outputs.append(self._fail(request, f"{type(e).__name__}: {e}"))
+                continue
             outputs.append(self._append_tokens(request, new_tokens, now))
         if self.spec:
             self.spec.record_step(step, verify_seconds=now - verify_start, now=now)
@@ -200,6 +205,10 @@ class EngineCore:
         return RequestOutput(
             request.request_id, appended, request.output_text, request.is_finished, request.finish_reason
         )
+
+    def _fail(self, request: Request, message: str) -> RequestOutput:
+        self._finish(request, FinishReason.ERROR)
+        return RequestOutput(request.request_id, [], request.output_text, True, FinishReason.ERROR, error=message)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.scheduler.finish(request, reason)

@@ -24,6 +24,7 @@ def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
         sorted_probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
         drop = sorted_probs.cumsum(-1) - sorted_probs >= params.top_p
+        drop[..., 0] = False  # even when top_p underflows to 0 in fp32
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return logits.softmax(-1)
 

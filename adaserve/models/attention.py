@@ -54,7 +54,12 @@ class AttentionMetadata:
     token_index: torch.Tensor | None  # [num_tokens] int64, padded position of each flat token
     # [num_seqs, 1, max_q_len, max_blocks * block_size] additive float mask: 0 = attend, -inf = not.
     # Built once per step as floats so the layers don't convert a bool mask each time.
-    mask: torch.Tensor
+    # None: every query sees every key (one sequence decoding one token).
+    mask: torch.Tensor | None
+    # One sequence only: the exact number of KV positions it reads, and, when its blocks are
+    # consecutive, its first cache slot (the layers then read the cache in place, no gather).
+    kv_len: int | None = None
+    kv_start_slot: int | None = None
 
 
 def build_attention_metadata(
@@ -83,10 +88,36 @@ def build_attention_metadata(
         mask[i, 0, :n, c : c + tree.shape[1]] = tree
         flat += n
     padded = flat != num_seqs * max_q
+    if num_seqs == 1:
+        return _single_sequence(seqs[0], block_tables, mask, slot_mapping, block_size, device, dtype)
     return AttentionMetadata(
         slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
         block_tables=block_tables.to(device),
         query_index=query_index.to(device) if padded else None,
         token_index=torch.tensor(token_index, dtype=torch.long, device=device) if padded else None,
-        mask=torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf")).to(device),
+        mask=_float_mask(mask, dtype).to(device),
     )
+
+
+def _single_sequence(s: SeqSpec, block_tables, mask, slot_mapping, block_size, device, dtype) -> AttentionMetadata:
+    """Batch of one (batch-1 decoding, a draft's chain): read exactly the KV it needs, in place
+    when its blocks are consecutive; no mask at all for a single decode token.
+    Worked example, block_size 4, 5 cached + 1 new, blocks [7, 8]: kv_len 6, kv_start_slot 28."""
+    kv_len = s.num_cached + s.num_prior + s.num_new
+    blocks = s.block_table[: -(-kv_len // block_size)]
+    consecutive = blocks == list(range(blocks[0], blocks[0] + len(blocks)))
+    decode = s.num_new == 1 and s.tree_mask is None
+    float_mask = None if decode else _float_mask(mask[..., :kv_len], dtype).to(device)
+    return AttentionMetadata(
+        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
+        block_tables=block_tables.to(device),
+        query_index=None,
+        token_index=None,
+        mask=float_mask,
+        kv_len=kv_len,
+        kv_start_slot=blocks[0] * block_size if consecutive else None,
+    )
+
+
+def _float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))

@@ -84,9 +84,7 @@ class Attention(nn.Module):
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
         num_seqs = meta.block_tables.shape[0]
-        # Gather each sequence's blocks: [num_seqs, kv_heads, max_kv, d]
-        keys = k_cache[meta.block_tables].view(num_seqs, -1, self.num_kv_heads, self.head_dim)
-        values = v_cache[meta.block_tables].view(num_seqs, -1, self.num_kv_heads, self.head_dim)
+        keys, values = self._read_kv(k_cache, meta), self._read_kv(v_cache, meta)  # [num_seqs, kv, kv_heads, d]
         # [num_seqs, max_q, heads, d]; without padding the flat tokens already are that layout
         queries = q.view(num_seqs, -1, self.num_heads, self.head_dim) if meta.query_index is None else q[meta.query_index]
         out = F.scaled_dot_product_attention(
@@ -94,6 +92,15 @@ class Attention(nn.Module):
         )  # [num_seqs, heads, max_q, d]
         out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)
         return self.o_proj(out if meta.token_index is None else out[meta.token_index])  # [num_tokens, hidden]
+
+
+    def _read_kv(self, cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """[num_seqs, num_kv, kv_heads, d]: each sequence's keys or values."""
+        if meta.kv_start_slot is not None:  # one sequence in consecutive blocks: a view, no copy
+            flat = cache.view(-1, self.num_kv_heads, self.head_dim)
+            return flat[meta.kv_start_slot : meta.kv_start_slot + meta.kv_len].unsqueeze(0)
+        gathered = cache[meta.block_tables].view(meta.block_tables.shape[0], -1, self.num_kv_heads, self.head_dim)
+        return gathered if meta.kv_len is None else gathered[:, : meta.kv_len]
 
 
 class MLP(nn.Module):
