@@ -1,4 +1,4 @@
-"""adaserve command line: download | generate | demo | profile | serve (bench, simulate come later)."""
+"""adaserve command line: download | generate | demo | profile | serve | bench (simulate comes later)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,15 @@ def _llm(args):
         spec_policy=args.policy or "none",
         cost_model=args.cost_model,
     )
+
+
+def cmd_bench(args) -> None:
+    from adaserve.bench.run import print_summary, run_bench
+
+    result = run_bench(args)
+    print_summary(result)
+    if args.out:
+        print(f"wrote {args.out}")
 
 
 def cmd_profile(args) -> None:
@@ -163,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rate", type=float, default=0.3, help="requests per second (Poisson)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.set_defaults(func=lambda a: __import__("adaserve.bench.demo", fromlist=["run"]).run(a))
+    p = sub.add_parser("bench", help="drive an OpenAI-compatible server with a multi-SLO workload")
+    from adaserve.bench.run import add_bench_args
+
+    add_bench_args(p)
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("serve", help="OpenAI-compatible server (default: the Qwen2.5-Coder 1.5B + 0.5B pair)")
     _engine_args(p, default_model="qwen2.5-coder-1.5b", default_policy=None)
     p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL")

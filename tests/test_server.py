@@ -223,3 +223,23 @@ def test_32_concurrent_streams_finish(server, engine):
     metrics = httpx.get(server.url + "/metrics").text
     assert 'adaserve_slo_attainment{slo_class="coding"}' in metrics
     assert "adaserve_ttft_seconds_bucket" in metrics and "adaserve_kv_cache_usage" in metrics
+
+
+def test_short_end_to_end_bench(server, engine):
+    from adaserve.bench.client import run_load
+    from adaserve.bench.report import bench_report
+    from adaserve.bench.workload import WorkloadSpec, build_workload
+
+    prompts = {"coding": ["def add(a, b):"], "chat": ["Hi!"], "summarization": ["Summarize: cats sleep a lot."]}
+    spec = WorkloadSpec(rate=4.0, num_requests=8, output_tokens=10, seed=0)
+    requests = build_workload(spec, unloaded_tpot_ms=200.0, prompts=prompts)
+    start = time.perf_counter()
+    records = asyncio.run(run_load(server.url, MODEL, requests, progress=False))
+    report = bench_report(records, time.perf_counter() - start)
+    assert not any(r.error for r in records)
+    assert all(r.num_output_tokens == 10 and r.first_token_time >= r.arrival_time for r in records)
+    assert report["categories"]["all"]["num_requests"] == 8
+    assert 0.0 <= report["categories"]["all"]["attainment"] <= 1.0
+    # The server judged the same SLOs the client sent.
+    assert all(r.server_usage["slo"]["tpot_ms"] == r.slo.tpot_ms for r in records)
+    wait_idle(engine)

@@ -1,0 +1,99 @@
+"""Workload generation: deterministic with a seed, mix and rates as asked, SLOs from the unloaded
+latency, save/replay round trip; latency percentiles on hand-made records."""
+
+import random
+import statistics
+
+import pytest
+
+from adaserve.bench.workload import (
+    WorkloadSpec, arrival_times, build_workload, load_workload, parse_pieces, save_workload,
+)
+
+PROMPTS = {"coding": ["def f():"], "chat": ["hi", "hello"], "summarization": ["long text"]}
+
+
+def test_deterministic_for_a_seed():
+    spec = WorkloadSpec(num_requests=50, seed=3)
+    assert build_workload(spec, 100.0, PROMPTS) == build_workload(spec, 100.0, PROMPTS)
+    assert build_workload(spec, 100.0, PROMPTS) != build_workload(WorkloadSpec(num_requests=50, seed=4), 100.0, PROMPTS)
+
+
+@pytest.mark.parametrize("arrival", ["poisson", "gamma"])
+def test_rate_and_mix(arrival):
+    spec = WorkloadSpec(rate=2.0, num_requests=4000, arrival=arrival, cv=2.0, seed=1)
+    reqs = build_workload(spec, 100.0, PROMPTS)
+    times = [r.arrival_s for r in reqs]
+    assert times == sorted(times) and len(reqs) == 4000
+    assert len(reqs) / times[-1] == pytest.approx(2.0, rel=0.1)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    cv = statistics.pstdev(gaps) / statistics.fmean(gaps)
+    assert cv == pytest.approx(1.0 if arrival == "poisson" else 2.0, rel=0.15)
+    share = {c: sum(r.category == c for r in reqs) / len(reqs) for c in PROMPTS}
+    assert share == pytest.approx({"coding": 0.6, "chat": 0.2, "summarization": 0.2}, abs=0.03)
+
+
+def test_slos_and_urgent_share_and_scale():
+    spec = WorkloadSpec(num_requests=2000, urgent_share=0.9, slo_scale=0.5, output_tokens=64, seed=2)
+    reqs = build_workload(spec, 200.0, PROMPTS)
+    assert sum(r.category == "coding" for r in reqs) / len(reqs) == pytest.approx(0.9, abs=0.03)
+    tpots = {r.category: r.slo.tpot_ms for r in reqs}
+    assert tpots == {"coding": 120.0, "chat": 200.0, "summarization": 600.0}  # multiples x 200 x 0.5
+    assert {r.max_tokens for r in reqs} == {64}
+
+
+def test_fluctuating_rates_follow_the_pieces():
+    spec = WorkloadSpec(arrival="fluctuating", pieces="100:0.5,100:4", num_requests=None, duration_s=400, seed=0)
+    times = arrival_times(spec, random.Random(0))
+    counts = [sum(lo <= t < lo + 100 for t in times) for lo in (0, 100, 200, 300)]
+    assert counts[0] == pytest.approx(50, rel=0.35) and counts[1] == pytest.approx(400, rel=0.15)
+    assert counts[2] == pytest.approx(50, rel=0.35) and counts[3] == pytest.approx(400, rel=0.15)
+    assert max(times) < 400
+
+
+def test_duration_limit_and_save_replay(tmp_path):
+    spec = WorkloadSpec(rate=1.0, num_requests=None, duration_s=30.0, seed=5)
+    reqs = build_workload(spec, 50.0, PROMPTS)
+    assert reqs and all(r.arrival_s < 30.0 for r in reqs)
+    save_workload(tmp_path / "w.jsonl", reqs)
+    assert load_workload(tmp_path / "w.jsonl") == reqs
+
+
+@pytest.mark.parametrize("bad", [dict(rate=0), dict(arrival="uniform"), dict(urgent_share=1.5),
+                                 dict(num_requests=None), dict(mix={"coding": 0})])
+def test_bad_specs(bad):
+    with pytest.raises(ValueError):
+        WorkloadSpec(**bad)
+
+
+@pytest.mark.parametrize("bad", ["", "30", "30:x", "0:1", "30:0"])
+def test_bad_pieces(bad):
+    with pytest.raises(ValueError):
+        parse_pieces(bad)
+
+
+def test_dataset_prompts_exist():
+    from adaserve.bench.datasets import category_prompts
+
+    for category in ("coding", "chat", "summarization"):
+        prompts = category_prompts(category)
+        assert len(prompts) > 100 and all(isinstance(p, str) and p for p in prompts[:50])
+
+
+def test_report_arithmetic_on_hand_made_records():
+    from adaserve.bench.client import BenchRecord
+    from adaserve.bench.report import bench_report, percentile
+    from adaserve.slo import SLO
+
+    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([5], 99) == 5
+    records = [
+        BenchRecord("coding", SLO(tpot_ms=100), 0.0, 0.5, [0.5, 1.0, 1.5], 11),  # 100 ms/token: attained
+        BenchRecord("coding", SLO(tpot_ms=100), 1.0, 2.0, [2.0, 4.0], 11),  # 200 ms/token: violated
+        BenchRecord("chat", SLO(tpot_ms=100), 2.0, None, [], 0, error="HTTP 500"),  # failed: violated
+    ]
+    rep = bench_report(records, wall_time_s=10.0)["categories"]
+    assert rep["coding"]["attainment"] == 0.5 and rep["coding"]["goodput_tokens_per_s"] == pytest.approx(1.1)
+    assert rep["all"]["violations"] == 2 and rep["all"]["num_errors"] == 1
+    assert rep["coding"]["tpot_ms"]["median"] == pytest.approx(150.0)
+    assert rep["coding"]["ttft_ms"]["mean"] == pytest.approx(750.0)
+    assert rep["chat"]["ttft_ms"] is None
