@@ -52,6 +52,12 @@ def _llm(args):
 def cmd_bench(args) -> None:
     from adaserve.bench.run import print_summary, run_bench
 
+    if args.action == "sweep":
+        from adaserve.bench.sweep import sweep
+
+        summary = sweep(args)
+        print(f"wrote {args.out_dir}/sweep_{summary['variable']}.json and .png")
+        return
     result = run_bench(args)
     print_summary(result)
     if args.out:
@@ -174,8 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=lambda a: __import__("adaserve.bench.demo", fromlist=["run"]).run(a))
     p = sub.add_parser("bench", help="drive an OpenAI-compatible server with a multi-SLO workload")
     from adaserve.bench.run import add_bench_args
+    from adaserve.bench.sweep import add_sweep_args
 
+    p.add_argument("action", nargs="?", default="run", choices=["run", "sweep"],
+                   help="run: one workload against --url; sweep: start a server per policy and sweep a variable")
     add_bench_args(p)
+    add_sweep_args(p)
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("serve", help="OpenAI-compatible server (default: the Qwen2.5-Coder 1.5B + 0.5B pair)")
     _engine_args(p, default_model="qwen2.5-coder-1.5b", default_policy=None)
