@@ -243,3 +243,15 @@ def test_short_end_to_end_bench(server, engine):
     # The server judged the same SLOs the client sent.
     assert all(r.server_usage["slo"]["tpot_ms"] == r.slo.tpot_ms for r in records)
     wait_idle(engine)
+
+
+def test_bench_cli_writes_metrics_json(server, engine, tmp_path):
+    from adaserve.cli import main
+
+    out = tmp_path / "bench.json"
+    main(["bench", "--url", server.url, "--num-requests", "3", "--rate", "5", "--output-tokens", "6",
+          "--unloaded-tpot-ms", "100", "--out", str(out), "--save-workload", str(tmp_path / "w.jsonl")])
+    result = json.loads(out.read_text())
+    assert result["categories"]["all"]["num_requests"] == 3 and len(result["records"]) == 3
+    assert result["args"]["rate"] == 5.0 and (tmp_path / "w.jsonl").exists()
+    wait_idle(engine)

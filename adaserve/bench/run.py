@@ -56,11 +56,12 @@ def run_bench(args) -> dict:
     start = time.perf_counter()
     records = asyncio.run(run_load(url, model, requests, send_slo=not args.no_slo, api_key=args.api_key))
     wall = time.perf_counter() - start
-    result = {"url": url, "model": model, "unloaded_tpot_ms": unloaded, "args": vars(args),
+    plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    result = {"url": url, "model": model, "unloaded_tpot_ms": unloaded, "args": plain_args,
               **bench_report(records, wall), "records": [r.to_dict() for r in records]}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1, default=lambda o: asdict(o)))
+        Path(args.out).write_text(json.dumps(result, indent=1, default=asdict))
     return result
 
 

