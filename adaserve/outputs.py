@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adaserve.request import FinishReason
+from adaserve.request import FinishReason, Request
 
 
 @dataclass
@@ -17,6 +17,8 @@ class RequestOutput:
     finished: bool
     finish_reason: FinishReason | None = None
     error: str | None = None
+    # Set by the async engine on the final output: the finished request (timings, stats).
+    request: Request | None = None
 
 
 @dataclass

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from adaserve.engine.core import EngineCore
-from adaserve.request import FinishReason, Request
+from adaserve.outputs import RequestOutput
+from adaserve.request import FinishReason
 from adaserve.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -30,20 +31,6 @@ class EngineOverloadedError(RuntimeError):
 
 class EngineDeadError(RuntimeError):
     pass
-
-
-@dataclass
-class Delta:
-    """New output of one request: tokens since the last delta, the full text so far, and when
-    finished the request itself (timings, stats)."""
-
-    request_id: str
-    new_token_ids: list[int]
-    text: str
-    finished: bool
-    finish_reason: FinishReason | None = None
-    error: str | None = None
-    request: Request | None = None
 
 
 @dataclass
@@ -82,8 +69,8 @@ class AsyncEngine:
         return len(self._streams)
 
     # -- front end (event loop thread) -----------------------------------------------------------
-    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[Delta]:
-        """Yields deltas until the request finishes. Validation errors raise before anything runs."""
+    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
+        """Yields each step's output (new tokens, text so far) until the request finishes. Validation errors raise before anything runs."""
         if not self.is_alive:
             raise EngineDeadError(f"the engine loop is not running: {self.error!r}")
         self.engine.validate(prompt_ids, params)
@@ -99,7 +86,7 @@ class AsyncEngine:
         finished = False
         try:
             while not finished:
-                delta: Delta = await stream.queue.get()
+                delta: RequestOutput = await stream.queue.get()
                 finished = delta.finished
                 yield delta
         finally:
@@ -111,13 +98,13 @@ class AsyncEngine:
         self._wake.set()
 
     # -- engine thread -------------------------------------------------------------------------
-    def _deliver(self, delta: Delta) -> None:
+    def _deliver(self, delta: RequestOutput) -> None:
         with self._lock:
             stream = self._streams.get(delta.request_id)
             if delta.finished:
                 self._streams.pop(delta.request_id, None)
         if stream is not None:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)
+            self._deliver_to(stream, delta)
 
     def _run_commands(self) -> None:
         while True:
@@ -132,12 +119,10 @@ class AsyncEngine:
                 try:
                     self.engine.add_request(prompt_ids, params, request_id)
                 except Exception as e:  # noqa: BLE001 -- reported to its caller, the loop goes on
-                    self._deliver(Delta(request_id, [], "", True, FinishReason.ERROR, error=str(e)))
+                    self._deliver(RequestOutput(request_id, [], "", True, FinishReason.ERROR, error=str(e)))
             else:
                 request_id = command[1]
-                if request_id in self.engine.requests:
-                    self.engine.abort(request_id)
-                    self.engine.requests.pop(request_id, None)
+                self.engine.abort(request_id)  # no-op for a request that already finished
                 with self._lock:
                     self._streams.pop(request_id, None)
 
@@ -149,9 +134,9 @@ class AsyncEngine:
             self._fail_all(f"internal error in the engine step: {e}")
             return
         for out in outputs:
-            request = self.engine.pop_finished(out.request_id) if out.finished else None
-            self._deliver(Delta(out.request_id, out.new_token_ids, out.text, out.finished, out.finish_reason,
-                                out.error, request))
+            if out.finished:
+                out.request = self.engine.pop_finished(out.request_id)
+            self._deliver(out)
 
     def _fail_all(self, message: str) -> None:
         for request_id in list(self.engine.requests):
@@ -159,7 +144,7 @@ class AsyncEngine:
             if not request.is_finished:
                 self.engine.abort(request_id)
             self.engine.requests.pop(request_id, None)
-            self._deliver(Delta(request_id, [], request.output_text, True, FinishReason.ERROR, message, request))
+            self._deliver(RequestOutput(request_id, [], request.output_text, True, FinishReason.ERROR, message, request))
 
     def _loop(self) -> None:
         try:
@@ -177,8 +162,8 @@ class AsyncEngine:
             with self._lock:
                 streams, self._streams = self._streams, {}
             for request_id in streams:
-                self._deliver_to(streams[request_id], Delta(request_id, [], "", True, FinishReason.ERROR, str(e)))
+                self._deliver_to(streams[request_id], RequestOutput(request_id, [], "", True, FinishReason.ERROR, str(e)))
 
     @staticmethod
-    def _deliver_to(stream: _Stream, delta: Delta) -> None:
+    def _deliver_to(stream: _Stream, delta: RequestOutput) -> None:
         stream.loop.call_soon_threadsafe(stream.queue.put_nowait, delta)

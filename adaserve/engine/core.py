@@ -53,7 +53,6 @@ class EngineCore:
         self.kv = self.executor.kv
         self.runner = ModelRunner(self.executor)
         self.sampler = Sampler(config.seed)
-        self._target = target
         self._draft = build_draft_executor(config, target)
         self.cost_model: CostModel | None = None
         self.policy = self._choose_policy(config.spec_policy)

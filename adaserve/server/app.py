@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adaserve.engine.async_engine import AsyncEngine, Delta, EngineDeadError, EngineOverloadedError
+from adaserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineOverloadedError
+from adaserve.outputs import RequestOutput
 from adaserve.server.metrics import ServerMetrics
 from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
 from adaserve.server.responses import StreamFormatter, final_body, usage
@@ -185,7 +186,7 @@ def _max_tokens(body, num_prompt_tokens: int, max_model_len: int) -> int:
     return asked
 
 
-async def _first_delta(deltas: AsyncIterator[Delta]) -> Delta:
+async def _first_delta(deltas: AsyncIterator[RequestOutput]) -> RequestOutput:
     try:
         return await deltas.__anext__()
     except EngineOverloadedError as e:
@@ -196,12 +197,12 @@ async def _first_delta(deltas: AsyncIterator[Delta]) -> Delta:
         raise APIError(400, str(e), "invalid_request_error", "prompt") from e
 
 
-async def _collect(first: Delta, deltas: AsyncIterator[Delta], request: Request) -> Delta | None:
+async def _collect(first: RequestOutput, deltas: AsyncIterator[RequestOutput], request: Request) -> RequestOutput | None:
     """Run to the end; None if the client disconnects first (the request is then aborted)."""
     if first.finished:
         return first
 
-    async def drain() -> Delta:
+    async def drain() -> RequestOutput:
         last = first
         async for last in deltas:
             pass
@@ -218,7 +219,7 @@ async def _collect(first: Delta, deltas: AsyncIterator[Delta], request: Request)
 
 
 def _finisher(metrics: ServerMetrics, num_prompt_tokens: int, slo_class: str | None):
-    def on_finish(final: Delta) -> dict:
+    def on_finish(final: RequestOutput) -> dict:
         request = final.request
         if request is None:
             return usage(num_prompt_tokens, 0, None, None)
@@ -231,7 +232,7 @@ def _finisher(metrics: ServerMetrics, num_prompt_tokens: int, slo_class: str | N
     return on_finish
 
 
-async def _sse(first: Delta, deltas: AsyncIterator[Delta], fmt: StreamFormatter, include_usage: bool, on_finish):
+async def _sse(first: RequestOutput, deltas: AsyncIterator[RequestOutput], fmt: StreamFormatter, include_usage: bool, on_finish):
     def event(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 

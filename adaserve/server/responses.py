@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from adaserve.engine.async_engine import Delta
+from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.slo import RequestTiming
 
@@ -59,7 +59,7 @@ class StreamFormatter:
     def opening(self) -> list[dict]:
         return [self._chunk(self._choice("", None, role="assistant"))] if self.chat else []
 
-    def chunks(self, delta: Delta) -> list[dict]:
+    def chunks(self, delta: RequestOutput) -> list[dict]:
         end = len(delta.text) if delta.finished else len(delta.text) - self.holdback
         out = []
         if end > self.num_sent_chars:
@@ -73,7 +73,7 @@ class StreamFormatter:
         return self._chunk(None, usage=u)
 
 
-def final_body(fmt: StreamFormatter, final: Delta, u: dict) -> dict:
+def final_body(fmt: StreamFormatter, final: RequestOutput, u: dict) -> dict:
     reason = _finish_reason(final.finish_reason)
     if fmt.chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": None,
