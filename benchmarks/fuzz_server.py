@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from adaserve.bench.demo import _free_port, wait_healthy
+from adaserve.bench.server_process import free_port, wait_healthy
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--max-examples", type=int, default=60, help="per operation")
     ap.add_argument("--out", default="benchmarks/results/fuzz_server.json")
     args = ap.parse_args()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "adaserve.cli", "serve", "--model", "smollm2-135m",
                                "--port", str(port), "--log-level", "warning", "--max-model-len", "96", "--slo-class", "chat=tpot:200ms"])

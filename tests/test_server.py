@@ -4,7 +4,6 @@ every error status, disconnects freeing KV blocks, and 32 concurrent streams."""
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ import uvicorn
 
 from adaserve.config import EngineConfig
 from adaserve.engine.async_engine import AsyncEngine
+from adaserve.bench.server_process import free_port
 from adaserve.engine.core import EngineCore
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.server.app import ServerConfig, create_app
@@ -24,15 +24,9 @@ MODEL = "smollm2"
 API_KEY = "sk-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LiveServer:
     def __init__(self, app) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

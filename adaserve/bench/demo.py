@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,9 @@ import time
 import httpx
 
 from adaserve.bench.client import BenchRequest, run_load
-from adaserve.slo import SLO, summarize_by_category
+from adaserve.bench.report import bench_report
+from adaserve.bench.server_process import free_port, wait_healthy
+from adaserve.slo import SLO
 
 CHAT = [
     "What is the difference between a process and a thread?",
@@ -52,46 +53,21 @@ def demo_requests(num_requests: int, rate: float, max_tokens: int, seed: int = 0
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"the server exited with code {server.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    sys.exit(f"the server did not become healthy within {timeout_s:.0f} s")
-
-
 def print_report(records, wall_s: float) -> None:
-    timings = [r.timing for r in records]
-    summary = summarize_by_category(timings, wall_s)
-    errors = sum(1 for r in records if r.error)
+    categories = bench_report(records, wall_s)["categories"]
     print(f"\n{'class':<14} {'requests':>8} {'TPOT SLO':>9} {'attained':>9} {'goodput':>12} {'mean TTFT':>10} {'mean TPOT':>10}")
-    for name, s in summary.items():
-        group = [t for t in timings if name == "all" or t.category == name]
-        slo = group[0].slo.tpot_ms if name != "all" and group[0].slo.tpot_ms else None
-        ttfts = [t.ttft_s for t in group if t.ttft_s is not None]
-        tpots = [t.tpot_s for t in group if t.tpot_s is not None]
-        mean = lambda xs: f"{1000 * sum(xs) / len(xs):.0f} ms" if xs else "-"  # noqa: E731
-        print(f"{name:<14} {s.num_requests:>8} {(f'{slo:.0f} ms' if slo else '-'):>9} {s.attainment:>8.0%} "
-              f"{s.goodput:>8.2f} t/s {mean(ttfts):>10} {mean(tpots):>10}")
-    print(f"\n{len(records)} requests in {wall_s:.1f} s, {errors} errors; goodput = output tokens/s of requests "
-          "that met their SLO")
+    for name, c in categories.items():
+        slos = [r.slo.tpot_ms for r in records if r.category == name and r.slo.tpot_ms]
+        mean = lambda d: f"{d['mean']:.0f} ms" if d else "-"  # noqa: E731
+        print(f"{name:<14} {c['num_requests']:>8} {(f'{slos[0]:.0f} ms' if slos else '-'):>9} {c['attainment']:>8.0%} "
+              f"{c['goodput_tokens_per_s']:>8.2f} t/s {mean(c['ttft_ms']):>10} {mean(c['tpot_ms']):>10}")
+    print(f"\n{len(records)} requests in {wall_s:.1f} s, {categories['all']['num_errors']} errors; goodput = output "
+          "tokens/s of requests that met their SLO")
 
 
 def run(args) -> None:
     """args: model, policy, requests, rate, max_tokens (see `adaserve demo --help`)."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port), "--log-level", "warning"]
     cmd += ["--model", args.model] if args.model else []

@@ -15,7 +15,7 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
-from adaserve.bench.demo import _free_port, wait_healthy
+from adaserve.bench.server_process import free_port, wait_healthy
 from adaserve.bench.run import calibrate, run_bench, served_model
 
 VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_scale", "fluctuating": None}
@@ -37,7 +37,7 @@ def sweep(args) -> dict:
     unloaded = args.unloaded_tpot_ms
     results: dict[str, list[dict]] = {}
     for policy in args.policies.split(","):
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = start_server(args, policy, port)
         try:
