@@ -58,3 +58,21 @@ def test_policies_needing_a_cost_model_say_so():
         choose_policy("fastest")
     assert choose_policy("chain:3").spec.depth == 3
     assert choose_policy("chunked", CostModel(CURVE)).spec is None
+
+
+def test_engine_profiles_once_per_model_pair_and_caches(tiny_model_dirs, tmp_path, monkeypatch):
+    from adaserve.config import EngineConfig
+    from adaserve.engine.core import EngineCore
+    from adaserve.engine.profiler import profile_key
+
+    monkeypatch.setenv("ADASERVE_CACHE", str(tmp_path))
+    target = str(tiny_model_dirs["llama"])
+    config = EngineConfig(model=target, draft=target, spec_policy="adaserve", max_num_batched_tokens=16)
+    first = EngineCore(config).cost_model
+    assert first.target.num_tokens == (1, 2, 4, 8, 12, 16) and first.draft is not None
+    assert list(first.target.latency_ms) == sorted(first.target.latency_ms)
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 1
+    assert EngineCore(config).cost_model == first  # read back from the cache, not measured again
+    # A draft cut to its first layers is a different model: its own profile.
+    args = (tiny_model_dirs["llama"], tiny_model_dirs["llama"])
+    assert profile_key(*args, None, "cpu", "float32", True) != profile_key(*args, 1, "cpu", "float32", True)

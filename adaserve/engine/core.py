@@ -114,7 +114,8 @@ class EngineCore:
         if self.config.cost_model:
             return CostModel.load(Path(self.config.cost_model))
         draft_dir = resolve_model(self.config.draft) if self._draft is not None else None
-        key = profile_key(self.model_dir, draft_dir, self.config.device, self.config.dtype, self.config.cpu_packed_linear)
+        key = profile_key(self.model_dir, draft_dir, self.config.draft_num_layers, self.config.device,
+                          self.config.dtype, self.config.cpu_packed_linear)
         meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
         max_tokens = min(256, self.config.max_num_batched_tokens)
         return load_or_profile(self.executor, self._draft, key, max_tokens, meta, refresh)

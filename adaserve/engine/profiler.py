@@ -70,14 +70,19 @@ def profile_curve(
     return LatencyCurve(grid, tuple(max(1e-3, m - beta * context) for m in medians), beta)
 
 
-def profile_key(target_dir: Path, draft_dir: Path | None, device: str, dtype: str, packed: bool) -> str:
+def profile_key(
+    target_dir: Path, draft_dir: Path | None, draft_num_layers: int | None, device: str, dtype: str, packed: bool
+) -> str:
+    """Everything the latencies depend on: the models (a draft cut to its first layers is another
+    model), the device and number format, and the machine."""
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    parts = [str(target_dir), str(draft_dir), device, dtype, str(packed), cpu, str(torch.get_num_threads()),
-             torch.__version__, str(os.cpu_count())]
+    parts = [str(target_dir), str(draft_dir), str(draft_num_layers), device, dtype, str(packed), cpu,
+             str(torch.get_num_threads()), torch.__version__, str(os.cpu_count())]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
