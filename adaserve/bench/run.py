@@ -27,7 +27,7 @@ def calibrate(url: str, model: str, num_requests: int = 3, max_tokens: int = 64)
     """Median TPOT (ms) of requests sent one at a time to an idle server."""
     prompts = category_prompts("coding")[:num_requests]
     tpots = []
-    for i, prompt in enumerate(prompts):
+    for prompt in prompts:
         req = BenchRequest(0.0, "calibration", [{"role": "user", "content": prompt}], max_tokens, SLO())
         record = asyncio.run(run_load(url, model, [req], send_slo=False, progress=False))[0]
         if record.error or record.timing.tpot_s is None:

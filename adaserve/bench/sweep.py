@@ -64,13 +64,12 @@ def sweep(args) -> dict:
 
 
 def _point_args(args, url: str, model: str, unloaded: float, value: float | None, out: Path) -> Namespace:
-    point = dict(
-        url=url, model=model, api_key=None, rate=args.rate, num_requests=args.num_requests, duration=args.duration,
-        arrival="fluctuating" if args.variable == "fluctuating" else args.arrival, cv=args.cv, pieces=args.pieces,
-        urgent_share=args.urgent_share, output_tokens=args.output_tokens, slo_scale=args.slo_scale,
-        unloaded_tpot_ms=unloaded, seed=args.seed, no_slo=False, workload_file=None, save_workload=None, out=str(out),
-    )
-    if VARIABLES[args.variable] is not None:
+    """The sweep's own bench arguments, pointed at this server, with the swept variable set."""
+    point = dict(vars(args), url=url, model=model, api_key=None, unloaded_tpot_ms=unloaded, no_slo=False,
+                 workload_file=None, save_workload=None, out=str(out))
+    if args.variable == "fluctuating":
+        point["arrival"] = "fluctuating"
+    else:
         point[VARIABLES[args.variable]] = value
     return Namespace(**point)
 
