@@ -2,6 +2,10 @@
 variable (request rate, urgent share, SLO scale, or the fluctuating trace), a JSON per point and
 PNG plots of attainment and goodput vs the variable, one line per policy.
 
+Policies `vllm:plain` and `vllm:ngram` start vLLM's CPU build (benchmarks/peers/vllm_cpu.sh, run
+from the repository root) instead; vLLM has no per-request SLO, so its attainment is judged
+client-side against the same SLOs.
+
 SLOs must be the same for every policy, so the unloaded per-token latency is measured once, on the
 first policy's server (put `none` first to use plain decoding as the baseline, as the paper does),
 and reused; the same seed gives every policy the same requests.
@@ -21,7 +25,18 @@ from adaserve.bench.run import calibrate, run_bench, served_model
 VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_scale", "fluctuating": None}
 
 
+PEER_SCRIPT = "benchmarks/peers/vllm_cpu.sh"
+
+
+def is_peer(policy: str) -> bool:
+    return policy.startswith("vllm:")
+
+
 def start_server(args, policy: str, port: int) -> subprocess.Popen:
+    if is_peer(policy):
+        if not Path(PEER_SCRIPT).exists():
+            raise SystemExit(f"{policy} needs {PEER_SCRIPT}: run the sweep from the repository root")
+        return subprocess.Popen(["bash", PEER_SCRIPT, policy.partition(":")[2], str(port)])
     cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port), "--log-level", "warning",
            "--model", args.server_model, "--policy", policy]
     if args.draft and policy not in ("none", "chunked"):
@@ -47,7 +62,7 @@ def sweep(args) -> dict:
                 unloaded = calibrate(url, model)
                 print(f"unloaded per-token latency ({policy}): {unloaded:.1f} ms", flush=True)
             for value in values:
-                point = _point_args(args, url, model, unloaded, value, out_dir / f"{policy.replace(':', '-')}_{args.variable}_{value}.json")
+                point = _point_args(args, policy, url, model, unloaded, value, out_dir / f"{policy.replace(':', '-')}_{args.variable}_{value}.json")
                 result = run_bench(point)
                 summary = {"policy": policy, "value": value, **{k: result[k] for k in ("wall_time_s", "categories")}}
                 results.setdefault(policy, []).append(summary)
@@ -63,9 +78,9 @@ def sweep(args) -> dict:
     return summary
 
 
-def _point_args(args, url: str, model: str, unloaded: float, value: float | None, out: Path) -> Namespace:
+def _point_args(args, policy: str, url: str, model: str, unloaded: float, value: float | None, out: Path) -> Namespace:
     """The sweep's own bench arguments, pointed at this server, with the swept variable set."""
-    point = dict(vars(args), url=url, model=model, api_key=None, unloaded_tpot_ms=unloaded, no_slo=False,
+    point = dict(vars(args), url=url, model=model, api_key=None, unloaded_tpot_ms=unloaded, no_slo=is_peer(policy),
                  workload_file=None, save_workload=None, out=str(out))
     if args.variable == "fluctuating":
         point["arrival"] = "fluctuating"
