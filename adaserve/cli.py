@@ -1,4 +1,4 @@
-"""adaserve command line: download | generate | demo | profile | serve | bench (simulate comes later)."""
+"""adaserve command line: download | generate | demo | profile | serve | bench | simulate."""
 
 from __future__ import annotations
 
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
     p.add_argument("--out", default=None, help="also write the profile JSON here")
     p.set_defaults(func=cmd_profile)
+    from adaserve.sim.cli import add_simulate_parser
+
+    add_simulate_parser(sub)
     args = parser.parse_args(argv)
     try:
         args.func(args)

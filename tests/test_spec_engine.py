@@ -112,6 +112,23 @@ def test_stats_are_recorded_per_request_and_step(smollm2_dir):
         s = r.spec_stats
         assert s.num_accepted + s.num_verifications >= r.num_output_tokens - 1
     assert 1.0 <= totals.mean_accepted_tokens <= 5.0
+    offers = engine.spec.stats.offers  # the simulator's acceptance records
+    assert len(offers) >= totals.num_verifications - sum(1 for r in requests if r.spec_stats.num_proposed == 0)
+    for o in offers:
+        assert 1 <= len(o.draft_probs) <= 2 and o.draft_probs == sorted(o.draft_probs, reverse=True)
+        assert -1 <= o.hit < len(o.draft_probs) and o.depth >= 0
+    # Every accepted node was offered at its parent, whose record therefore has a hit.
+    assert sum(o.hit >= 0 for o in offers) >= totals.num_accepted
+
+
+def test_offer_records_of_a_self_draft_always_hit_the_top_child(smollm2_dir):
+    """Draft = target, greedy: the target's choice is the draft's most likely child."""
+    llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3")
+    llm.generate(PROMPTS[:2], SamplingParams(max_tokens=16))
+    offers = llm.engine.spec.stats.offers
+    assert len(offers) > 10
+    assert sum(o.hit == 0 for o in offers) >= 0.95 * len(offers)
+    assert {o.depth for o in offers} > {0}
 
 
 def exact_three_token_distribution(model_dir, prompt_ids, top_k):

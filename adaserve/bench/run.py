@@ -44,11 +44,7 @@ def run_bench(args) -> dict:
         unloaded = None
     else:
         unloaded = args.unloaded_tpot_ms or calibrate(url, model)
-        spec = WorkloadSpec(
-            rate=args.rate, num_requests=args.num_requests, duration_s=args.duration, arrival=args.arrival,
-            cv=args.cv, pieces=args.pieces, urgent_share=args.urgent_share, output_tokens=args.output_tokens,
-            slo_scale=args.slo_scale, seed=args.seed,
-        )
+        spec = workload_spec(args)
         prompts = {c: category_prompts(c) for c in spec.category_weights()}
         requests = build_workload(spec, unloaded, prompts)
     if args.save_workload:
@@ -69,6 +65,14 @@ def add_bench_args(p) -> None:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--model", default=None, help="default: the server's first model")
     p.add_argument("--api-key", default=None)
+    add_workload_args(p)
+    p.add_argument("--no-slo", action="store_true", help="don't send SLOs (servers without SLO support)")
+    p.add_argument("--save-workload", default=None)
+    p.add_argument("--out", default=None, help="metrics JSON")
+
+
+def add_workload_args(p) -> None:
+    """What a workload is made of; shared with `adaserve simulate`."""
     p.add_argument("--rate", type=float, default=0.5, help="requests per second")
     p.add_argument("--num-requests", type=int, default=50)
     p.add_argument("--duration", type=float, default=None, help="seconds (instead of a request count)")
@@ -80,10 +84,15 @@ def add_bench_args(p) -> None:
     p.add_argument("--slo-scale", type=float, default=1.0)
     p.add_argument("--unloaded-tpot-ms", type=float, default=None, help="skip calibration")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-slo", action="store_true", help="don't send SLOs (servers without SLO support)")
     p.add_argument("--workload-file", default=None, help="replay a saved workload (JSON lines)")
-    p.add_argument("--save-workload", default=None)
-    p.add_argument("--out", default=None, help="metrics JSON")
+
+
+def workload_spec(args) -> WorkloadSpec:
+    return WorkloadSpec(
+        rate=args.rate, num_requests=args.num_requests, duration_s=args.duration, arrival=args.arrival,
+        cv=args.cv, pieces=args.pieces, urgent_share=args.urgent_share, output_tokens=args.output_tokens,
+        slo_scale=args.slo_scale, seed=args.seed,
+    )
 
 
 def print_summary(result: dict) -> None:

@@ -26,7 +26,7 @@ from adaserve.sampling import SamplingParams
 from adaserve.sched.scheduler import Scheduler
 from adaserve.models.sources import resolve_model
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.registry import PolicyChoice, choose_policy, needs_cost_model, slo_step_budget
+from adaserve.sched.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +140,9 @@ class EngineCore:
         self.scheduler.num_spec_tokens_per_seq = choice.spec.max_tokens_per_seq if choice.spec else 0
 
     def _max_prefill_tokens(self) -> int | None:
-        """With an SLO-aware policy: prefill only what keeps this iteration within the tightest
-        running TPOT (never less than one block, so prompts still progress). Allowing TPOT x the
-        measured tokens per verification lowered TTFT but broke more TPOT targets in `make demo`,
-        so an iteration with prefill is held to one TPOT."""
-        if not self.policy.slo_token_budget:
-            return None
-        running = self.scheduler.running
-        tpots = [r.params.slo.tpot_ms for r in running if r.params.slo.tpot_ms is not None]
-        if not tpots:
-            return None
-        fits = slo_step_budget(self.cost_model, tpots, self.config.max_num_batched_tokens, 1)
-        return max(self.config.block_size, fits - len(running))
+        tpots = [r.params.slo.tpot_ms for r in self.scheduler.running]
+        return prefill_token_cap(self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens,
+                                 self.config.block_size)
 
     @property
     def has_unfinished(self) -> bool:

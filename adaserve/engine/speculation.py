@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -18,9 +19,9 @@ from adaserve.engine.sampler import Sampler, logits_to_probs
 from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
 from adaserve.spec.policies import SelectionContext, SeqState, SpecPolicy
 from adaserve.spec.proposers import Proposer
-from adaserve.spec.stats import EngineSpecStats, StepStats
-from adaserve.spec.tree import CandidateTree, layout_tree
-from adaserve.spec.verify import accept_greedy, accept_sampled
+from adaserve.spec.stats import EngineSpecStats, OfferRecord, StepStats
+from adaserve.spec.tree import CandidateTree, TreeLayout, layout_tree
+from adaserve.spec.verify import Acceptance, accept_greedy, accept_sampled
 
 
 class SpecDecoder:
@@ -36,6 +37,7 @@ class SpecDecoder:
         self.kv = target.kv
         self.sampler = sampler
         self.stats = EngineSpecStats()
+        self.record_offers = True  # the simulator's input; the simulator itself turns it off
         self._candidates: dict[str, CandidateTree] = {}
         self._draft_seconds = 0.0
         self._step_accepted = 0
@@ -79,12 +81,17 @@ class SpecDecoder:
     def verify(self, chunk: ScheduledChunk, logits: torch.Tensor) -> list[int]:
         """logits: [num_nodes, vocab] for the chunk's tree. Commits the accepted path's KV and
         returns the new tokens (accepted drafts + bonus)."""
-        request, layout, start = chunk.request, chunk.tree, chunk.start
+        request, layout = chunk.request, chunk.tree
         if request.params.greedy:
             acceptance = accept_greedy(layout, logits.argmax(-1).tolist())
         else:
             generator = self.sampler.generator(request.request_id, request.params)
             acceptance = accept_sampled(layout, logits_to_probs(logits, request.params).cpu(), generator)
+        return self.commit(chunk, acceptance)
+
+    def commit(self, chunk: ScheduledChunk, acceptance: Acceptance) -> list[int]:
+        """Keep the accepted path's KV, drop the rest, record statistics; returns the new tokens."""
+        request, layout, start = chunk.request, chunk.tree, chunk.start
         accepted = acceptance.accepted_nodes
         # Node i of the layout was written at position start + i; the accepted node at depth d
         # belongs at start + d. Sources are never behind their targets, so one copy is safe.
@@ -94,11 +101,11 @@ class SpecDecoder:
             self.target.kv_cache.copy_slots(torch.tensor(src), torch.tensor(dst))
         self.kv.truncate(request.request_id, start + 1 + len(accepted))
         request.num_computed_tokens = start + 1 + len(accepted)
-        self._record(chunk, accepted)
+        self._record(chunk, acceptance)
         return [layout.token_ids[i] for i in accepted] + [acceptance.bonus_token_id]
 
-    def _record(self, chunk: ScheduledChunk, accepted: list[int]) -> None:
-        layout, rid = chunk.tree, chunk.request.request_id
+    def _record(self, chunk: ScheduledChunk, acceptance: Acceptance) -> None:
+        layout, rid, accepted = chunk.tree, chunk.request.request_id, acceptance.accepted_nodes
         depths = layout.depths[1:]
         self.stats.totals.record(depths, len(accepted))
         self.policy.record(max(depths, default=0), len(accepted))
@@ -108,6 +115,20 @@ class SpecDecoder:
         on_path = set(accepted)
         for i in range(1, layout.num_nodes):
             self.stats.calibration.append((tree.path_prob(layout.source_nodes[i]), i in on_path))
+        if self.record_offers:
+            self._record_offers(tree, layout, acceptance)
+
+    def _record_offers(self, tree: CandidateTree, layout: TreeLayout, acceptance: Acceptance) -> None:
+        """Every expanded node on the accepted path (root included) with the target's next token
+        there: the accepted child's token, or the bonus token at the end of the path."""
+        path = [0] + [layout.source_nodes[i] for i in acceptance.accepted_nodes]
+        chosen = [layout.token_ids[i] for i in acceptance.accepted_nodes] + [acceptance.bonus_token_id]
+        for node, token_id in zip(path, chosen):
+            offer = tree.offers.get(node)
+            if offer is not None:
+                hit = offer.token_ids.index(token_id) if token_id in offer.token_ids else -1
+                probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
+                self.stats.offers.append(OfferRecord(tree.depths[node], probs, hit))
 
     def record_step(self, step: SchedulerOutput, verify_seconds: float, now: float) -> None:
         trees = [c.tree for c in step.chunks if c.tree is not None]

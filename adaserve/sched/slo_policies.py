@@ -34,7 +34,9 @@ class AdaptiveShape:
     min_depth: int = 1
     max_depth: int = 8
     max_width: int = 4
-    top_k: int = 8  # children each frontier node offers
+    # Children each frontier node offers. A layer keeps at most max_width nodes in all, so no
+    # parent can contribute more than max_width: offering more would change nothing.
+    top_k: int = 4
     budget_factor: float = 2.0
     n_max_factor: float = 1.2  # per-request cap in the SLO phase: n_max = factor * B1 / n
 

@@ -12,10 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from adaserve.spec.tree import CandidateTree
+from adaserve.spec.tree import CandidateTree, Offer
 
 
-@dataclass
+@dataclass(slots=True)
 class Child:
     """A candidate child offered by the proposer for a frontier node."""
 
@@ -79,6 +79,19 @@ class FixedPolicy:
 
     def record(self, num_proposed_depth: int, num_accepted: int) -> None:
         pass
+
+
+def grow_layer(tree: CandidateTree, parents: list[int], offers: list[Offer], policy: SpecPolicy, layer: int) -> list[int]:
+    """Offer each frontier node's children (offers[i] belongs to parents[i]); add the ones the
+    policy keeps to the tree, grouped by parent and most likely first. Returns the new nodes."""
+    children = []
+    for parent, offer in zip(parents, offers):
+        tree.offers[parent] = offer
+        base = tree.path_logprobs[parent]
+        children += [Child(parent, t, lp, base + lp) for t, lp in zip(offer.token_ids, offer.logprobs) if lp > -math.inf]
+    kept = policy.expand(layer, children)
+    kept.sort(key=lambda c: (c.parent, -c.logprob))
+    return [tree.add(c.parent, c.token_id, c.logprob) for c in kept]
 
 
 def top_by_path_prob(children: list[Child], n: int) -> list[Child]:

@@ -14,8 +14,8 @@ import torch
 from adaserve.engine.executor import ModelExecutor, SeqInput
 from adaserve.request import Request
 from adaserve.sampling import SamplingParams
-from adaserve.spec.policies import Child, SpecPolicy
-from adaserve.spec.tree import CandidateTree
+from adaserve.spec.policies import SpecPolicy, grow_layer
+from adaserve.spec.tree import CandidateTree, Offer
 
 
 class Proposer(Protocol):
@@ -102,19 +102,12 @@ class DraftModelProposer:
         new_nodes: dict[str, list[int]] = {}
         row = 0
         for r in requests:
-            tree, parents = trees[r.request_id], frontier[r.request_id]
+            parents = frontier[r.request_id]
             logprobs = draft_logprobs(logits[row : row + len(parents)], r.params)  # [len(parents), vocab]
             row += len(parents)
             top = logprobs.topk(min(policy.top_k, logprobs.shape[-1]), dim=-1)
-            children = [
-                Child(parent, int(tok), float(lp), tree.path_logprobs[parent] + float(lp))
-                for parent, toks, lps in zip(parents, top.indices.tolist(), top.values.tolist())
-                for tok, lp in zip(toks, lps)
-                if lp > -math.inf
-            ]
-            kept = policy.expand(layer, children)
-            kept.sort(key=lambda c: (c.parent, -c.logprob))
-            new_nodes[r.request_id] = [tree.add(c.parent, c.token_id, c.logprob) for c in kept]
+            offers = [Offer(toks, lps) for toks, lps in zip(top.indices.tolist(), top.values.tolist())]
+            new_nodes[r.request_id] = grow_layer(trees[r.request_id], parents, offers, policy, layer)
         return new_nodes
 
     def _feed_layer(self, requests, trees, new_nodes) -> torch.Tensor | None:

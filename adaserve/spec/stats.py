@@ -62,11 +62,22 @@ class StepStats:
     verify_seconds: float
 
 
+@dataclass
+class OfferRecord:
+    """At one node on a verified path: the draft's top-k child probabilities (most likely first)
+    and which of them the target chose, -1 for none. What the simulator replays."""
+
+    depth: int
+    draft_probs: list[float]
+    hit: int
+
+
 class EngineSpecStats:
-    """Engine-wide totals, recent steps, and (draft path probability, accepted?) pairs for
-    calibration curves. The recent lists are bounded."""
+    """Engine-wide totals, recent steps, (draft path probability, accepted?) pairs for
+    calibration curves, and offer records for the simulator. The recent lists are bounded."""
 
     def __init__(self, max_records: int = 200_000) -> None:
         self.totals = SpecStats()
         self.calibration: deque[tuple[float, bool]] = deque(maxlen=max_records)
+        self.offers: deque[OfferRecord] = deque(maxlen=max_records)
         self.steps: deque[StepStats] = deque(maxlen=10_000)

@@ -18,6 +18,15 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Offer:
+    """The draft's top-k children of one expanded node, most likely first, kept by the policy or
+    not: with the target's choice at that node it is one acceptance record for the simulator."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+
+
+@dataclass
 class CandidateTree:
     """Everything a proposer offers for one request; a policy selects a connected subset."""
 
@@ -27,6 +36,7 @@ class CandidateTree:
     depths: list[int]
     # log f(v): sum of draft log-probs along root -> v, our estimate of P(target accepts the path).
     path_logprobs: list[float]
+    offers: dict[int, Offer] = field(default_factory=dict)  # per expanded node
 
     @classmethod
     def root_only(cls, request_id: str, root_token: int) -> "CandidateTree":

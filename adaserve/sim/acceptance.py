@@ -1,0 +1,114 @@
+"""Acceptance models: at a node being expanded, the draft's top-k child probabilities (most likely
+first) and which child the target will pick there (-1: none of them). Plain Python.
+
+  recorded     replays OfferRecords the engine logged for a real draft/target pair (the draft's
+               offer and the target's choice at every expanded node on a verified path; record
+               them with `adaserve simulate record`). A node at depth d draws a record of depth d
+               (deeper nodes share the deepest recorded depth), so per-depth acceptance, the draft's
+               confidence and its calibration all come from the real pair.
+  parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
+               geometrically (ratio `ratio`); the target picks child i with probability
+               min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
+               draft's probabilities are exact acceptance probabilities.
+Spec strings: "recorded:PATH" or "parametric:top1=0.7,calibration=1.0,ratio=0.5,concentration=4".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from adaserve.spec.stats import OfferRecord
+
+
+class AcceptanceModel(Protocol):
+    # True if offer() only ever returns a fixed set of record objects (callers may cache per object).
+    replays: bool
+
+    def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord: ...
+
+
+class RecordedAcceptance:
+    replays = True
+
+    def __init__(self, records: list[OfferRecord]) -> None:
+        if not records:
+            raise ValueError("no acceptance records")
+        self.by_depth: dict[int, list[OfferRecord]] = {}
+        for r in records:
+            self.by_depth.setdefault(r.depth, []).append(r)
+        self.max_depth = max(self.by_depth)
+        self._truncated: dict[tuple[int, int], OfferRecord] = {}
+
+    def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
+        bucket = self.by_depth.get(min(depth, self.max_depth)) or self.by_depth[self.max_depth]
+        record = bucket[rng.randrange(len(bucket))]
+        if len(record.draft_probs) <= top_k:
+            return record
+        key = (id(record), top_k)
+        if key not in self._truncated:
+            self._truncated[key] = OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1)
+        return self._truncated[key]
+
+    def top1_acceptance(self) -> dict[int, float]:
+        """Per depth: how often the target picked the draft's most likely child."""
+        return {d: sum(r.hit == 0 for r in rs) / len(rs) for d, rs in sorted(self.by_depth.items())}
+
+    @classmethod
+    def load(cls, path: Path) -> "RecordedAcceptance":
+        return cls([OfferRecord(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()])
+
+
+def save_records(path: Path, records: list[OfferRecord]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r)) + "\n")
+
+
+@dataclass(frozen=True)
+class ParametricAcceptance:
+    top1: float = 0.7  # mean draft probability of its most likely child
+    calibration: float = 1.0  # P(target picks child) = min(1, calibration x draft prob)
+    ratio: float = 0.5  # each further child gets `ratio` of the previous one's probability
+    concentration: float = 4.0  # Beta(top1 * c, (1 - top1) * c): spread of the top-1 probability
+    replays = False
+
+    def __post_init__(self) -> None:
+        if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
+            raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
+
+    def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
+        q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
+        # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
+        rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]
+        probs = [q1] + rest
+        picks = [min(1.0, self.calibration * q) for q in probs]
+        total = sum(picks)
+        if total > 1:
+            picks = [p / total for p in picks]
+        u, hit = rng.random(), -1
+        for i, p in enumerate(picks):
+            if u < p:
+                hit = i
+                break
+            u -= p
+        return OfferRecord(depth, probs, hit)
+
+
+def parse_acceptance(spec: str) -> AcceptanceModel:
+    kind, _, arg = spec.partition(":")
+    if kind == "recorded":
+        if not arg or not Path(arg).exists():
+            raise ValueError(f"recorded acceptance needs an existing file: {spec!r}")
+        return RecordedAcceptance.load(Path(arg))
+    if kind == "parametric":
+        try:
+            kwargs = {k: float(v) for k, v in (kv.split("=") for kv in arg.split(",") if kv)}
+            return ParametricAcceptance(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"bad parametric acceptance {spec!r}: {e}") from e
+    raise ValueError(f"unknown acceptance model {spec!r} (recorded:PATH, parametric:top1=..,calibration=..)")

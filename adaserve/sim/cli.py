@@ -1,0 +1,57 @@
+"""`adaserve simulate`: run | record | validate.
+
+  run       simulate policies on a workload (generated, a saved workload file, or a measured bench
+            run's exact requests), sweeping a variable; same JSON/PNG as `adaserve bench sweep`
+  record    run a real draft/target pair on workload prompts and save its acceptance records
+  validate  replay each point of a measured `adaserve bench sweep` and compare
+"""
+
+from __future__ import annotations
+
+from adaserve.sim.simulator import SimConfig
+
+
+def add_simulate_parser(sub) -> None:
+    p = sub.add_parser("simulate", help="discrete-event simulation of the scheduler and policies at any scale")
+    p.add_argument("action", nargs="?", default="run", choices=["run", "record", "validate"])
+    p.add_argument("--cost", default=None, help="profile:PATH | roofline:HW:TARGET[:DRAFT] | table:adaserve-a100-70b "
+                   "(default: the cached profile of --model/--draft)")
+    p.add_argument("--acceptance", default=None, help="recorded:PATH | parametric:top1=0.7,calibration=1.0,...")
+    p.add_argument("--policies", default="none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve")
+    p.add_argument("--variable", default="rate", choices=["rate", "urgent_share", "slo_scale"])
+    p.add_argument("--values", default="0.5")
+    p.add_argument("--from-bench", nargs="*", default=None, help="bench result JSONs: replay their exact requests")
+    p.add_argument("--bench-dir", default="benchmarks/results/sweep_rate", help="validate: a bench sweep's output dir")
+    p.add_argument("--tokenizer", default=None, help="model whose chat template counts prompt tokens (default ~4 chars/token)")
+    p.add_argument("--slo-class", action="append", default=None,
+                   help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)")
+    p.add_argument("--step-overhead-ms", type=float, default=0.0)
+    p.add_argument("--kv-capacity-tokens", type=int, default=SimConfig.kv_capacity_tokens)
+    p.add_argument("--max-num-seqs", type=int, default=SimConfig.max_num_seqs)
+    p.add_argument("--max-num-batched-tokens", type=int, default=SimConfig.max_num_batched_tokens)
+    p.add_argument("--num-prompts", type=int, default=8, help="record: prompts to run")
+    p.add_argument("--out", default="benchmarks/results/acceptance_qwen.jsonl", help="record: the records file")
+    p.add_argument("--out-dir", default="benchmarks/results/sim", help="run/validate: where JSON and PNG go")
+    p.add_argument("--model", default="qwen2.5-coder-1.5b", help="record: target; also the default --cost profile")
+    p.add_argument("--draft", default="qwen2.5-coder-0.5b", help="record: draft")
+    p.add_argument("--record-policy", default="dynamic-tree:16:8:8",
+                   help="record: the speculation policy while recording (its width is the top-k recorded)")
+    from adaserve.bench.run import add_workload_args
+
+    add_workload_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args) -> None:
+    if args.action == "record":
+        from adaserve.sim.record import record
+
+        record(args)
+    elif args.action == "validate":
+        from adaserve.sim.validate import validate
+
+        validate(args)
+    else:
+        from adaserve.sim.commands import run
+
+        run(args)

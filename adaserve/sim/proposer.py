@@ -1,0 +1,87 @@
+"""A Proposer for the simulator: candidate trees grown layer by layer exactly as the draft model
+proposer grows them (the same `grow_layer` and the policy's `expand`), with each frontier node's
+offer drawn from the acceptance model instead of computed by a draft model.
+
+The target's choice at each expanded node is kept aside (`target_choice`), so verification can
+run the engine's own greedy acceptance walk. It also counts the draft passes a real draft model
+would run (sync of newly committed tokens, then one pass per layer), for the cost model.
+Synthetic token ids: child i of a node is token i + 1; -1 means "no drafted child matches".
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from adaserve.request import Request
+from adaserve.sim.acceptance import AcceptanceModel
+from adaserve.spec.policies import SpecPolicy, grow_layer
+from adaserve.spec.tree import CandidateTree, Offer, TreeLayout
+
+NO_MATCH = -1
+
+
+class SimProposer:
+    def __init__(self, acceptance: AcceptanceModel, rng: random.Random, max_sync_tokens: int = 512) -> None:
+        self.acceptance, self.rng = acceptance, rng
+        self.max_sync_tokens = max_sync_tokens  # as DraftModelProposer: longer backlogs sync in chunks
+        self.synced: dict[str, int] = {}  # committed tokens the draft has seen, per request
+        self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
+        self.draft_pass_tokens: list[int] = []  # tokens of each draft pass of the last propose()
+        self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
+
+    def free(self, request_id: str) -> None:
+        self.synced.pop(request_id, None)
+        self.choices.pop(request_id, None)
+
+    def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]:
+        trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]
+        for r in requests:
+            self.choices[r.request_id] = {}
+        ready, num_sync_tokens = self._sync(requests)
+        self.draft_pass_tokens = [num_sync_tokens] if num_sync_tokens else []
+        frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
+        for layer in range(1, policy.depth + 1):
+            new_nodes = {}
+            for tree in trees:
+                if tree.request_id in frontier:
+                    new_nodes[tree.request_id] = self._grow(tree, frontier[tree.request_id], policy, layer)
+            frontier = {rid: nodes for rid, nodes in new_nodes.items() if nodes}
+            if layer == policy.depth or not frontier:
+                break
+            self.draft_pass_tokens.append(sum(len(nodes) for nodes in frontier.values()))
+        return trees
+
+    def _sync(self, requests: list[Request]) -> tuple[set[str], int]:
+        """Feed each request's newly committed tokens (one pass for all); returns the requests
+        that are fully synced (they draft this step) and the pass's token count."""
+        ready, total = set(), 0
+        for r in requests:
+            n = min(r.num_tokens - self.synced.get(r.request_id, 0), self.max_sync_tokens)
+            if n <= 0:
+                continue
+            self.synced[r.request_id] = self.synced.get(r.request_id, 0) + n
+            total += n
+            if self.synced[r.request_id] == r.num_tokens:
+                ready.add(r.request_id)
+        return ready, total
+
+    def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
+        choices = self.choices[tree.request_id]
+        offers = []
+        for parent in parents:
+            record = self.acceptance.offer(tree.depths[parent], policy.top_k, self.rng)
+            offer = self._offers.get(id(record)) if self.acceptance.replays else None
+            if offer is None:
+                tokens = list(range(1, len(record.draft_probs) + 1))
+                offer = Offer(tokens, [math.log(max(p, 1e-12)) for p in record.draft_probs])
+                if self.acceptance.replays:
+                    self._offers[id(record)] = offer
+            offers.append(offer)
+            choices[parent] = record.hit + 1 if record.hit >= 0 else NO_MATCH  # token i + 1 is child i
+        return grow_layer(tree, parents, offers, policy, layer)
+
+    def target_choices(self, request_id: str, layout: TreeLayout) -> list[int]:
+        """Per layout node, the token the target picks after it (what its argmax would be)."""
+        choices = self.choices.get(request_id, {})
+        return [choices.get(node, NO_MATCH) for node in layout.source_nodes]

@@ -1,0 +1,56 @@
+"""`adaserve simulate validate`: replay every point of a measured `adaserve bench sweep` (its exact
+requests: arrivals, categories, SLOs, prompt lengths) in the simulator, per policy, and compare
+attainment and goodput. Targets: attainment within 10 percentage points, goodput within 20 %."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from adaserve.sim.commands import load_models, sim_config
+from adaserve.sim.run import simulate
+from adaserve.sim.workloads import from_bench_result
+
+
+def validate(args) -> dict:
+    bench_dir = Path(args.bench_dir)
+    summary = json.loads((bench_dir / "sweep_rate.json").read_text())
+    cost, acceptance = load_models(args)
+    config = sim_config(args)
+    rows = []
+    for policy, points in summary["results"].items():
+        if policy.startswith("vllm:"):
+            continue  # another engine: its scheduler is not ours to simulate
+        for point in points:
+            path = bench_dir / f"{policy.replace(':', '-')}_rate_{point['value']}.json"
+            sim = simulate(replace(config, policy=policy), cost, acceptance, from_bench_result(path))
+            measured, simulated = point["categories"]["all"], sim["categories"]["all"]
+            rows.append(_row(policy, point["value"], measured, simulated))
+            print(_format(rows[-1]), flush=True)
+    ok = [r for r in rows if r["attainment_ok"] and r["goodput_ok"]]
+    out = {"bench_dir": str(bench_dir), "cost_model": cost.meta, "step_overhead_ms": args.step_overhead_ms,
+           "rows": rows, "num_within_targets": len(ok), "num_points": len(rows)}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "validation.json").write_text(json.dumps(out, indent=1))
+    print(f"{len(ok)}/{len(rows)} points within +-10 pp attainment and +-20 % goodput; wrote {out_dir}/validation.json")
+    return out
+
+
+def _row(policy: str, rate: float, measured: dict, simulated: dict) -> dict:
+    m_good, s_good = measured["goodput_tokens_per_s"], simulated["goodput_tokens_per_s"]
+    rel = (s_good - m_good) / m_good if m_good > 0 else (0.0 if s_good == 0 else float("inf"))
+    d_att = 100.0 * (simulated["attainment"] - measured["attainment"])
+    return {"policy": policy, "rate": rate, "measured_attainment": measured["attainment"],
+            "simulated_attainment": simulated["attainment"], "attainment_diff_pp": d_att,
+            "measured_goodput": m_good, "simulated_goodput": s_good, "goodput_rel_diff": rel,
+            "measured_tpot_p50_ms": (measured["tpot_ms"] or {}).get("median"),
+            "simulated_tpot_p50_ms": (simulated["tpot_ms"] or {}).get("median"),
+            "attainment_ok": abs(d_att) <= 10.0, "goodput_ok": abs(rel) <= 0.2}
+
+
+def _format(r: dict) -> str:
+    return (f"{r['policy']:14s} rate={r['rate']}: attainment {r['measured_attainment']:.0%} measured vs "
+            f"{r['simulated_attainment']:.0%} simulated; goodput {r['measured_goodput']:.2f} vs {r['simulated_goodput']:.2f} "
+            f"({r['goodput_rel_diff']:+.0%}); TPOT p50 {r['measured_tpot_p50_ms'] or 0:.0f} vs {r['simulated_tpot_p50_ms'] or 0:.0f} ms")

@@ -1,0 +1,56 @@
+"""Simulator workloads in token counts, from the same sources as `adaserve bench`:
+  a bench result JSON    the exact arrivals, categories, SLOs and prompt lengths (from the server's
+                         usage) of a measured run: what validation replays;
+  a workload file        `adaserve bench --save-workload` JSON lines, prompts tokenized with a
+                         tokenizer (or ~4 characters per token without one);
+  a WorkloadSpec         generated like `adaserve bench` does, from the same datasets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from adaserve.bench.client import BenchRequest
+from adaserve.slo import SLO
+
+CHARS_PER_TOKEN = 4.0
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    arrival_s: float
+    category: str
+    num_prompt_tokens: int
+    max_tokens: int
+    slo: SLO
+
+
+def from_bench_result(path: Path) -> list[SimRequest]:
+    result = json.loads(Path(path).read_text())
+    records = result["records"]
+    if not records:
+        return []
+    start = min(r["arrival_time"] for r in records)
+    max_tokens = int(result["args"]["output_tokens"])
+    out = []
+    for r in records:
+        usage = r.get("server_usage") or {}
+        if "prompt_tokens" not in usage:
+            raise ValueError(f"{path}: a record has no server usage (prompt length unknown); it failed: {r.get('error')}")
+        out.append(SimRequest(r["arrival_time"] - start, r["category"], int(usage["prompt_tokens"]), max_tokens,
+                              SLO(**r["slo"])))
+    return sorted(out, key=lambda x: x.arrival_s)
+
+
+def prompt_token_counter(tokenizer=None):
+    """messages -> prompt tokens: the tokenizer's chat template, or a characters/4 estimate."""
+    if tokenizer is None:
+        return lambda messages: max(1, round(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN))
+    return lambda messages: len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
+
+def from_bench_requests(requests: list[BenchRequest], tokenizer=None) -> list[SimRequest]:
+    count = prompt_token_counter(tokenizer)
+    return [SimRequest(r.arrival_s, r.category, count(r.messages), r.max_tokens, r.slo) for r in requests]
