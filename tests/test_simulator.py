@@ -166,3 +166,35 @@ def test_validation_row_tolerances():
                {"attainment": 0.75, "goodput_tokens_per_s": 12.5, "tpot_ms": None})
     assert row["attainment_diff_pp"] == pytest.approx(-5.0) and row["attainment_ok"]
     assert row["goodput_rel_diff"] == pytest.approx(0.25) and not row["goodput_ok"]
+
+
+def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
+    """A bench sweep directory whose 'measurements' are simulator runs replays to the same numbers."""
+    from argparse import Namespace
+
+    from adaserve.sim.simulator import Simulator
+    from adaserve.sim.validate import validate
+
+    cost = slo_cost()
+    (tmp_path / "cost.json").write_text(cost.to_json())
+    workload = [SimRequest(0.3 * i, "coding" if i % 3 else "chat", 50 + 10 * i, 24, SLO(tpot_ms=60.0 if i % 3 else 200.0))
+                for i in range(9)]
+    results = {}
+    for policy in ("none", "adaserve"):
+        sim = Simulator(SimConfig(policy=policy), cost, ParametricAcceptance(top1=0.7))
+        records = sim.run(workload)
+        rows = [dict(r.to_dict(), slo={"tpot_ms": r.slo.tpot_ms, "ttft_ms": None},
+                     server_usage={"prompt_tokens": item.num_prompt_tokens}) for r, (item, _) in zip(records, sim.requests)]
+        from adaserve.bench.report import bench_report
+
+        wall = max(r.chunk_times[-1] for r in records)
+        report = bench_report(records, wall)
+        (tmp_path / f"{policy}_rate_1.0.json").write_text(json.dumps({"args": {"output_tokens": 24}, "records": rows, **report}))
+        results[policy] = [{"policy": policy, "value": 1.0, **report}]
+    (tmp_path / "sweep_rate.json").write_text(json.dumps({"variable": "rate", "unloaded_tpot_ms": 100.0, "results": results}))
+    args = Namespace(bench_dir=str(tmp_path), cost=f"profile:{tmp_path / 'cost.json'}", acceptance="parametric:top1=0.7",
+                     model=None, draft=None, max_num_seqs=32, max_num_batched_tokens=512, kv_capacity_tokens=9360,
+                     step_overhead_ms=0.0, seed=0, out_dir=str(tmp_path / "out"))
+    out = validate(args)
+    assert out["num_points"] == 2 and out["num_within_targets"] == 2
+    assert all(abs(r["attainment_diff_pp"]) < 1e-9 and abs(r["goodput_rel_diff"]) < 0.01 for r in out["rows"])

@@ -41,17 +41,14 @@ class RecordedAcceptance:
         for r in records:
             self.by_depth.setdefault(r.depth, []).append(r)
         self.max_depth = max(self.by_depth)
-        self._truncated: dict[tuple[int, int], OfferRecord] = {}
+        self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}  # (depth, top_k) -> records cut to top_k
 
     def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
-        bucket = self.by_depth.get(min(depth, self.max_depth)) or self.by_depth[self.max_depth]
-        record = bucket[rng.randrange(len(bucket))]
-        if len(record.draft_probs) <= top_k:
-            return record
-        key = (id(record), top_k)
-        if key not in self._truncated:
-            self._truncated[key] = OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1)
-        return self._truncated[key]
+        key = (min(depth, self.max_depth), top_k)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [_truncate(r, top_k) for r in self.by_depth.get(key[0]) or self.by_depth[self.max_depth]]
+        return bucket[int(rng.random() * len(bucket))]
 
     def top1_acceptance(self) -> dict[int, float]:
         """Per depth: how often the target picked the draft's most likely child."""
@@ -60,6 +57,12 @@ class RecordedAcceptance:
     @classmethod
     def load(cls, path: Path) -> "RecordedAcceptance":
         return cls([OfferRecord(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()])
+
+
+def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
+    if len(record.draft_probs) <= top_k:
+        return record
+    return OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1)
 
 
 def save_records(path: Path, records: list[OfferRecord]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adaserve.sim.commands import load_models, sim_config
-from adaserve.sim.run import simulate
+from adaserve.sim.run import simulate, unloaded_tpot_ms
 from adaserve.sim.workloads import from_bench_result
 
 
@@ -18,6 +18,11 @@ def validate(args) -> dict:
     summary = json.loads((bench_dir / "sweep_rate.json").read_text())
     cost, acceptance = load_models(args)
     config = sim_config(args)
+    if args.step_overhead_ms < 0:  # auto: what the measured unloaded latency has beyond the model's passes
+        simulated = unloaded_tpot_ms(cost, config)
+        config = replace(config, step_overhead_ms=max(0.0, summary["unloaded_tpot_ms"] - simulated))
+        print(f"step overhead {config.step_overhead_ms:.1f} ms = measured unloaded TPOT "
+              f"{summary['unloaded_tpot_ms']:.1f} ms - simulated {simulated:.1f} ms", flush=True)
     rows = []
     for policy, points in summary["results"].items():
         if policy.startswith("vllm:"):
@@ -29,7 +34,7 @@ def validate(args) -> dict:
             rows.append(_row(policy, point["value"], measured, simulated))
             print(_format(rows[-1]), flush=True)
     ok = [r for r in rows if r["attainment_ok"] and r["goodput_ok"]]
-    out = {"bench_dir": str(bench_dir), "cost_model": cost.meta, "step_overhead_ms": args.step_overhead_ms,
+    out = {"bench_dir": str(bench_dir), "cost_model": cost.meta, "step_overhead_ms": config.step_overhead_ms,
            "rows": rows, "num_within_targets": len(ok), "num_points": len(rows)}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
