@@ -21,6 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from adaserve.bench.tables import headline, sweep_table
 from adaserve.bench.workload import WorkloadSpec
 from adaserve.sim.acceptance import parse_acceptance
 from adaserve.sim.roofline import parse_cost_model
@@ -31,25 +32,6 @@ PAPER = {"attainment_ratio": 2.1, "goodput_ratio": 1.9}  # AdaServe over the bes
 POLICIES = "none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve"
 # 4 x 80 GB minus 141 GB of bf16 weights and ~20 GB of activations, at 320 KiB of KV per token.
 A100X4_70B = SimConfig(max_num_seqs=256, max_num_batched_tokens=2048, kv_capacity_tokens=480_000)
-
-
-def ratios(results: dict[str, list[dict]]) -> list[dict]:
-    """Per load point: adaserve vs the best other policy (by attainment, and by goodput)."""
-    out = []
-    for i, point in enumerate(results["adaserve"]):
-        others = {p: pts[i]["categories"]["all"] for p, pts in results.items() if p != "adaserve"}
-        ours = point["categories"]["all"]
-        best_att = max(others, key=lambda p: others[p]["attainment"])
-        best_good = max(others, key=lambda p: others[p]["goodput_tokens_per_s"])
-        out.append({
-            "rate": point["value"],
-            "best_other_by_attainment": best_att,
-            "attainment_ratio": ours["attainment"] / max(others[best_att]["attainment"], 1e-9),
-            "violations_ratio": ours["violations"] / max(others[best_att]["violations"], 1e-9),
-            "best_other_by_goodput": best_good,
-            "goodput_ratio": ours["goodput_tokens_per_s"] / max(others[best_good]["goodput_tokens_per_s"], 1e-9),
-        })
-    return out
 
 
 def time_10k(cost, acceptance, config: SimConfig, spec: WorkloadSpec, unloaded: float, policies: list[str]) -> dict:
@@ -86,13 +68,14 @@ def main(argv=None) -> dict:
                     acceptance, "rate", out_dir)
     report = {"cost_model": cost.meta, "acceptance": args.acceptance, "unloaded_tpot_ms": unloaded,
               "config": vars(A100X4_70B), "num_requests_per_point": args.num_requests, "paper": PAPER,
-              "ratios": ratios(summary["results"]) if "adaserve" in summary["results"] else []}
+              "ratios": headline(summary)}
     if args.timing_policies:
         report["simulate_10k"] = time_10k(cost, acceptance, A100X4_70B, replace(spec, rate=max(float(r) for r in args.rates.split(","))),
                                           unloaded, args.timing_policies.split(","))
     (out_dir / "paper_scale.json").write_text(json.dumps(report, indent=1))
+    print(sweep_table(summary))
     for r in report["ratios"]:
-        print(f"rate {r['rate']}: attainment x{r['attainment_ratio']:.2f} vs {r['best_other_by_attainment']}, "
+        print(f"rate {r['value']}: attainment x{r['attainment_ratio']:.2f} vs {r['best_other_by_attainment']}, "
               f"goodput x{r['goodput_ratio']:.2f} vs {r['best_other_by_goodput']}")
     return report
 
