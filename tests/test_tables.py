@@ -29,3 +29,17 @@ def test_sweep_table_has_a_row_per_policy():
     table = sweep_table(SUMMARY).splitlines()
     assert table[0] == "| policy | rate 0.1 | rate 0.4 |"
     assert table[4] == "| adaserve | 100% / 6.50 | 90% / 4.50 |"
+
+
+def test_sweep_merge_adds_policies_and_refuses_other_calibrations(tmp_path):
+    import json
+
+    from adaserve.bench.sweep import merge_into
+
+    path = tmp_path / "sweep_rate.json"
+    path.write_text(json.dumps({**SUMMARY, "unloaded_tpot_ms": 250.0}))
+    extra = {"variable": "rate", "unloaded_tpot_ms": 250.0, "results": {"vllm:plain": [point(0.1, 0.5, 5, 1.0)]}}
+    merged = merge_into(path, extra)
+    assert list(merged["results"]) == ["none", "chain:4", "adaserve", "vllm:plain"]
+    with pytest.raises(ValueError, match="unloaded-tpot-ms 250.0"):
+        merge_into(path, {**extra, "unloaded_tpot_ms": 240.0})

@@ -73,9 +73,23 @@ def sweep(args) -> dict:
             server.terminate()
             server.wait(timeout=120)
     summary = {"variable": args.variable, "unloaded_tpot_ms": unloaded, "results": results}
+    if args.merge:
+        summary = merge_into(out_dir / f"sweep_{args.variable}.json", summary)
     (out_dir / f"sweep_{args.variable}.json").write_text(json.dumps(summary, indent=1))
     plot_sweep(summary, out_dir / f"sweep_{args.variable}.png")
     return summary
+
+
+def merge_into(path: Path, summary: dict) -> dict:
+    """Add this sweep's policies to an earlier sweep of the same variable and SLOs (its calibration
+    must have been reused: --unloaded-tpot-ms)."""
+    if not path.exists():
+        return summary
+    old = json.loads(path.read_text())
+    if old["variable"] != summary["variable"] or old["unloaded_tpot_ms"] != summary["unloaded_tpot_ms"]:
+        raise ValueError(f"{path} is a sweep of another variable or SLO calibration: pass --unloaded-tpot-ms "
+                         f"{old['unloaded_tpot_ms']} to extend it")
+    return {**old, "results": {**old["results"], **summary["results"]}}
 
 
 def _point_args(args, policy: str, url: str, model: str, unloaded: float, value: float | None, out: Path) -> Namespace:
@@ -118,3 +132,4 @@ def add_sweep_args(p) -> None:
     p.add_argument("--draft", default="qwen2.5-coder-0.5b")
     p.add_argument("--server-arg", action="append", help="extra argument for `adaserve serve` (repeatable)")
     p.add_argument("--out-dir", default="benchmarks/results/sweep")
+    p.add_argument("--merge", action="store_true", help="add these policies to the sweep JSON already in --out-dir")
