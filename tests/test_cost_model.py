@@ -76,3 +76,12 @@ def test_engine_profiles_once_per_model_pair_and_caches(tiny_model_dirs, tmp_pat
     # A draft cut to its first layers is a different model: its own profile.
     args = (tiny_model_dirs["llama"], tiny_model_dirs["llama"])
     assert profile_key(*args, None, "cpu", "float32", True) != profile_key(*args, 1, "cpu", "float32", True)
+
+
+def test_per_sequence_term_and_json_round_trip():
+    curve = LatencyCurve((1, 8), (10.0, 12.0), ms_per_context_token=0.01, ms_per_seq=2.0)
+    assert curve(8, 100, num_seqs=8) == pytest.approx(12.0 + 1.0 + 14.0)  # one sequence costs nothing extra
+    assert curve(8, 100) == pytest.approx(13.0)
+    cost = CostModel(curve, curve)
+    assert CostModel.from_json(cost.to_json()).target.ms_per_seq == 2.0
+    assert cost.speculation_ms(4, 2, 1) == pytest.approx(curve(8, 0, 4) + curve(4, 0, 4))

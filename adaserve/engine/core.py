@@ -117,7 +117,7 @@ class EngineCore:
         key = profile_key(self.model_dir, draft_dir, self.config.draft_num_layers, self.config.device,
                           self.config.dtype, self.config.cpu_packed_linear)
         meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
-        max_tokens = min(256, self.config.max_num_batched_tokens)
+        max_tokens = self.config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
         return load_or_profile(self.executor, self._draft, key, max_tokens, meta, refresh)
 
     def set_spec_policy(self, name: str) -> None:

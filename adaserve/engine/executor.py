@@ -25,6 +25,11 @@ class ModelExecutor:
         self.device = device
         self.kv_cache = KVCache(model.cfg, kv.pool.num_blocks, kv.block_size, dtype, device)
 
+    @property
+    def max_positions(self) -> int:
+        """Positions the model's rotary tables cover (a pass can't reach past them)."""
+        return self.model.rotary.cos.shape[0]
+
     def seq_input(
         self, request_id: str, token_ids: list[int], positions: list[int], slot_ids: list[int],
         num_cached: int, tree_mask: torch.Tensor | None = None,

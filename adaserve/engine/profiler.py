@@ -3,7 +3,8 @@ context. Cached per model pair and machine as JSON (adaserve.sched.cost_model.Co
 
 Each point is the median of `reps` timed forwards of one sequence of N new tokens (causal, like a
 chain or a prefill chunk) over a `context`-token prefix, run through the engine's own executor and
-KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix.
+KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix;
+the per-sequence term compares B one-token sequences with one sequence of B tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from adaserve.sched.cost_model import CostModel, LatencyCurve
 
 log = logging.getLogger(__name__)
 PROFILE_ID = "__profile__"
-DEFAULT_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+DEFAULT_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> float:
@@ -39,21 +40,42 @@ def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> fl
     return elapsed * 1000.0
 
 
-def _fill_context(executor: ModelExecutor, context: int) -> None:
-    executor.kv.free(PROFILE_ID)
+def _fill_context(executor: ModelExecutor, context: int, request_id: str = PROFILE_ID) -> None:
+    executor.kv.free(request_id)
     done = 0
     while done < context:
         n = min(256, context - done)
-        slots = executor.kv.reserve(PROFILE_ID, n)
-        executor.forward([executor.seq_input(PROFILE_ID, [11] * n, list(range(done, done + n)), slots, done)])
+        slots = executor.kv.reserve(request_id, n)
+        executor.forward([executor.seq_input(request_id, [11] * n, list(range(done, done + n)), slots, done)])
         done += n
 
 
+def _timed_batch(executor: ModelExecutor, context: int, num_seqs: int, reps: int) -> float:
+    """Median ms of one decode pass over num_seqs sequences of `context` cached tokens each."""
+    ids = [f"{PROFILE_ID}{i}" for i in range(num_seqs)]
+    try:
+        for rid in ids:
+            _fill_context(executor, context, rid)
+        times = []
+        for _ in range(reps + 1):
+            seqs = [executor.seq_input(rid, [11], [context], executor.kv.reserve(rid, 1), context) for rid in ids]
+            start = time.perf_counter()
+            executor.logits(executor.forward(seqs), list(range(num_seqs)))
+            times.append((time.perf_counter() - start) * 1000.0)
+            for rid in ids:
+                executor.kv.truncate(rid, context)
+        return statistics.median(times[1:])
+    finally:
+        for rid in ids:
+            executor.kv.free(rid)
+
+
 def profile_curve(
-    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 1024, reps: int = 3
+    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 4096, reps: int = 3
 ) -> LatencyCurve:
-    long_context = min(long_context, executor.kv.capacity_tokens - max(grid) - executor.kv.block_size)
-    grid = tuple(n for n in grid if context + n <= executor.kv.capacity_tokens)
+    room = min(executor.kv.capacity_tokens, executor.max_positions)
+    long_context = min(long_context, room - max(grid) - executor.kv.block_size)
+    grid = tuple(n for n in grid if context + n <= room)
     try:
         _fill_context(executor, context)
         _timed_forward(executor, context, 1)  # warm-up
@@ -67,7 +89,21 @@ def profile_curve(
     finally:
         executor.kv.free(PROFILE_ID)
     # The curve is for `context` cached tokens; store it as if context-free plus beta * context.
-    return LatencyCurve(grid, tuple(max(1e-3, m - beta * context) for m in medians), beta)
+    curve = LatencyCurve(grid, tuple(max(1e-3, m - beta * context) for m in medians), beta)
+    num_seqs = max((n for n in grid if n <= 16 and num_seqs_fit(executor, n, 2 * context)), default=1)
+    if num_seqs < 2:
+        return curve
+    # Sequences of a few hundred tokens each, as in a busy batch: gamma also carries the per-sequence
+    # KV gathering that a single sequence's pass does not pay.
+    seq_context = 2 * context
+    batch = _timed_batch(executor, seq_context, num_seqs, reps)
+    gamma = max(0.0, (batch - curve(num_seqs, num_seqs * seq_context)) / (num_seqs - 1))
+    return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma)
+
+
+def num_seqs_fit(executor: ModelExecutor, num_seqs: int, context: int) -> bool:
+    blocks_each = -(-(context + 1) // executor.kv.block_size)
+    return num_seqs * blocks_each <= executor.kv.pool.num_blocks
 
 
 def profile_key(

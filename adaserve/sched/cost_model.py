@@ -1,10 +1,12 @@
 """Hardware cost model: predicted latency of a target or draft forward pass, from profiled points.
 Plain Python; no torch (the measuring lives in adaserve.engine.profiler).
 
-A forward's latency is modelled as f(num_tokens) + beta * num_context_tokens:
+A forward's latency is modelled as f(num_tokens) + beta * num_context_tokens + gamma * (num_seqs - 1):
   f     monotone piecewise-linear through the profiled medians (isotonic regression removes noise
         dips; past the last point it extends the last segment's slope);
-  beta  ms per KV token read by attention (sum of the context lengths of the batch's sequences).
+  beta  ms per KV token read by attention (sum of the context lengths of the batch's sequences);
+  gamma ms per extra sequence in the batch (per-sequence attention and logits work), from a pass
+        of B one-token sequences against one sequence of B tokens.
 Worked example: points (1, 30 ms), (8, 40 ms), (16, 60 ms), beta 0.001 ->
   f(12) = 40 + (12 - 8) * (60 - 40) / (16 - 8) = 50 ms; 12 tokens over 1000 context tokens: 51 ms.
 
@@ -38,6 +40,7 @@ class LatencyCurve:
     num_tokens: tuple[int, ...]
     latency_ms: tuple[float, ...]
     ms_per_context_token: float = 0.0
+    ms_per_seq: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.num_tokens or len(self.num_tokens) != len(self.latency_ms):
@@ -46,9 +49,9 @@ class LatencyCurve:
             raise ValueError("token counts must be increasing and >= 1")
         object.__setattr__(self, "latency_ms", tuple(isotonic(list(self.latency_ms))))
 
-    def __call__(self, num_tokens: int, num_context_tokens: int = 0) -> float:
+    def __call__(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1) -> float:
         xs, ys = self.num_tokens, self.latency_ms
-        context = self.ms_per_context_token * max(0, num_context_tokens)
+        context = self.ms_per_context_token * max(0, num_context_tokens) + self.ms_per_seq * max(0, num_seqs - 1)
         if num_tokens <= xs[0] or len(xs) == 1:
             return ys[0] + context
         i = min(bisect.bisect_left(xs, num_tokens), len(xs) - 1)  # segment (i-1, i)
@@ -73,19 +76,19 @@ class CostModel:
     draft: LatencyCurve | None = None
     meta: dict = field(default_factory=dict, compare=False)
 
-    def verify_ms(self, num_tokens: int, num_context_tokens: int = 0) -> float:
-        return self.target(num_tokens, num_context_tokens)
+    def verify_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1) -> float:
+        return self.target(num_tokens, num_context_tokens, num_seqs)
 
-    def draft_ms(self, num_tokens: int, num_context_tokens: int = 0) -> float:
-        return self.draft(num_tokens, num_context_tokens) if self.draft else 0.0
+    def draft_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1) -> float:
+        return self.draft(num_tokens, num_context_tokens, num_seqs) if self.draft else 0.0
 
     def speculation_ms(self, num_seqs: int, depth: int, width: int, num_context_tokens: int = 0) -> float:
         """A speculate phase: one sync pass (about 2 committed tokens per request) and `depth - 1`
         passes over each request's kept frontier (`width` nodes)."""
         if self.draft is None or depth < 1 or num_seqs < 1:
             return 0.0
-        sync = self.draft_ms(2 * num_seqs, num_context_tokens)
-        return sync + (depth - 1) * self.draft_ms(num_seqs * width, num_context_tokens)
+        sync = self.draft_ms(2 * num_seqs, num_context_tokens, num_seqs)
+        return sync + (depth - 1) * self.draft_ms(num_seqs * width, num_context_tokens, num_seqs)
 
     def verify_budget(self, budget_factor: float = 2.0, limit: int = 4096) -> int:
         """B: tokens one verification pass takes within budget_factor x the 1-token latency."""
@@ -108,7 +111,8 @@ class CostModel:
         def curve(d: dict | None) -> LatencyCurve | None:
             if d is None:
                 return None
-            return LatencyCurve(tuple(d["num_tokens"]), tuple(d["latency_ms"]), d.get("ms_per_context_token", 0.0))
+            return LatencyCurve(tuple(d["num_tokens"]), tuple(d["latency_ms"]), d.get("ms_per_context_token", 0.0),
+                                d.get("ms_per_seq", 0.0))
 
         return cls(curve(data["target"]), curve(data.get("draft")), data.get("meta", {}))
 

@@ -68,7 +68,7 @@ class AdaServePolicy:
     def predicted_step_ms(self, num_seqs: int, num_tokens: int) -> float:
         """Draft (this step's shape) plus verification of num_tokens over the batch's context."""
         spec = self.cost.speculation_ms(num_seqs, self.depth, self.width, self._num_context_tokens)
-        return spec + self.cost.verify_ms(num_tokens, self._num_context_tokens)
+        return spec + self.cost.verify_ms(num_tokens, self._num_context_tokens, num_seqs)
 
     def requirements(self, ctx: SelectionContext, t_iter_s: float) -> list[float | None]:
         return [_requirement(seq, ctx.now, t_iter_s) for seq in ctx.seqs]
@@ -93,7 +93,7 @@ class AdaServePolicy:
 
         def t(num_tokens: int) -> float:
             if num_tokens not in step_ms:
-                step_ms[num_tokens] = spec_ms + self.cost.verify_ms(num_tokens, self._num_context_tokens)
+                step_ms[num_tokens] = spec_ms + self.cost.verify_ms(num_tokens, self._num_context_tokens, num_seqs)
             return step_ms[num_tokens]
 
         def keep_going(f: float, num_selected: int, expected: float) -> bool:
@@ -145,7 +145,7 @@ class SmartSpecPolicy:
     def expected_rate(self, k: int, num_seqs: int, num_context_tokens: int) -> float:
         """Expected tokens per ms of a step verifying a k-chain for every request."""
         tokens = num_seqs * sum(self.alpha**j for j in range(k + 1))
-        ms = self.cost.verify_ms(num_seqs * (k + 1), num_context_tokens)
+        ms = self.cost.verify_ms(num_seqs * (k + 1), num_context_tokens, num_seqs)
         if k > 0:
             ms += self.cost.speculation_ms(num_seqs, k, 1, num_context_tokens)
         return tokens / ms

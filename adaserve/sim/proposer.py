@@ -27,7 +27,7 @@ class SimProposer:
         self.max_sync_tokens = max_sync_tokens  # as DraftModelProposer: longer backlogs sync in chunks
         self.synced: dict[str, int] = {}  # committed tokens the draft has seen, per request
         self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
-        self.draft_pass_tokens: list[int] = []  # tokens of each draft pass of the last propose()
+        self.draft_passes: list[tuple[int, int]] = []  # (tokens, sequences) of each draft pass of the last propose()
         self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
 
     def free(self, request_id: str) -> None:
@@ -38,8 +38,8 @@ class SimProposer:
         trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]
         for r in requests:
             self.choices[r.request_id] = {}
-        ready, num_sync_tokens = self._sync(requests)
-        self.draft_pass_tokens = [num_sync_tokens] if num_sync_tokens else []
+        ready, num_sync_tokens, num_sync_seqs = self._sync(requests)
+        self.draft_passes = [(num_sync_tokens, num_sync_seqs)] if num_sync_tokens else []
         frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
         for layer in range(1, policy.depth + 1):
             new_nodes = {}
@@ -49,22 +49,23 @@ class SimProposer:
             frontier = {rid: nodes for rid, nodes in new_nodes.items() if nodes}
             if layer == policy.depth or not frontier:
                 break
-            self.draft_pass_tokens.append(sum(len(nodes) for nodes in frontier.values()))
+            self.draft_passes.append((sum(len(nodes) for nodes in frontier.values()), len(frontier)))
         return trees
 
-    def _sync(self, requests: list[Request]) -> tuple[set[str], int]:
+    def _sync(self, requests: list[Request]) -> tuple[set[str], int, int]:
         """Feed each request's newly committed tokens (one pass for all); returns the requests
-        that are fully synced (they draft this step) and the pass's token count."""
-        ready, total = set(), 0
+        that are fully synced (they draft this step), the pass's tokens and sequences."""
+        ready, total, num_seqs = set(), 0, 0
         for r in requests:
             n = min(r.num_tokens - self.synced.get(r.request_id, 0), self.max_sync_tokens)
             if n <= 0:
                 continue
             self.synced[r.request_id] = self.synced.get(r.request_id, 0) + n
             total += n
+            num_seqs += 1
             if self.synced[r.request_id] == r.num_tokens:
                 ready.add(r.request_id)
-        return ready, total
+        return ready, total, num_seqs
 
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
         choices = self.choices[tree.request_id]

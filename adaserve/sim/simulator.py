@@ -5,7 +5,7 @@ reservation) and commit, and the greedy acceptance walk. Only the forward passes
 each step advances a simulated clock by the cost model's latency for the draft passes the
 proposer ran plus one target pass over the step's tokens and context.
 
-    step ms = sum(draft_ms(tokens of each draft pass)) + verify_ms(step tokens, context tokens) + overhead
+    step ms = sum(draft_ms(each draft pass)) + verify_ms(step tokens, context tokens, sequences) + overhead
 """
 
 from __future__ import annotations
@@ -126,10 +126,11 @@ class Simulator:
         context = sum(c.start for c in step.chunks)  # KV tokens the pass reads
         draft_ms = 0.0
         if self.spec:
-            self.proposer.draft_pass_tokens = []
+            self.proposer.draft_passes = []
             self.spec.attach_trees(step)
-            draft_ms = sum(self.cost.draft_ms(n, context) for n in self.proposer.draft_pass_tokens)
-        return draft_ms + self.cost.verify_ms(step.num_batched_tokens, context) + self.config.step_overhead_ms
+            draft_ms = sum(self.cost.draft_ms(n, context, seqs) for n, seqs in self.proposer.draft_passes)
+        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context, len(step.chunks))
+        return draft_ms + verify_ms + self.config.step_overhead_ms
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:
         request = chunk.request

@@ -25,7 +25,8 @@ fi
 
 MODEL_DIR=$(.venv/bin/python -m adaserve.cli download "$MODEL" | tail -1 | awk '{print $2}')
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-4}
-export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-auto}
+# Bind the OpenMP threads to all cores: "auto" reserves one of our two cores for the frontend.
+export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-$(($(nproc) - 1))}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # vLLM otherwise drops to 1 of the 2 cores here
 ARGS=(--port "$PORT" --dtype float32 --max-model-len 4096 --served-model-name "$MODEL")
 if [ "$MODE" = ngram ]; then
