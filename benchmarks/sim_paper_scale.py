@@ -23,10 +23,10 @@ from pathlib import Path
 
 from adaserve.bench.tables import headline, sweep_table
 from adaserve.bench.workload import WorkloadSpec
-from adaserve.sim.acceptance import parse_acceptance
+from adaserve.sim.acceptance import DEFAULT_RECORDS, parse_acceptance
 from adaserve.sim.roofline import parse_cost_model
 from adaserve.sim.run import generated_workload, simulate, sweep, unloaded_tpot_ms
-from adaserve.sim.simulator import SimConfig
+from adaserve.sim.config import SimConfig
 
 PAPER = {"attainment_ratio": 2.1, "goodput_ratio": 1.9}  # AdaServe over the best baseline (paper)
 POLICIES = "none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve"
@@ -49,7 +49,7 @@ def time_10k(cost, acceptance, config: SimConfig, spec: WorkloadSpec, unloaded: 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cost", default="table:adaserve-a100-70b")
-    p.add_argument("--acceptance", default="recorded:benchmarks/results/acceptance_qwen.jsonl")
+    p.add_argument("--acceptance", default=f"recorded:{DEFAULT_RECORDS}")
     p.add_argument("--rates", default="2,4,6,8,10")
     p.add_argument("--num-requests", type=int, default=1000)
     p.add_argument("--policies", default=POLICIES)

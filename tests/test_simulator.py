@@ -10,7 +10,8 @@ from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.sim.acceptance import ParametricAcceptance, RecordedAcceptance, parse_acceptance
 from adaserve.sim.roofline import ADASERVE_A100_70B_TABLE, parse_cost_model
 from adaserve.sim.run import simulate, unloaded_tpot_ms
-from adaserve.sim.simulator import SimConfig, Simulator
+from adaserve.sim.config import SimConfig
+from adaserve.sim.simulator import Simulator
 from adaserve.sim.validate import _row
 from adaserve.sim.workloads import SimRequest, from_bench_result
 from adaserve.slo import SLO
@@ -172,7 +173,7 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
     """A bench sweep directory whose 'measurements' are simulator runs replays to the same numbers."""
     from argparse import Namespace
 
-    from adaserve.sim.simulator import Simulator
+    from adaserve.bench.report import bench_report
     from adaserve.sim.validate import validate
 
     cost = slo_cost()
@@ -185,8 +186,6 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
         records = sim.run(workload)
         rows = [dict(r.to_dict(), slo={"tpot_ms": r.slo.tpot_ms, "ttft_ms": None},
                      server_usage={"prompt_tokens": item.num_prompt_tokens}) for r, (item, _) in zip(records, sim.requests)]
-        from adaserve.bench.report import bench_report
-
         wall = max(r.chunk_times[-1] for r in records)
         report = bench_report(records, wall)
         (tmp_path / f"{policy}_rate_1.0.json").write_text(json.dumps({"args": {"output_tokens": 24}, "records": rows, **report}))

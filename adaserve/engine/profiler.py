@@ -90,18 +90,18 @@ def profile_curve(
         executor.kv.free(PROFILE_ID)
     # The curve is for `context` cached tokens; store it as if context-free plus beta * context.
     curve = LatencyCurve(grid, tuple(max(1e-3, m - beta * context) for m in medians), beta)
-    num_seqs = max((n for n in grid if n <= 16 and num_seqs_fit(executor, n, 2 * context)), default=1)
-    if num_seqs < 2:
-        return curve
     # Sequences of a few hundred tokens each, as in a busy batch: gamma also carries the per-sequence
     # KV gathering that a single sequence's pass does not pay.
     seq_context = 2 * context
+    num_seqs = max((n for n in grid if n <= 16 and _num_seqs_fit(executor, n, seq_context)), default=1)
+    if num_seqs < 2:
+        return curve
     batch = _timed_batch(executor, seq_context, num_seqs, reps)
     gamma = max(0.0, (batch - curve(num_seqs, num_seqs * seq_context)) / (num_seqs - 1))
     return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma)
 
 
-def num_seqs_fit(executor: ModelExecutor, num_seqs: int, context: int) -> bool:
+def _num_seqs_fit(executor: ModelExecutor, num_seqs: int, context: int) -> bool:
     blocks_each = -(-(context + 1) // executor.kv.block_size)
     return num_seqs * blocks_each <= executor.kv.pool.num_blocks
 

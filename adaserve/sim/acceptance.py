@@ -23,6 +23,8 @@ from typing import Protocol
 
 from adaserve.spec.stats import OfferRecord
 
+DEFAULT_RECORDS = Path("benchmarks/results/acceptance_qwen.jsonl")  # `adaserve simulate record` writes here
+
 
 class AcceptanceModel(Protocol):
     # True if offer() only ever returns a fixed set of record objects (callers may cache per object).

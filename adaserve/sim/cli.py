@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from adaserve.sim.simulator import SimConfig
+from adaserve.sim.acceptance import DEFAULT_RECORDS
+from adaserve.sim.config import SimConfig
 
 
 def add_simulate_parser(sub) -> None:
@@ -31,7 +32,7 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--max-num-seqs", type=int, default=SimConfig.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=SimConfig.max_num_batched_tokens)
     p.add_argument("--num-prompts", type=int, default=8, help="record: prompts to run")
-    p.add_argument("--out", default="benchmarks/results/acceptance_qwen.jsonl", help="record: the records file")
+    p.add_argument("--out", default=str(DEFAULT_RECORDS), help="record: the records file")
     p.add_argument("--out-dir", default="benchmarks/results/sim", help="run/validate: where JSON and PNG go")
     p.add_argument("--model", default="qwen2.5-coder-1.5b", help="record: target; also the default --cost profile")
     p.add_argument("--draft", default="qwen2.5-coder-0.5b", help="record: draft")

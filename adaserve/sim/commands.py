@@ -9,15 +9,12 @@ from pathlib import Path
 from adaserve.bench.run import workload_spec
 from adaserve.bench.workload import load_workload
 from adaserve.sched.cost_model import CostModel
-from adaserve.sim.acceptance import AcceptanceModel, parse_acceptance
+from adaserve.sim.acceptance import DEFAULT_RECORDS, AcceptanceModel, parse_acceptance
 from adaserve.sim.roofline import parse_cost_model
 from adaserve.sim.run import generated_workload, sweep, unloaded_tpot_ms
-from adaserve.sim.simulator import SimConfig
+from adaserve.sim.config import SimConfig
 from adaserve.sim.workloads import from_bench_requests, from_bench_result
 from adaserve.slo import parse_slo_class
-
-DEFAULT_RECORDS = Path("benchmarks/results/acceptance_qwen.jsonl")
-
 
 def find_profile(model: str, draft: str | None) -> Path:
     """The newest cached `adaserve profile` of this model pair (the engine caches one per pair)."""

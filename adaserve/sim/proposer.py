@@ -2,7 +2,7 @@
 proposer grows them (the same `grow_layer` and the policy's `expand`), with each frontier node's
 offer drawn from the acceptance model instead of computed by a draft model.
 
-The target's choice at each expanded node is kept aside (`target_choice`), so verification can
+The target's choice at each expanded node is kept aside (`target_choices`), so verification can
 run the engine's own greedy acceptance walk. It also counts the draft passes a real draft model
 would run (sync of newly committed tokens, then one pass per layer), for the cost model.
 Synthetic token ids: child i of a node is token i + 1; -1 means "no drafted child matches".

@@ -13,7 +13,8 @@ from adaserve.bench.report import bench_report
 from adaserve.bench.workload import WorkloadSpec, build_workload
 from adaserve.sched.cost_model import CostModel
 from adaserve.sim.acceptance import AcceptanceModel
-from adaserve.sim.simulator import SimConfig, Simulator
+from adaserve.sim.config import SimConfig
+from adaserve.sim.simulator import Simulator
 from adaserve.sim.workloads import SimRequest, from_bench_requests
 from adaserve.slo import SLO
 

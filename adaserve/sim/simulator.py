@@ -23,22 +23,12 @@ from adaserve.sched.cost_model import CostModel
 from adaserve.sched.registry import choose_policy, prefill_token_cap
 from adaserve.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from adaserve.sim.acceptance import AcceptanceModel
+from adaserve.sim.config import SimConfig
 from adaserve.sim.proposer import SimProposer
 from adaserve.sim.workloads import SimRequest
 from adaserve.spec.verify import accept_greedy
 
 SYNTHETIC_TOKEN = 0
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    policy: str = "adaserve"
-    max_num_seqs: int = 32  # the server's defaults
-    max_num_batched_tokens: int = 512
-    kv_capacity_tokens: int = 9360  # what 512 MiB holds for Qwen2.5-Coder-1.5B fp32
-    block_size: int = 16
-    step_overhead_ms: float = 0.0  # per iteration, beyond the forward passes (scheduling, sampling)
-    seed: int = 0
 
 
 class SimClock:
@@ -80,12 +70,12 @@ class Simulator:
         num_spec = self.choice.spec.max_tokens_per_seq if self.choice.spec else 0
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, num_spec)
         self.num_steps = 0
-        self.requests: list[tuple[SimRequest, Request]] = []
+        self.requests: list[tuple[SimRequest, Request]] = []  # (workload item, engine request) of the last run
 
     def run(self, workload: list[SimRequest]) -> list[BenchRecord]:
         """Every request's timeline, as the benchmark client would have recorded it."""
         pending = deque(sorted(enumerate(workload), key=lambda p: p[1].arrival_s))
-        requests = self.requests = []  # (workload item, engine request), kept for inspection
+        requests = self.requests = []
         while pending or self.scheduler.has_work:
             while pending and pending[0][1].arrival_s <= self.clock.now:
                 i, item = pending.popleft()

@@ -1,0 +1,17 @@
+"""What the simulated server is configured with. Plain data, importable without torch (the CLI
+reads its defaults at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    policy: str = "adaserve"
+    max_num_seqs: int = 32  # the server's defaults
+    max_num_batched_tokens: int = 512
+    kv_capacity_tokens: int = 9360  # what 512 MiB holds for Qwen2.5-Coder-1.5B fp32
+    block_size: int = 16
+    step_overhead_ms: float = 0.0  # per iteration, beyond the forward passes (scheduling, sampling)
+    seed: int = 0
