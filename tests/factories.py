@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from adaserve.kv.manager import KVCacheManager
-from adaserve.models.attention import SeqSpec, build_attention_metadata
+from adaserve.models.attention import MIN_WASTE, SeqSpec, build_attention_metadata
 from adaserve.models.llama import CausalLM, KVCache
 
 TINY_VOCAB = 49152  # SmolLM2's tokenizer, so the engine can run tiny models on text prompts
@@ -53,8 +53,9 @@ class SeqInput:
 class ForwardHarness:
     """Our model plus its own paged cache, fed SeqInputs directly (no scheduler)."""
 
-    def __init__(self, model: CausalLM, num_blocks: int = 64, block_size: int = 4) -> None:
-        self.model = model
+    def __init__(self, model: CausalLM, num_blocks: int = 64, block_size: int = 4, min_waste: int = MIN_WASTE) -> None:
+        self.model, self.min_waste = model, min_waste
+        self.num_groups: list[int] = []  # attention groups of each step
         self.kv = KVCacheManager(num_blocks, block_size)
         self.cache = KVCache(model.cfg, num_blocks, block_size, torch.float32, "cpu")
 
@@ -68,7 +69,8 @@ class ForwardHarness:
             specs.append(SeqSpec(self.kv.block_tables[s.request_id], slots, cached, s.tree_mask))
             ids += s.token_ids
             pos += s.positions
-        meta = build_attention_metadata(specs, self.kv.block_size, "cpu")
+        meta = build_attention_metadata(specs, self.kv.block_size, "cpu", min_waste=self.min_waste)
+        self.num_groups.append(len(meta.groups))
         hidden = self.model(torch.tensor(ids), torch.tensor(pos), meta, self.cache)
         return list(self.model.compute_logits(hidden).split([len(s.token_ids) for s in seqs]))
 

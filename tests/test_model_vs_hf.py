@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from adaserve.models.attention import MIN_WASTE
 from adaserve.models.loader import load_model
 from tests.factories import ForwardHarness, SeqInput
 
@@ -46,11 +47,13 @@ def test_decode_after_prefill(pair):
     torch.testing.assert_close(logits[0], hf_logits(hf, ids)[-1], atol=ATOL, rtol=0)
 
 
-def test_ragged_batch_of_three(pair):
-    """One step mixes a prefill chunk continuation, a fresh prefill and a decode token."""
+@pytest.mark.parametrize("min_waste,num_groups", [(MIN_WASTE, 1), (100, 2), (0, 3)])
+def test_ragged_batch_of_three(pair, min_waste, num_groups):
+    """One step mixes a prefill chunk continuation, a fresh prefill and a decode token, attended
+    as one padded group, as two (b alone; a and c, not adjacent in the batch) or one each."""
     ours, hf = pair
     a, b, c = random_ids(15, 2), random_ids(17, 3), random_ids(7, 4)
-    h = ForwardHarness(ours)
+    h = ForwardHarness(ours, min_waste=min_waste)
     h.forward([SeqInput("a", a[:10], list(range(10))), SeqInput("c", c[:6], list(range(6)))])
     out = h.forward(
         [
@@ -62,6 +65,7 @@ def test_ragged_batch_of_three(pair):
     torch.testing.assert_close(out[0], hf_logits(hf, a)[10:], atol=ATOL, rtol=0)
     torch.testing.assert_close(out[1], hf_logits(hf, b), atol=ATOL, rtol=0)
     torch.testing.assert_close(out[2], hf_logits(hf, c)[6:], atol=ATOL, rtol=0)
+    assert h.num_groups[-1] == num_groups
 
 
 def test_token_tree_with_custom_mask(pair):

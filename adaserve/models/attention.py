@@ -1,17 +1,20 @@
 """Attention inputs for a flattened batch: which cache slots each token writes and reads.
 
 One forward serves prefill chunks, decode tokens and token trees of many requests at once. Tokens
-are flattened request by request; attention runs on a padded [num_seqs, max_q_len] view of them
-against each request's KV, gathered block-wise from the paged cache.
+are flattened request by request. Attention runs per *group* of sequences with similar shapes:
+within a group the queries are padded to [num_seqs, max_q_len] and each sequence's KV is gathered
+block-wise from the paged cache. Padding one 512-token prefill chunk together with 15 decode tokens
+would compute 16 x 512 query rows, so sequences are grouped to keep the padded work close to the
+useful work (`group_sequences`).
 
 Worked example, block_size 4: request a has 5 tokens cached and feeds 2 new ones (decode-like
-chain), request b has 0 cached and feeds 3 (a prefill chunk).
+chain), request b has 0 cached and feeds 3 (a prefill chunk); both in one group.
     flattened tokens       a5 a6 b0 b1 b2                 num_tokens = 5
     block tables           a: [7, 2]   b: [4, 0(pad)]     -> block_tables [2, 2]
     slot_mapping           a5 -> 2*4+1 = 9, a6 -> 10, b0 -> 16, b1 -> 17, b2 -> 18
     query_index [2, 3]     [[0, 1, 0(pad)], [2, 3, 4]]
     token_index [5]        [0, 1, 3, 4, 5]  (row-major positions in the padded [2, 3] view)
-    mask [2, 1, 3, 8]      a: query j sees kv 0..4 and new 5..5+j;  b: causal over 0..2
+    mask [2, 1, 3, 7]      a: query j sees kv 0..4 and new 5..5+j;  b: causal over 0..2
 A padded query row attends only to kv position 0, so softmax stays finite; its output is dropped.
 """
 
@@ -20,6 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# Padded query x key positions a group may waste before a sequence gets a group of its own: at
+# least this many (a separate attention call per layer costs more than a little padding), or half
+# the group's useful work.
+MIN_WASTE = 16384
+WASTE_RATIO = 0.5
 
 
 @dataclass
@@ -44,79 +53,157 @@ class SeqSpec:
     def num_prior(self) -> int:
         return 0 if self.tree_mask is None else self.tree_mask.shape[1] - self.num_new
 
+    @property
+    def kv_len(self) -> int:
+        return self.num_cached + self.num_prior + self.num_new
+
+
+@dataclass
+class AttentionGroup:
+    """Sequences whose attention is one padded call. Indices into q are local to the group."""
+
+    token_ids: torch.Tensor | None  # [group_tokens] flat tokens of the group; None = the whole batch
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int64, padded with block 0
+    # [num_seqs, max_q_len] int64, group token of each padded query; None when nothing is padded
+    query_index: torch.Tensor | None
+    token_index: torch.Tensor | None  # [group_tokens] int64, padded position of each group token
+    # [num_seqs, 1, max_q_len, kv_len] additive float mask: 0 = attend, -inf = not. Built once
+    # per step as floats so the layers don't convert a bool mask each time. None: every query
+    # sees every key (one sequence decoding one token), or `causal` says it all.
+    mask: torch.Tensor | None
+    kv_len: int  # KV positions read per sequence (the longest sequence's)
+    # One sequence in consecutive blocks: its first cache slot (the layers read the cache in place)
+    kv_start_slot: int | None = None
+    causal: bool = False  # one fresh causal chain (no cached tokens): SDPA's own causal mask
+
 
 @dataclass
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new K/V is written to
-    block_tables: torch.Tensor  # [num_seqs, max_blocks] int64, padded with block 0
-    # [num_seqs, max_q_len] int64, flat token of each padded query; None when nothing is padded
-    query_index: torch.Tensor | None
-    token_index: torch.Tensor | None  # [num_tokens] int64, padded position of each flat token
-    # [num_seqs, 1, max_q_len, max_blocks * block_size] additive float mask: 0 = attend, -inf = not.
-    # Built once per step as floats so the layers don't convert a bool mask each time.
-    # None: every query sees every key (one sequence decoding one token).
-    mask: torch.Tensor | None
-    # One sequence only: the exact number of KV positions it reads, and, when its blocks are
-    # consecutive, its first cache slot (the layers then read the cache in place, no gather).
-    kv_len: int | None = None
-    kv_start_slot: int | None = None
+    groups: list[AttentionGroup]
+    num_tokens: int
+
+
+def group_sequences(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE,
+                    waste_ratio: float = WASTE_RATIO) -> list[list[int]]:
+    """Partition sequences, given as (num_new, kv_len), into groups to attend together.
+
+    Sequences are visited by decreasing (num_new, kv_len); each joins the current group while the
+    group's padded work (num_seqs x max num_new x max kv_len) exceeds its useful work
+    (sum num_new x kv_len) by at most max(min_waste, waste_ratio x useful).
+    Worked example: a 512-token prefill over 512 KV and three decode tokens over 700, 650, 90 KV:
+      [prefill] alone (with the first decode: padded 2 x 512 x 700 = 716,800 against 262,844 useful),
+      decodes 700 + 650 -> padded 2 x 700 = 1400, useful 1350: together; + 90 -> 2100 vs 1440: together.
+    -> [[0], [1, 2, 3]] (each group's indices in their original order).
+    """
+    order = sorted(range(len(shapes)), key=lambda i: shapes[i], reverse=True)
+    groups: list[list[int]] = []
+    max_q = max_kv = useful = 0
+    for i in order:
+        q, kv = shapes[i]
+        if groups:
+            padded = (len(groups[-1]) + 1) * max(max_q, q) * max(max_kv, kv)
+            if padded - (useful + q * kv) <= max(min_waste, waste_ratio * (useful + q * kv)):
+                groups[-1].append(i)
+                max_q, max_kv, useful = max(max_q, q), max(max_kv, kv), useful + q * kv
+                continue
+        groups.append([i])
+        max_q, max_kv, useful = q, kv, q * kv
+    return [sorted(g) for g in groups]
 
 
 def build_attention_metadata(
-    seqs: list[SeqSpec], block_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+    seqs: list[SeqSpec], block_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+    min_waste: int = MIN_WASTE,
 ) -> AttentionMetadata:
-    num_seqs = len(seqs)
-    max_q = max(s.num_new for s in seqs)
-    max_blocks = max(len(s.block_table) for s in seqs)
-    max_kv = max_blocks * block_size
+    for s in seqs:
+        if s.kv_len > len(s.block_table) * block_size:
+            raise ValueError("block table too short for cached + new tokens")
+    offsets = [0]
+    for s in seqs:
+        offsets.append(offsets[-1] + s.num_new)
+    groups = group_sequences([(s.num_new, s.kv_len) for s in seqs], min_waste)
+    built = []
+    for members in groups:
+        whole = len(groups) == 1
+        token_ids = None if whole else torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
+        group_seqs = [seqs[i] for i in members]
+        group = _single_sequence(group_seqs[0], block_size, dtype) if len(members) == 1 else _padded(group_seqs, block_size, dtype)
+        group.token_ids = None if token_ids is None else token_ids.to(device)
+        built.append(_to_device(group, device))
+    slot_mapping = torch.tensor([slot for s in seqs for slot in s.slot_ids], dtype=torch.long, device=device)
+    return AttentionMetadata(slot_mapping, built, offsets[-1])
+
+
+def _padded(seqs: list[SeqSpec], block_size: int, dtype: torch.dtype) -> AttentionGroup:
+    num_seqs, max_q = len(seqs), max(s.num_new for s in seqs)
+    max_kv = max(s.kv_len for s in seqs)
+    max_blocks = -(-max_kv // block_size)  # blocks reserved beyond the KV read are not gathered
     block_tables = torch.zeros(num_seqs, max_blocks, dtype=torch.long)
     query_index = torch.zeros(num_seqs, max_q, dtype=torch.long)
     mask = torch.zeros(num_seqs, 1, max_q, max_kv, dtype=torch.bool)
-    token_index, slot_mapping = [], []
+    token_index = []
     flat = 0
     for i, s in enumerate(seqs):
         n, c = s.num_new, s.num_cached
-        if c + s.num_prior + n > len(s.block_table) * block_size:
-            raise ValueError("block table too short for cached + new tokens")
-        block_tables[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.long)
+        table = s.block_table[:max_blocks]
+        block_tables[i, : len(table)] = torch.tensor(table, dtype=torch.long)
         query_index[i, :n] = torch.arange(flat, flat + n)
         token_index.extend(range(i * max_q, i * max_q + n))
-        slot_mapping.extend(s.slot_ids)
-        mask[i, 0, :n, :c] = True
+        _fill_mask(mask[i, 0], s)
         mask[i, 0, n:, 0] = True  # padded query rows see kv 0 only
-        tree = s.tree_mask if s.tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
-        mask[i, 0, :n, c : c + tree.shape[1]] = tree
         flat += n
     padded = flat != num_seqs * max_q
-    if num_seqs == 1:
-        return _single_sequence(seqs[0], block_tables, mask, slot_mapping, block_size, device, dtype)
-    return AttentionMetadata(
-        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
-        block_tables=block_tables.to(device),
-        query_index=query_index.to(device) if padded else None,
-        token_index=torch.tensor(token_index, dtype=torch.long, device=device) if padded else None,
-        mask=_float_mask(mask, dtype).to(device),
+    return AttentionGroup(
+        token_ids=None,
+        block_tables=block_tables,
+        query_index=query_index if padded else None,
+        token_index=torch.tensor(token_index, dtype=torch.long) if padded else None,
+        mask=_float_mask(mask, dtype),
+        kv_len=max_kv,
     )
 
 
-def _single_sequence(s: SeqSpec, block_tables, mask, slot_mapping, block_size, device, dtype) -> AttentionMetadata:
-    """Batch of one (batch-1 decoding, a draft's chain): read exactly the KV it needs, in place
-    when its blocks are consecutive; no mask at all for a single decode token.
-    Worked example, block_size 4, 5 cached + 1 new, blocks [7, 8]: kv_len 6, kv_start_slot 28."""
-    kv_len = s.num_cached + s.num_prior + s.num_new
-    blocks = s.block_table[: -(-kv_len // block_size)]
+def _single_sequence(s: SeqSpec, block_size: int, dtype: torch.dtype) -> AttentionGroup:
+    """A group of one (batch-1 decoding, a prefill chunk, a draft's chain): read exactly the KV it
+    needs, in place when its blocks are consecutive; no mask for a single decode token or a fresh
+    causal chain. Worked example, block_size 4, 5 cached + 1 new, blocks [7, 8]: kv_len 6,
+    kv_start_slot 28."""
+    blocks = s.block_table[: -(-s.kv_len // block_size)]
     consecutive = blocks == list(range(blocks[0], blocks[0] + len(blocks)))
-    decode = s.num_new == 1 and s.tree_mask is None
-    float_mask = None if decode else _float_mask(mask[..., :kv_len], dtype).to(device)
-    return AttentionMetadata(
-        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
-        block_tables=block_tables.to(device),
+    chain = s.tree_mask is None
+    causal = chain and s.num_cached == 0 and s.num_new > 1
+    mask = None
+    if not (chain and s.num_new == 1) and not causal:
+        mask = torch.zeros(s.num_new, s.kv_len, dtype=torch.bool)
+        _fill_mask(mask, s)
+        mask = _float_mask(mask, dtype)[None, None]
+    return AttentionGroup(
+        token_ids=None,
+        block_tables=torch.tensor([blocks], dtype=torch.long),
         query_index=None,
         token_index=None,
-        mask=float_mask,
-        kv_len=kv_len,
+        mask=mask,
+        kv_len=s.kv_len,
         kv_start_slot=blocks[0] * block_size if consecutive else None,
+        causal=causal,
     )
+
+
+def _fill_mask(mask: torch.Tensor, s: SeqSpec) -> None:
+    """mask [>= num_new, >= kv_len] bool: new token j sees the cached prefix and its own tree/chain."""
+    n, c = s.num_new, s.num_cached
+    mask[:n, :c] = True
+    tree = s.tree_mask if s.tree_mask is not None else torch.ones(n, n, dtype=torch.bool).tril()
+    mask[:n, c : c + tree.shape[1]] = tree
+
+
+def _to_device(group: AttentionGroup, device) -> AttentionGroup:
+    for name in ("block_tables", "query_index", "token_index", "mask"):
+        value = getattr(group, name)
+        if value is not None:
+            setattr(group, name, value.to(device))
+    return group
 
 
 def _float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaserve.models.attention import AttentionMetadata
+from adaserve.models.attention import AttentionGroup, AttentionMetadata
 from adaserve.models.config import ModelConfig
 
 
@@ -83,24 +83,34 @@ class Attention(nn.Module):
         k_cache, v_cache = kv.k[self.layer_idx], kv.v[self.layer_idx]  # [blocks, bs, kv_heads, d]
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
-        num_seqs = meta.block_tables.shape[0]
-        keys, values = self._read_kv(k_cache, meta), self._read_kv(v_cache, meta)  # [num_seqs, kv, kv_heads, d]
-        # [num_seqs, max_q, heads, d]; without padding the flat tokens already are that layout
-        queries = q.view(num_seqs, -1, self.num_heads, self.head_dim) if meta.query_index is None else q[meta.query_index]
+        if len(meta.groups) == 1:
+            out = self._attend(q, k_cache, v_cache, meta.groups[0])
+        else:
+            out = q.new_empty(num_tokens, self.num_heads * self.head_dim)
+            for group in meta.groups:
+                out[group.token_ids] = self._attend(q[group.token_ids], k_cache, v_cache, group)
+        return self.o_proj(out)  # [num_tokens, hidden]
+
+    def _attend(self, q: torch.Tensor, k_cache, v_cache, group: AttentionGroup) -> torch.Tensor:
+        """q [group_tokens, heads, d] -> [group_tokens, heads * d]."""
+        num_seqs = group.block_tables.shape[0]
+        keys, values = self._read_kv(k_cache, group), self._read_kv(v_cache, group)  # [num_seqs, kv, kv_heads, d]
+        # [num_seqs, max_q, heads, d]; without padding the group's tokens already are that layout
+        queries = q.view(num_seqs, -1, self.num_heads, self.head_dim) if group.query_index is None else q[group.query_index]
         out = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=meta.mask, enable_gqa=True
+            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=group.mask,
+            is_causal=group.causal, enable_gqa=True,
         )  # [num_seqs, heads, max_q, d]
         out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)
-        return self.o_proj(out if meta.token_index is None else out[meta.token_index])  # [num_tokens, hidden]
+        return out if group.token_index is None else out[group.token_index]
 
-
-    def _read_kv(self, cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """[num_seqs, num_kv, kv_heads, d]: each sequence's keys or values."""
-        if meta.kv_start_slot is not None:  # one sequence in consecutive blocks: a view, no copy
+    def _read_kv(self, cache: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+        """[num_seqs, kv_len, kv_heads, d]: each sequence's keys or values."""
+        if group.kv_start_slot is not None:  # one sequence in consecutive blocks: a view, no copy
             flat = cache.view(-1, self.num_kv_heads, self.head_dim)
-            return flat[meta.kv_start_slot : meta.kv_start_slot + meta.kv_len].unsqueeze(0)
-        gathered = cache[meta.block_tables].view(meta.block_tables.shape[0], -1, self.num_kv_heads, self.head_dim)
-        return gathered if meta.kv_len is None else gathered[:, : meta.kv_len]
+            return flat[group.kv_start_slot : group.kv_start_slot + group.kv_len].unsqueeze(0)
+        gathered = cache[group.block_tables].view(group.block_tables.shape[0], -1, self.num_kv_heads, self.head_dim)
+        return gathered[:, : group.kv_len]
 
 
 class MLP(nn.Module):

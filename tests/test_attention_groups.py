@@ -1,0 +1,29 @@
+"""Which sequences of a step attend together (pure integer arithmetic)."""
+
+import pytest
+
+from adaserve.models.attention import group_sequences
+
+
+@pytest.mark.parametrize(
+    "shapes,min_waste,expected",
+    [
+        # the docstring's example: a prefill chunk alone, decodes together
+        ([(512, 512), (1, 700), (1, 650), (1, 90)], 16384, [[0], [1, 2, 3]]),
+        # same shapes always group; order in a group is the batch order
+        ([(1, 100), (1, 100), (1, 100)], 0, [[0, 1, 2]]),
+        # trees of 16 over similar contexts group, a much longer context splits off without slack
+        ([(16, 1000), (16, 1010), (16, 4000)], 0, [[2], [0, 1]]),
+        ([(16, 1000), (16, 1010), (16, 4000)], 10**9, [[0, 1, 2]]),
+        ([(3, 10)], 0, [[0]]),
+        ([], 0, []),
+    ],
+)
+def test_group_sequences(shapes, min_waste, expected):
+    assert sorted(group_sequences(shapes, min_waste)) == sorted(expected)
+
+
+def test_every_sequence_in_exactly_one_group():
+    shapes = [(q, kv) for q in (1, 2, 7, 64, 300) for kv in (q, q + 50, q + 2000)]
+    groups = group_sequences(shapes)
+    assert sorted(i for g in groups for i in g) == list(range(len(shapes)))
