@@ -39,9 +39,10 @@ def main() -> None:
         start = time.perf_counter()
         out = forward(step)
         measured = (time.perf_counter() - start) * 1000.0
-        context = sum(c.start for c in step.chunks)
+        context, pairs = step.num_context_tokens, step.num_context_pairs
+        predicted = cost.verify_ms(step.num_batched_tokens, context, len(step.chunks), pairs)
         rows.append({"num_tokens": step.num_batched_tokens, "num_seqs": len(step.chunks), "num_context_tokens": context,
-                     "measured_ms": measured, "predicted_ms": cost.verify_ms(step.num_batched_tokens, context, len(step.chunks))})
+                     "num_context_pairs": pairs, "measured_ms": measured, "predicted_ms": predicted})
         print(rows[-1], flush=True)
         return out
 

@@ -16,6 +16,25 @@ def test_interpolation_worked_example(tokens, context, ms):
     assert CURVE(tokens, context) == pytest.approx(ms)
 
 
+def test_context_pair_term_worked_example():
+    curve = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), 0.001, ms_per_seq=2.0, ms_per_context_pair=1e-5)
+    assert curve(12, 1000, num_context_pairs=11 * 1000) == pytest.approx(51.11)
+    assert curve(12, 1000, num_seqs=3) == pytest.approx(55.0)
+
+
+def test_step_context_pairs():
+    """A 512-token chunk after 1000 cached tokens and a decode after 300: 511 x 1000 pairs."""
+    from types import SimpleNamespace
+
+    from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
+
+    def chunk(cached, new):
+        return ScheduledChunk(SimpleNamespace(num_computed_tokens=cached), new, [])
+
+    step = SchedulerOutput(1024, [chunk(1000, 512), chunk(300, 1)])
+    assert (step.num_context_tokens, step.num_context_pairs) == (1300, 511 * 1000)
+
+
 def test_noise_dips_are_removed():
     c = LatencyCurve((1, 2, 4), (30.0, 26.0, 40.0))
     assert c.latency_ms == (28.0, 28.0, 40.0)  # the violating pair is pooled
@@ -33,7 +52,7 @@ def test_budgets():
 
 
 def test_json_round_trip(tmp_path):
-    cost = CostModel(CURVE, None, {"model": "m"})
+    cost = CostModel(CURVE, LatencyCurve((1,), (5.0,), 0.5, 0.25, 1e-6), {"model": "m"})
     cost.save(tmp_path / "p.json")
     assert CostModel.load(tmp_path / "p.json") == cost
 

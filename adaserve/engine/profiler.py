@@ -3,12 +3,14 @@ context. Cached per model pair and machine as JSON (adaserve.sched.cost_model.Co
 
 Each point is the median of `reps` timed forwards of one sequence of N new tokens (causal, like a
 chain or a prefill chunk) over a `context`-token prefix, run through the engine's own executor and
-KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix;
-the per-sequence term compares B one-token sequences with one sequence of B tokens.
+KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix,
+the context-pair term that of a multi-token pass (less the context term); the per-sequence term
+compares B one-token sequences with one sequence of B tokens.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -26,6 +28,7 @@ from adaserve.sched.cost_model import CostModel, LatencyCurve
 log = logging.getLogger(__name__)
 PROFILE_ID = "__profile__"
 DEFAULT_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+PAIR_TOKENS = 64  # new tokens of the pass that measures the context-pair term
 
 
 def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> float:
@@ -80,16 +83,12 @@ def profile_curve(
         _fill_context(executor, context)
         _timed_forward(executor, context, 1)  # warm-up
         medians = [statistics.median(_timed_forward(executor, context, n) for _ in range(reps)) for n in grid]
-        short = statistics.median(_timed_forward(executor, context, 1) for _ in range(reps + 2))
-        beta = 0.0
-        if long_context > context:
-            _fill_context(executor, long_context)
-            long = statistics.median(_timed_forward(executor, long_context, 1) for _ in range(reps + 2))
-            beta = max(0.0, (long - short) / (long_context - context))
+        beta, delta = _context_terms(executor, grid, medians, context, long_context, reps)
     finally:
         executor.kv.free(PROFILE_ID)
-    # The curve is for `context` cached tokens; store it as if context-free plus beta * context.
-    curve = LatencyCurve(grid, tuple(max(1e-3, m - beta * context) for m in medians), beta)
+    # The curve is for `context` cached tokens; store it as if context-free (its pairs included).
+    base = [m - beta * context - delta * (n - 1) * context for n, m in zip(grid, medians)]
+    curve = LatencyCurve(grid, tuple(max(1e-3, b) for b in base), beta, 0.0, delta)
     # Sequences of a few hundred tokens each, as in a busy batch: gamma also carries the per-sequence
     # KV gathering that a single sequence's pass does not pay.
     seq_context = 2 * context
@@ -98,7 +97,26 @@ def profile_curve(
         return curve
     batch = _timed_batch(executor, seq_context, num_seqs, reps)
     gamma = max(0.0, (batch - curve(num_seqs, num_seqs * seq_context)) / (num_seqs - 1))
-    return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma)
+    return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma, delta)
+
+
+def _context_terms(executor: ModelExecutor, grid: tuple[int, ...], medians: list[float], context: int,
+                   long_context: int, reps: int) -> tuple[float, float]:
+    """(beta, delta): ms per cached token read, from a 1-token pass over `long_context` vs `context`
+    cached tokens, and ms per further query x cached-token pair, from a PAIR_TOKENS-token pass
+    (what beta does not explain, spread over its (q - 1) x extra-context pairs)."""
+    if long_context <= context:
+        return 0.0, 0.0
+    short = statistics.median(_timed_forward(executor, context, 1) for _ in range(reps + 2))
+    _fill_context(executor, long_context)
+    long = statistics.median(_timed_forward(executor, long_context, 1) for _ in range(reps + 2))
+    beta = max(0.0, (long - short) / (long_context - context))
+    q = grid[min(len(grid) - 1, bisect.bisect_left(grid, PAIR_TOKENS))]
+    if q < 2:
+        return beta, 0.0
+    long_q = statistics.median(_timed_forward(executor, long_context, q) for _ in range(reps))
+    extra = long_q - medians[grid.index(q)] - beta * (long_context - context)
+    return beta, max(0.0, extra / ((q - 1) * (long_context - context)))
 
 
 def _num_seqs_fit(executor: ModelExecutor, num_seqs: int, context: int) -> bool:

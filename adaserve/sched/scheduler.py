@@ -55,6 +55,17 @@ class SchedulerOutput:
         return sum(c.num_new_tokens for c in self.chunks)
 
     @property
+    def num_context_tokens(self) -> int:
+        """Cached tokens the step's attention reads (each sequence's, summed)."""
+        return sum(c.start for c in self.chunks)
+
+    @property
+    def num_context_pairs(self) -> int:
+        """Further query x cached-token pairs beyond one query per sequence (see the cost model).
+        Worked example: a 512-token chunk after 1000 cached tokens and a decode after 300: 511 x 1000."""
+        return sum((c.num_new_tokens - 1) * c.start for c in self.chunks)
+
+    @property
     def is_empty(self) -> bool:
         return not self.chunks
 

@@ -5,7 +5,10 @@ reservation) and commit, and the greedy acceptance walk. Only the forward passes
 each step advances a simulated clock by the cost model's latency for the draft passes the
 proposer ran plus one target pass over the step's tokens and context.
 
-    step ms = sum(draft_ms(each draft pass)) + verify_ms(step tokens, context tokens, sequences) + overhead
+    step ms = sum(draft_ms(each draft pass)) + verify_ms(step tokens, context tokens, sequences, pairs) + overhead
+
+A draft pass over a tree layer reads each sequence's context for each of its nodes; its query x
+context pairs are estimated as (tokens - sequences) x the step's mean context per sequence.
 """
 
 from __future__ import annotations
@@ -113,13 +116,15 @@ class Simulator:
         return True
 
     def _step_ms(self, step: SchedulerOutput) -> float:
-        context = sum(c.start for c in step.chunks)  # KV tokens the pass reads
+        context = step.num_context_tokens  # KV tokens the pass reads
         draft_ms = 0.0
         if self.spec:
             self.proposer.draft_passes = []
             self.spec.attach_trees(step)
-            draft_ms = sum(self.cost.draft_ms(n, context, seqs) for n, seqs in self.proposer.draft_passes)
-        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context, len(step.chunks))
+            mean_context = context / len(step.chunks)
+            draft_ms = sum(self.cost.draft_ms(n, context, seqs, int((n - seqs) * mean_context))
+                           for n, seqs in self.proposer.draft_passes)
+        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context, len(step.chunks), step.num_context_pairs)
         return draft_ms + verify_ms + self.config.step_overhead_ms
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:
