@@ -22,7 +22,7 @@ class FinishReason(str, enum.Enum):
     ERROR = "error"
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: queues find and remove it by identity
 class Request:
     request_id: str
     prompt_ids: list[int]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from adaserve.sched.cost_model import CostModel, LatencyCurve
-from adaserve.sim.acceptance import ParametricAcceptance, RecordedAcceptance, parse_acceptance
+from adaserve.sim.acceptance import ParametricAcceptance, RecordedAcceptance, parse_acceptance, save_records
 from adaserve.sim.roofline import ADASERVE_A100_70B_TABLE, parse_cost_model
 from adaserve.sim.run import simulate, unloaded_tpot_ms
 from adaserve.sim.config import SimConfig
@@ -24,7 +24,7 @@ class Always:
     def __init__(self, hit: int) -> None:
         self.hit = hit
 
-    def offer(self, depth, top_k, rng):
+    def offer(self, depth, top_k, rng, category=""):
         return OfferRecord(depth, [0.9], self.hit)
 
     replays = False
@@ -117,6 +117,31 @@ def test_recorded_acceptance_draws_by_depth_and_truncates_to_top_k():
     assert model.offer(5, 8, rng) == records[1]  # deeper than recorded: the deepest depth's records
     assert model.offer(0, 2, rng) == OfferRecord(0, [0.7, 0.2], -1)  # the hit child was not offered
     assert model.top1_acceptance() == {0: 0.0, 1: 1.0}
+
+
+def test_recorded_acceptance_by_category_round_trip(tmp_path):
+    """Tagged records serve requests of their category; other categories draw from all records."""
+    records = [OfferRecord(0, [0.9], 0), OfferRecord(0, [0.6], -1), OfferRecord(0, [0.5], -1)]
+    save_records(tmp_path / "r.jsonl", records, ["coding", "chat", "chat"])
+    model = parse_acceptance(f"recorded:{tmp_path / 'r.jsonl'}")
+    rng = random.Random(0)
+    assert {model.offer(0, 4, rng, "coding").hit for _ in range(50)} == {0}
+    assert {model.offer(0, 4, rng, "chat").hit for _ in range(50)} == {-1}
+    assert {model.offer(0, 4, rng, "summarization").hit for _ in range(200)} == {0, -1}
+    assert model.top1_acceptance("chat") == {0: 0.0} and model.top1_acceptance()[0] == pytest.approx(1 / 3)
+
+
+def test_simulated_acceptance_follows_the_request_category():
+    """Same arrivals, coding vs chat requests: the chat records (never accepted) cost more steps."""
+    records = [OfferRecord(d, [0.9, 0.05], 0) for d in range(4)] + [OfferRecord(d, [0.9, 0.05], -1) for d in range(4)]
+    acceptance = RecordedAcceptance(records, ["coding"] * 4 + ["chat"] * 4)
+    steps = {}
+    for category in ("coding", "chat"):
+        workload = [SimRequest(0.0, category, 32, 32, SLO()) for _ in range(2)]
+        sim = Simulator(SimConfig(policy="chain:4"), slo_cost(), acceptance)
+        sim.run(workload)
+        steps[category] = sim.num_steps
+    assert steps["chat"] > 2 * steps["coding"]
 
 
 def test_parametric_acceptance_follows_its_calibration():

@@ -70,6 +70,11 @@ class SchedulerOutput:
         return not self.chunks
 
 
+def _ordered(request: Request) -> bool:
+    """Waiting requests that _next_waiting may take ahead of the queue's head."""
+    return request.first_token_time is not None or request.params.slo.ttft_ms is not None
+
+
 class _Budget:
     """A step's token budget: `total` for everything, `prefill` for prompt/recompute chunks.
     Each decoding request also holds back `spec` tokens of the total for its draft tree."""
@@ -102,6 +107,7 @@ class Scheduler:
         self.num_spec_tokens_per_seq = num_spec_tokens_per_seq
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order: oldest first, newest preempted first
+        self._num_waiting_ordered = 0  # waiting requests not served FCFS (preempted or with a TTFT deadline)
 
     @property
     def has_work(self) -> bool:
@@ -109,6 +115,7 @@ class Scheduler:
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
+        self._num_waiting_ordered += _ordered(request)
 
     def schedule(self, max_prefill_tokens: int | None = None) -> SchedulerOutput:
         """One step. `max_prefill_tokens` caps prompt (and recompute) tokens this step, e.g. so an
@@ -148,7 +155,7 @@ class Scheduler:
             n = budget.grant(request.num_pending_tokens)
             if n == 0 or not self.kv.can_reserve(request.request_id, n):
                 break  # does not fit now: it waits for budget or blocks
-            self.waiting.remove(request)
+            self._remove_waiting(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             out.chunks.append(ScheduledChunk(request, n, self.kv.reserve(request.request_id, n)))
@@ -157,6 +164,8 @@ class Scheduler:
     def _next_waiting(self) -> Request:
         """FCFS, except that requests with a TTFT deadline go by deadline, and preempted requests
         (which already have their first token) go first."""
+        if not self._num_waiting_ordered:
+            return self.waiting[0]  # all FCFS: no need to look further (thousands may wait)
         best, best_key = self.waiting[0], None
         for position, request in enumerate(self.waiting):
             if request.first_token_time is not None:
@@ -177,12 +186,17 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.waiting.appendleft(request)
+        self._num_waiting_ordered += _ordered(request)
+
+    def _remove_waiting(self, request: Request) -> None:
+        self.waiting.remove(request)
+        self._num_waiting_ordered -= _ordered(request)
 
     def finish(self, request: Request, reason: FinishReason) -> None:
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request.status is RequestStatus.WAITING:
-            self.waiting.remove(request)
+            self._remove_waiting(request)
         self.kv.free(request.request_id)
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason

@@ -5,7 +5,9 @@ first) and which child the target will pick there (-1: none of them). Plain Pyth
                offer and the target's choice at every expanded node on a verified path; record
                them with `adaserve simulate record`). A node at depth d draws a record of depth d
                (deeper nodes share the deepest recorded depth), so per-depth acceptance, the draft's
-               confidence and its calibration all come from the real pair.
+               confidence and its calibration all come from the real pair. Records tagged with the
+               workload category they came from (coding, chat, ...) are drawn for requests of that
+               category (the pair agrees more on code than on chat); untagged ones for the rest.
   parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
                geometrically (ratio `ratio`); the target picks child i with probability
                min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
@@ -30,20 +32,18 @@ class AcceptanceModel(Protocol):
     # True if offer() only ever returns a fixed set of record objects (callers may cache per object).
     replays: bool
 
-    def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord: ...
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord: ...
 
 
-class RecordedAcceptance:
-    replays = True
+class _DepthPool:
+    """Records by depth, each cut to the top-k asked for (cached per (depth, top_k))."""
 
     def __init__(self, records: list[OfferRecord]) -> None:
-        if not records:
-            raise ValueError("no acceptance records")
         self.by_depth: dict[int, list[OfferRecord]] = {}
         for r in records:
             self.by_depth.setdefault(r.depth, []).append(r)
         self.max_depth = max(self.by_depth)
-        self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}  # (depth, top_k) -> records cut to top_k
+        self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}
 
     def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
         key = (min(depth, self.max_depth), top_k)
@@ -52,13 +52,33 @@ class RecordedAcceptance:
             bucket = self._buckets[key] = [_truncate(r, top_k) for r in self.by_depth.get(key[0]) or self.by_depth[self.max_depth]]
         return bucket[int(rng.random() * len(bucket))]
 
-    def top1_acceptance(self) -> dict[int, float]:
+
+class RecordedAcceptance:
+    replays = True
+
+    def __init__(self, records: list[OfferRecord], categories: list[str] | None = None) -> None:
+        """categories[i]: the workload category record i came from ("" = unknown)."""
+        if not records:
+            raise ValueError("no acceptance records")
+        categories = categories or [""] * len(records)
+        self.pools = {"": _DepthPool(records)}  # all records: for categories without their own
+        for category in sorted(set(categories) - {""}):
+            self.pools[category] = _DepthPool([r for r, c in zip(records, categories) if c == category])
+        self.by_depth = self.pools[""].by_depth
+
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord:
+        return self.pools.get(category, self.pools[""]).offer(depth, top_k, rng)
+
+    def top1_acceptance(self, category: str = "") -> dict[int, float]:
         """Per depth: how often the target picked the draft's most likely child."""
-        return {d: sum(r.hit == 0 for r in rs) / len(rs) for d, rs in sorted(self.by_depth.items())}
+        by_depth = self.pools[category].by_depth
+        return {d: sum(r.hit == 0 for r in rs) / len(rs) for d, rs in sorted(by_depth.items())}
 
     @classmethod
     def load(cls, path: Path) -> "RecordedAcceptance":
-        return cls([OfferRecord(**json.loads(line)) for line in Path(path).read_text().splitlines() if line.strip()])
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        return cls([OfferRecord(**{k: v for k, v in row.items() if k != "category"}) for row in rows],
+                   [row.get("category", "") for row in rows])
 
 
 def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
@@ -67,11 +87,12 @@ def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
     return OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1)
 
 
-def save_records(path: Path, records: list[OfferRecord]) -> None:
+def save_records(path: Path, records: list[OfferRecord], categories: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r)) + "\n")
+        for r, category in zip(records, categories or [""] * len(records)):
+            row = asdict(r) | ({"category": category} if category else {})
+            f.write(json.dumps(row) + "\n")
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,7 @@ class ParametricAcceptance:
         if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
             raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
 
-    def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord:
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
         rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]

@@ -31,7 +31,7 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--kv-capacity-tokens", type=int, default=SimConfig.kv_capacity_tokens)
     p.add_argument("--max-num-seqs", type=int, default=SimConfig.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=SimConfig.max_num_batched_tokens)
-    p.add_argument("--num-prompts", type=int, default=8, help="record: prompts to run")
+    p.add_argument("--num-prompts", type=int, default=8, help="record: prompts of each category to run")
     p.add_argument("--out", default=str(DEFAULT_RECORDS), help="record: the records file")
     p.add_argument("--out-dir", default="benchmarks/results/sim", help="run/validate: where JSON and PNG go")
     p.add_argument("--model", default="qwen2.5-coder-1.5b", help="record: target; also the default --cost profile")

@@ -29,10 +29,11 @@ class SimProposer:
         self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
         self.draft_passes: list[tuple[int, int]] = []  # (tokens, sequences) of each draft pass of the last propose()
         self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
+        self.categories: dict[str, str] = {}  # per request: its workload category (acceptance differs by task)
 
     def free(self, request_id: str) -> None:
         self.synced.pop(request_id, None)
-        self.choices.pop(request_id, None)
+        self.choices.pop(request_id, None)  # (a preempted request keeps its category)
 
     def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]:
         trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]
@@ -69,9 +70,10 @@ class SimProposer:
 
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
         choices = self.choices[tree.request_id]
+        category = self.categories.get(tree.request_id, "")
         offers = []
         for parent in parents:
-            record = self.acceptance.offer(tree.depths[parent], policy.top_k, self.rng)
+            record = self.acceptance.offer(tree.depths[parent], policy.top_k, self.rng, category)
             offer = self._offers.get(id(record)) if self.acceptance.replays else None
             if offer is None:
                 tokens = list(range(1, len(record.draft_probs) + 1))

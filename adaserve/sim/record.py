@@ -14,19 +14,26 @@ from adaserve.sim.acceptance import RecordedAcceptance, save_records
 
 
 def record(args) -> Path:
+    """`--num-prompts` prompts of each workload category, run category by category so that every
+    record is tagged with the category it came from."""
     from adaserve.engine.llm import LLM
 
     rng = random.Random(args.seed)
-    categories = rng.choices(list(DEFAULT_MIX), list(DEFAULT_MIX.values()), k=args.num_prompts)
-    prompts = {c: category_prompts(c) for c in set(categories)}
-    conversations = [[{"role": "user", "content": rng.choice(prompts[c])}] for c in categories]
     llm = LLM(args.model, draft=args.draft, spec_policy=args.record_policy, num_threads=2)
     params = SamplingParams(max_tokens=args.output_tokens, temperature=0.0, ignore_eos=True)
-    llm.chat(conversations, params)
-    records = list(llm.engine.spec.stats.offers)
+    offers = llm.engine.spec.stats.offers
+    records, categories = [], []
+    for category in DEFAULT_MIX:
+        prompts = rng.sample(category_prompts(category), args.num_prompts)
+        offers.clear()
+        llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+        records += offers
+        categories += [category] * len(offers)
     out = Path(args.out)
-    save_records(out, records)
-    model = RecordedAcceptance(records)
-    rates = ", ".join(f"d{d}: {a:.2f}" for d, a in model.top1_acceptance().items())
-    print(f"wrote {len(records)} offer records to {out}; target picks the draft's top-1 at {rates}")
+    save_records(out, records, categories)
+    model = RecordedAcceptance(records, categories)
+    print(f"wrote {len(records)} offer records to {out}")
+    for category in model.pools:
+        rates = ", ".join(f"d{d}: {a:.2f}" for d, a in model.top1_acceptance(category).items())
+        print(f"  {category or 'all'}: target picks the draft's top-1 at {rates}")
     return out

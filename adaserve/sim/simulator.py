@@ -98,6 +98,8 @@ class Simulator:
         params = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True, slo=item.slo)
         request = Request(request_id, [SYNTHETIC_TOKEN] * item.num_prompt_tokens, params, arrival_time=self.clock.now)
         self.scheduler.add(request)
+        if self.proposer:
+            self.proposer.categories[request_id] = item.category
         return request
 
     def _step(self) -> bool:
@@ -149,6 +151,7 @@ class Simulator:
             request.finish_time = self.clock.now
             if self.spec:
                 self.spec.free(request.request_id)
+                self.proposer.categories.pop(request.request_id, None)
 
 
 def _record(item: SimRequest, request: Request) -> BenchRecord:

@@ -32,7 +32,12 @@ def from_bench_result(path: Path) -> list[SimRequest]:
     records = result["records"]
     if not records:
         return []
+    # Arrivals as offsets from the start of the run, as the benchmark sent them: its wall time runs
+    # from that start (before the first arrival) to the end, and goodput is divided by it.
     start = min(r["arrival_time"] for r in records)
+    ends = [r["chunk_times"][-1] for r in records if r.get("chunk_times")]
+    if "wall_time_s" in result and ends:
+        start = min(start, max(ends) - result["wall_time_s"])
     max_tokens = int(result["args"]["output_tokens"])
     out = []
     for r in records:

@@ -9,6 +9,7 @@ The SLO-aware AdaServe policy implements the same interface in adaserve.sched.
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,17 +86,19 @@ def grow_layer(tree: CandidateTree, parents: list[int], offers: list[Offer], pol
     """Offer each frontier node's children (offers[i] belongs to parents[i]); add the ones the
     policy keeps to the tree, grouped by parent and most likely first. Returns the new nodes."""
     children = []
+    never = -math.inf  # a token the draft rules out is never offered
     for parent, offer in zip(parents, offers):
         tree.offers[parent] = offer
         base = tree.path_logprobs[parent]
-        children += [Child(parent, t, lp, base + lp) for t, lp in zip(offer.token_ids, offer.logprobs) if lp > -math.inf]
+        children += [Child(parent, t, lp, base + lp) for t, lp in zip(offer.token_ids, offer.logprobs) if lp > never]
     kept = policy.expand(layer, children)
     kept.sort(key=lambda c: (c.parent, -c.logprob))
     return [tree.add(c.parent, c.token_id, c.logprob) for c in kept]
 
 
 def top_by_path_prob(children: list[Child], n: int) -> list[Child]:
-    return sorted(children, key=lambda c: -c.path_logprob)[:n]
+    """The n most probable paths; ties keep the offer order (reverse sorting is stable too)."""
+    return sorted(children, key=attrgetter("path_logprob"), reverse=True)[:n]
 
 
 def best_nodes(tree: CandidateTree, n: int) -> list[int]:
