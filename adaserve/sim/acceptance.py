@@ -43,13 +43,14 @@ class _DepthPool:
         for r in records:
             self.by_depth.setdefault(r.depth, []).append(r)
         self.max_depth = max(self.by_depth)
-        self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}
+        self.buckets: dict[tuple[int, int], list[OfferRecord]] = {}
 
     def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
-        key = (min(depth, self.max_depth), top_k)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = [_truncate(r, top_k) for r in self.by_depth.get(key[0]) or self.by_depth[self.max_depth]]
+        bucket = self.buckets.get((depth, top_k))
+        if bucket is None:  # deeper than recorded: the deepest depth's records
+            d = min(depth, self.max_depth)
+            records = self.by_depth.get(d) or self.by_depth[self.max_depth]
+            bucket = self.buckets[(depth, top_k)] = [_truncate(r, top_k) for r in records]
         return bucket[int(rng.random() * len(bucket))]
 
 
@@ -67,7 +68,11 @@ class RecordedAcceptance:
         self.by_depth = self.pools[""].by_depth
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord:
-        return self.pools.get(category, self.pools[""]).offer(depth, top_k, rng)
+        pool = self.pools.get(category) or self.pools[""]
+        bucket = pool.buckets.get((depth, top_k))  # the hot path of a simulation: one dict lookup
+        if bucket is None:
+            return pool.offer(depth, top_k, rng)
+        return bucket[int(rng.random() * len(bucket))]
 
     def top1_acceptance(self, category: str = "") -> dict[int, float]:
         """Per depth: how often the target picked the draft's most likely child."""

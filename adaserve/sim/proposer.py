@@ -16,6 +16,7 @@ import random
 from adaserve.request import Request
 from adaserve.sim.acceptance import AcceptanceModel
 from adaserve.spec.policies import SpecPolicy, grow_layer
+from adaserve.spec.stats import OfferRecord
 from adaserve.spec.tree import CandidateTree, Offer, TreeLayout
 
 NO_MATCH = -1
@@ -71,18 +72,22 @@ class SimProposer:
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
         choices = self.choices[tree.request_id]
         category = self.categories.get(tree.request_id, "")
+        draw, depth, top_k, rng = self.acceptance.offer, layer - 1, policy.top_k, self.rng  # frontier depth
         offers = []
         for parent in parents:
-            record = self.acceptance.offer(tree.depths[parent], policy.top_k, self.rng, category)
-            offer = self._offers.get(id(record)) if self.acceptance.replays else None
-            if offer is None:
-                tokens = list(range(1, len(record.draft_probs) + 1))
-                offer = Offer(tokens, [math.log(max(p, 1e-12)) for p in record.draft_probs])
-                if self.acceptance.replays:
-                    self._offers[id(record)] = offer
-            offers.append(offer)
+            record = draw(depth, top_k, rng, category)
+            offers.append(self._offer(record))
             choices[parent] = record.hit + 1 if record.hit >= 0 else NO_MATCH  # token i + 1 is child i
         return grow_layer(tree, parents, offers, policy, layer)
+
+    def _offer(self, record: OfferRecord) -> Offer:
+        """The record as the draft's offer: child i is token i + 1 (built once per replayed record)."""
+        offer = self._offers.get(id(record))
+        if offer is None:
+            offer = Offer(list(range(1, len(record.draft_probs) + 1)), [math.log(max(p, 1e-12)) for p in record.draft_probs])
+            if self.acceptance.replays:
+                self._offers[id(record)] = offer
+        return offer
 
     def target_choices(self, request_id: str, layout: TreeLayout) -> list[int]:
         """Per layout node, the token the target picks after it (what its argmax would be)."""

@@ -39,8 +39,25 @@ def validate(args) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(out, indent=1))
+    print(validation_table(rows))
     print(f"{len(ok)}/{len(rows)} points within +-10 pp attainment and +-20 % goodput; wrote {out_dir}/validation.json")
     return out
+
+
+def validation_table(rows: list[dict]) -> str:
+    """Markdown: per policy and rate, measured -> simulated attainment and goodput; * = outside the targets."""
+    rates = sorted({r["rate"] for r in rows})
+    lines = ["| policy | " + " | ".join(f"rate {v}" for v in rates) + " |", "|---" * (len(rates) + 1) + "|"]
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        cells = {r["rate"]: r for r in rows if r["policy"] == policy}
+        lines.append(f"| {policy} | " + " | ".join(_cell(cells[v]) if v in cells else "-" for v in rates) + " |")
+    return "\n".join(lines)
+
+
+def _cell(r: dict) -> str:
+    mark = "" if r["attainment_ok"] and r["goodput_ok"] else " *"
+    return (f"{r['measured_attainment']:.0%} -> {r['simulated_attainment']:.0%}, "
+            f"{r['measured_goodput']:.2f} -> {r['simulated_goodput']:.2f}{mark}")
 
 
 def _row(policy: str, rate: float, measured: dict, simulated: dict) -> dict:
