@@ -20,6 +20,8 @@ def test_context_pair_term_worked_example():
     curve = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), 0.001, ms_per_seq=2.0, ms_per_context_pair=1e-5)
     assert curve(12, 1000, num_context_pairs=11 * 1000) == pytest.approx(51.11)
     assert curve(12, 1000, num_seqs=3) == pytest.approx(55.0)
+    rows = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), ms_per_logit_row=0.5)
+    assert rows(12, num_extra_logit_rows=11) == pytest.approx(55.5)  # a 12-node tree: 11 rows beyond its root
 
 
 def test_step_context_pairs():

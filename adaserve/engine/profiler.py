@@ -94,10 +94,26 @@ def profile_curve(
     seq_context = 2 * context
     num_seqs = max((n for n in grid if n <= 16 and _num_seqs_fit(executor, n, seq_context)), default=1)
     if num_seqs < 2:
-        return curve
+        return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, 0.0, delta, logit_row_ms(executor, reps=reps))
     batch = _timed_batch(executor, seq_context, num_seqs, reps)
     gamma = max(0.0, (batch - curve(num_seqs, num_seqs * seq_context)) / (num_seqs - 1))
-    return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma, delta)
+    return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma, delta, logit_row_ms(executor, reps=reps))
+
+
+def logit_row_ms(executor: ModelExecutor, num_rows: int = 64, reps: int = 3) -> float:
+    """ms per logits row beyond the first: the lm_head over num_rows hidden states vs over one."""
+    hidden = torch.randn(num_rows, executor.model.cfg.hidden_size, device=executor.device, dtype=executor.kv_cache.k.dtype)
+    rows = list(range(num_rows))
+
+    def timed(wanted: list[int]) -> float:
+        start = time.perf_counter()
+        executor.logits(hidden, wanted)
+        return (time.perf_counter() - start) * 1000.0
+
+    timed(rows)  # warm-up
+    many = statistics.median(timed(rows) for _ in range(reps))
+    one = statistics.median(timed([0]) for _ in range(reps))
+    return max(0.0, (many - one) / (num_rows - 1))
 
 
 def _context_terms(executor: ModelExecutor, grid: tuple[int, ...], medians: list[float], context: int,

@@ -1,8 +1,9 @@
 """Hardware cost model: predicted latency of a target or draft forward pass, from profiled points.
 Plain Python; no torch (the measuring lives in adaserve.engine.profiler).
 
-A forward's latency is modelled as
-    f(num_tokens) + beta * num_context_tokens + delta * num_context_pairs + gamma * (num_seqs - 1):
+A forward's latency (with its logits) is modelled as
+    f(num_tokens) + beta * num_context_tokens + delta * num_context_pairs + gamma * (num_seqs - 1)
+    + lam * num_extra_logit_rows:
   f     monotone piecewise-linear through the profiled medians (isotonic regression removes noise
         dips; past the last point it extends the last segment's slope);
   beta  ms per KV token read by attention (sum of the context lengths of the batch's sequences);
@@ -10,10 +11,13 @@ A forward's latency is modelled as
         tokens; a prefill chunk or a tree over a long context computes attention for each of its
         tokens (a decode token is all beta), from a multi-token pass over a long vs short prefix;
   gamma ms per extra sequence in the batch (per-sequence attention and logits work), from a pass
-        of B one-token sequences against one sequence of B tokens.
+        of B one-token sequences against one sequence of B tokens;
+  lam   ms per logits row beyond one per sequence: a tree's every node, a draft layer's every new
+        node (the lm_head of a 150k vocabulary is a large matrix), from 64 rows against 1.
 Worked example: points (1, 30 ms), (8, 40 ms), (16, 60 ms), beta 0.001 ->
   f(12) = 40 + (12 - 8) * (60 - 40) / (16 - 8) = 50 ms; 12 tokens over 1000 context tokens: 51 ms;
-  with delta 1e-5 add 11 x 1000 x 1e-5 = 0.11 ms.
+  with delta 1e-5 add 11 x 1000 x 1e-5 = 0.11 ms; verifying them as one tree (logits for all 12
+  nodes) with lam 0.5 adds 11 x 0.5 = 5.5 ms.
 
 The verification budget is where the curve stops being flat: the most tokens one pass can verify
 within `budget_factor` x the one-token latency (memory-bound region of the hardware).
@@ -47,6 +51,7 @@ class LatencyCurve:
     ms_per_context_token: float = 0.0
     ms_per_seq: float = 0.0
     ms_per_context_pair: float = 0.0
+    ms_per_logit_row: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.num_tokens or len(self.num_tokens) != len(self.latency_ms):
@@ -55,10 +60,12 @@ class LatencyCurve:
             raise ValueError("token counts must be increasing and >= 1")
         object.__setattr__(self, "latency_ms", tuple(isotonic(list(self.latency_ms))))
 
-    def __call__(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0) -> float:
+    def __call__(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
+                 num_extra_logit_rows: int = 0) -> float:
         xs, ys = self.num_tokens, self.latency_ms
         context = (self.ms_per_context_token * max(0, num_context_tokens) + self.ms_per_seq * max(0, num_seqs - 1)
-                   + self.ms_per_context_pair * max(0, num_context_pairs))
+                   + self.ms_per_context_pair * max(0, num_context_pairs)
+                   + self.ms_per_logit_row * max(0, num_extra_logit_rows))
         if num_tokens <= xs[0] or len(xs) == 1:
             return ys[0] + context
         i = min(bisect.bisect_left(xs, num_tokens), len(xs) - 1)  # segment (i-1, i)
@@ -84,12 +91,14 @@ class CostModel:
     meta: dict = field(default_factory=dict, compare=False)
 
     def verify_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1,
-                  num_context_pairs: int = 0) -> float:
-        return self.target(num_tokens, num_context_tokens, num_seqs, num_context_pairs)
+                  num_context_pairs: int = 0, num_extra_logit_rows: int = 0) -> float:
+        return self.target(num_tokens, num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
 
     def draft_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1,
-                 num_context_pairs: int = 0) -> float:
-        return self.draft(num_tokens, num_context_tokens, num_seqs, num_context_pairs) if self.draft else 0.0
+                 num_context_pairs: int = 0, num_extra_logit_rows: int = 0) -> float:
+        if self.draft is None:
+            return 0.0
+        return self.draft(num_tokens, num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
 
     def speculation_ms(self, num_seqs: int, depth: int, width: int, num_context_tokens: int = 0) -> float:
         """A speculate phase: one sync pass (about 2 committed tokens per request) and `depth - 1`
@@ -121,7 +130,7 @@ class CostModel:
             if d is None:
                 return None
             return LatencyCurve(tuple(d["num_tokens"]), tuple(d["latency_ms"]), d.get("ms_per_context_token", 0.0),
-                                d.get("ms_per_seq", 0.0), d.get("ms_per_context_pair", 0.0))
+                                d.get("ms_per_seq", 0.0), d.get("ms_per_context_pair", 0.0), d.get("ms_per_logit_row", 0.0))
 
         return cls(curve(data["target"]), curve(data.get("draft")), data.get("meta", {}))
 

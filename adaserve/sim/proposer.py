@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 from adaserve.request import Request
 from adaserve.sim.acceptance import AcceptanceModel
@@ -22,13 +23,23 @@ from adaserve.spec.tree import CandidateTree, Offer, TreeLayout
 NO_MATCH = -1
 
 
+@dataclass
+class DraftPass:
+    """One draft forward the proposer would run: the sync of newly committed tokens (logits of each
+    request's last token), or a tree layer (logits of every new node)."""
+
+    num_tokens: int
+    num_seqs: int
+    num_logit_rows: int
+
+
 class SimProposer:
     def __init__(self, acceptance: AcceptanceModel, rng: random.Random, max_sync_tokens: int = 512) -> None:
         self.acceptance, self.rng = acceptance, rng
         self.max_sync_tokens = max_sync_tokens  # as DraftModelProposer: longer backlogs sync in chunks
         self.synced: dict[str, int] = {}  # committed tokens the draft has seen, per request
         self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
-        self.draft_passes: list[tuple[int, int]] = []  # (tokens, sequences) of each draft pass of the last propose()
+        self.draft_passes: list[DraftPass] = []  # of the last propose()
         self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
         self.categories: dict[str, str] = {}  # per request: its workload category (acceptance differs by task)
 
@@ -41,7 +52,7 @@ class SimProposer:
         for r in requests:
             self.choices[r.request_id] = {}
         ready, num_sync_tokens, num_sync_seqs = self._sync(requests)
-        self.draft_passes = [(num_sync_tokens, num_sync_seqs)] if num_sync_tokens else []
+        self.draft_passes = [DraftPass(num_sync_tokens, num_sync_seqs, num_sync_seqs)] if num_sync_tokens else []
         frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
         for layer in range(1, policy.depth + 1):
             new_nodes = {}
@@ -51,7 +62,8 @@ class SimProposer:
             frontier = {rid: nodes for rid, nodes in new_nodes.items() if nodes}
             if layer == policy.depth or not frontier:
                 break
-            self.draft_passes.append((sum(len(nodes) for nodes in frontier.values()), len(frontier)))
+            num_nodes = sum(len(nodes) for nodes in frontier.values())
+            self.draft_passes.append(DraftPass(num_nodes, len(frontier), num_nodes))
         return trees
 
     def _sync(self, requests: list[Request]) -> tuple[set[str], int, int]:

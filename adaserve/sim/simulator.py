@@ -5,7 +5,7 @@ reservation) and commit, and the greedy acceptance walk. Only the forward passes
 each step advances a simulated clock by the cost model's latency for the draft passes the
 proposer ran plus one target pass over the step's tokens and context.
 
-    step ms = sum(draft_ms(each draft pass)) + verify_ms(step tokens, context tokens, sequences, pairs) + overhead
+    step ms = sum(draft_ms(each draft pass)) + verify_ms(step tokens, context, sequences, pairs, logit rows) + overhead
 
 A draft pass over a tree layer reads each sequence's context for each of its nodes; its query x
 context pairs are estimated as (tokens - sequences) x the step's mean context per sequence.
@@ -124,9 +124,13 @@ class Simulator:
             self.proposer.draft_passes = []
             self.spec.attach_trees(step)
             mean_context = context / len(step.chunks)
-            draft_ms = sum(self.cost.draft_ms(n, context, seqs, int((n - seqs) * mean_context))
-                           for n, seqs in self.proposer.draft_passes)
-        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context, len(step.chunks), step.num_context_pairs)
+            draft_ms = sum(self.cost.draft_ms(p.num_tokens, context, p.num_seqs, int((p.num_tokens - p.num_seqs) * mean_context),
+                                              p.num_logit_rows - p.num_seqs)
+                           for p in self.proposer.draft_passes)
+        # Logits: one row per sampling sequence, and every node of a verified tree.
+        extra_rows = sum(c.tree.num_nodes - 1 for c in step.chunks if c.tree is not None)
+        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context, len(step.chunks), step.num_context_pairs,
+                                        extra_rows)
         return draft_ms + verify_ms + self.config.step_overhead_ms
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:
