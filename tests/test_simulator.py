@@ -218,7 +218,9 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
     (tmp_path / "sweep_rate.json").write_text(json.dumps({"variable": "rate", "unloaded_tpot_ms": 100.0, "results": results}))
     args = Namespace(bench_dir=str(tmp_path), cost=f"profile:{tmp_path / 'cost.json'}", acceptance="parametric:top1=0.7",
                      model=None, draft=None, max_num_seqs=32, max_num_batched_tokens=512, kv_capacity_tokens=9360,
-                     step_overhead_ms=0.0, seed=0, out_dir=str(tmp_path / "out"))
+                     step_overhead_ms=0.0, seed=0, out_dir=str(tmp_path / "out"), sim_runs=1)
     out = validate(args)
     assert out["num_points"] == 2 and out["num_within_targets"] == 2
     assert all(abs(r["attainment_diff_pp"]) < 1e-9 and abs(r["goodput_rel_diff"]) < 0.01 for r in out["rows"])
+    averaged = validate(Namespace(**dict(vars(args), sim_runs=3)))  # seeds 0, 1, 2: plain decoding draws nothing
+    assert averaged["sim_runs"] == 3 and averaged["rows"][0] == out["rows"][0]

@@ -28,6 +28,8 @@ def add_simulate_parser(sub) -> None:
                    help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)")
     p.add_argument("--step-overhead-ms", type=float, default=0.0,
                    help="per-iteration time beyond the forward passes; validate: -1 = measured unloaded TPOT - simulated")
+    p.add_argument("--sim-runs", type=int, default=5,
+                   help="validate: simulations per point (seeds --seed, --seed + 1, ...), averaged")
     p.add_argument("--kv-capacity-tokens", type=int, default=SimConfig.kv_capacity_tokens)
     p.add_argument("--max-num-seqs", type=int, default=SimConfig.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=SimConfig.max_num_batched_tokens)
