@@ -5,7 +5,8 @@ Each point is the median of `reps` timed forwards of one sequence of N new token
 chain or a prefill chunk) over a `context`-token prefix, run through the engine's own executor and
 KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix,
 the context-pair term that of a multi-token pass (less the context term); the per-sequence term
-compares B one-token sequences with one sequence of B tokens.
+compares B one-token sequences with one sequence of B tokens; the logits-row term times the lm_head
+over 64 rows against one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -88,16 +90,16 @@ def profile_curve(
         executor.kv.free(PROFILE_ID)
     # The curve is for `context` cached tokens; store it as if context-free (its pairs included).
     base = [m - beta * context - delta * (n - 1) * context for n, m in zip(grid, medians)]
-    curve = LatencyCurve(grid, tuple(max(1e-3, b) for b in base), beta, 0.0, delta)
+    curve = LatencyCurve(grid, tuple(max(1e-3, b) for b in base), beta, 0.0, delta, logit_row_ms(executor, reps=reps))
     # Sequences of a few hundred tokens each, as in a busy batch: gamma also carries the per-sequence
     # KV gathering that a single sequence's pass does not pay.
     seq_context = 2 * context
     num_seqs = max((n for n in grid if n <= 16 and _num_seqs_fit(executor, n, seq_context)), default=1)
     if num_seqs < 2:
-        return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, 0.0, delta, logit_row_ms(executor, reps=reps))
+        return curve
     batch = _timed_batch(executor, seq_context, num_seqs, reps)
     gamma = max(0.0, (batch - curve(num_seqs, num_seqs * seq_context)) / (num_seqs - 1))
-    return LatencyCurve(curve.num_tokens, curve.latency_ms, beta, gamma, delta, logit_row_ms(executor, reps=reps))
+    return replace(curve, ms_per_seq=gamma)
 
 
 def logit_row_ms(executor: ModelExecutor, num_rows: int = 64, reps: int = 3) -> float:

@@ -83,7 +83,6 @@ class AttentionGroup:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new K/V is written to
     groups: list[AttentionGroup]
-    num_tokens: int
 
 
 def group_sequences(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE,
@@ -121,20 +120,19 @@ def build_attention_metadata(
     for s in seqs:
         if s.kv_len > len(s.block_table) * block_size:
             raise ValueError("block table too short for cached + new tokens")
-    offsets = [0]
+    offsets = [0]  # flat index of each sequence's first token
     for s in seqs:
         offsets.append(offsets[-1] + s.num_new)
     groups = group_sequences([(s.num_new, s.kv_len) for s in seqs], min_waste)
     built = []
     for members in groups:
-        whole = len(groups) == 1
-        token_ids = None if whole else torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
         group_seqs = [seqs[i] for i in members]
         group = _single_sequence(group_seqs[0], block_size, dtype) if len(members) == 1 else _padded(group_seqs, block_size, dtype)
-        group.token_ids = None if token_ids is None else token_ids.to(device)
+        if len(groups) > 1:  # one group holds every token in order: no index needed
+            group.token_ids = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
         built.append(_to_device(group, device))
     slot_mapping = torch.tensor([slot for s in seqs for slot in s.slot_ids], dtype=torch.long, device=device)
-    return AttentionMetadata(slot_mapping, built, offsets[-1])
+    return AttentionMetadata(slot_mapping, built)
 
 
 def _padded(seqs: list[SeqSpec], block_size: int, dtype: torch.dtype) -> AttentionGroup:
@@ -201,7 +199,7 @@ def _fill_mask(mask: torch.Tensor, s: SeqSpec) -> None:
 
 
 def _to_device(group: AttentionGroup, device) -> AttentionGroup:
-    for name in ("block_tables", "query_index", "token_index", "mask"):
+    for name in ("token_ids", "block_tables", "query_index", "token_index", "mask"):
         value = getattr(group, name)
         if value is not None:
             setattr(group, name, value.to(device))

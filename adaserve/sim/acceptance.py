@@ -43,14 +43,13 @@ class _DepthPool:
         for r in records:
             self.by_depth.setdefault(r.depth, []).append(r)
         self.max_depth = max(self.by_depth)
-        self.buckets: dict[tuple[int, int], list[OfferRecord]] = {}
+        self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}
 
     def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
-        bucket = self.buckets.get((depth, top_k))
-        if bucket is None:  # deeper than recorded: the deepest depth's records
-            d = min(depth, self.max_depth)
-            records = self.by_depth.get(d) or self.by_depth[self.max_depth]
-            bucket = self.buckets[(depth, top_k)] = [_truncate(r, top_k) for r in records]
+        bucket = self._buckets.get((depth, top_k))
+        if bucket is None:  # first draw at this depth; deeper than recorded: the deepest depth's records
+            records = self.by_depth.get(min(depth, self.max_depth)) or self.by_depth[self.max_depth]
+            bucket = self._buckets[(depth, top_k)] = [_truncate(r, top_k) for r in records]
         return bucket[int(rng.random() * len(bucket))]
 
 
@@ -65,14 +64,9 @@ class RecordedAcceptance:
         self.pools = {"": _DepthPool(records)}  # all records: for categories without their own
         for category in sorted(set(categories) - {""}):
             self.pools[category] = _DepthPool([r for r, c in zip(records, categories) if c == category])
-        self.by_depth = self.pools[""].by_depth
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord:
-        pool = self.pools.get(category) or self.pools[""]
-        bucket = pool.buckets.get((depth, top_k))  # the hot path of a simulation: one dict lookup
-        if bucket is None:
-            return pool.offer(depth, top_k, rng)
-        return bucket[int(rng.random() * len(bucket))]
+        return (self.pools.get(category) or self.pools[""]).offer(depth, top_k, rng)
 
     def top1_acceptance(self, category: str = "") -> dict[int, float]:
         """Per depth: how often the target picked the draft's most likely child."""
