@@ -132,7 +132,7 @@ def cmd_serve(args) -> None:
         model=model, draft=draft, spec_policy=policy, device=args.device, num_threads=args.threads,
         kv_cache_memory=parse_memory(args.kv_cache_memory), max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        cost_model=args.cost_model,
+        cost_model=args.cost_model, step_log=args.step_log,
     ))
     unloaded_ms = None
     if any(c.tpot_scale is not None for c in specs):
@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slo-class", action="append", help="NAME=tpot:<N>ms|<N>x[,ttft:<N>ms] (repeatable); "
                    f"default {' '.join(DEFAULT_SLO_CLASSES)}")
     p.add_argument("--default-slo-class", default=None, help="class of requests that name none")
+    p.add_argument("--step-log", default=None, help="append a JSON line per engine step (passes, shapes, times) here")
     p.add_argument("--max-pending-requests", type=int, default=256, help="beyond this, 429")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)

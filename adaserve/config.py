@@ -34,6 +34,8 @@ class EngineConfig:
     # Profiled cost model JSON (`adaserve profile`); None: this pair's cached profile, or profile
     # at start-up when a policy needs one (chunked, smartspec, adaserve, adaserve-equal).
     cost_model: str | None = None
+    # Append a JSON line per step (its passes' shapes and times) to this file: adaserve.engine.step_log.
+    step_log: str | None = None
     ngram_min: int = 1
     ngram_max: int = 4
 

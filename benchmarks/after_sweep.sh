@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# One-off pipeline run after the CPU sweep (kept for reproducibility of the committed results):
-# record the Qwen pair's acceptance (12 prompts per category, another seed than the sweep's), re-profile the pair, validate the simulator against the sweep,
-# compare engine steps with the profile, paper-scale study.
+# The pipeline behind the committed CPU results (kept for reproducibility), run alone on the machine:
+#   1. (PROFILE_AGAIN=1) re-profile the Qwen pair: the servers' policies decide with the cached profile,
+#      and the simulator must use the same one; (RECORD=1) re-record the pair's acceptance
+#      (12 prompts per category, another seed than the sweep's);
+#   2. the request-rate sweep, every server tracing its steps (step_logs/<policy>.jsonl);
+#      UNLOADED=<ms> reuses an earlier sweep's SLO calibration;
+#   3. the servers' steps against the profile; the simulator replaying every point of the sweep,
+#      calibrated with the logged host time (host) and also with each run's pass speed (speed);
+#   4. the paper-scale study.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-$PY -m adaserve.cli simulate record --num-prompts 12 --output-tokens 64 --seed 1 --out benchmarks/results/acceptance_qwen.jsonl
-$PY -m adaserve.cli profile --model qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --refresh \
-    --out benchmarks/results/sim_validation/profile_qwen.json
-$PY -m adaserve.cli simulate validate --bench-dir benchmarks/results/sweep_rate --step-overhead-ms -1 \
-    --cost profile:benchmarks/results/sim_validation/profile_qwen.json --out-dir benchmarks/results/sim_validation
-$PY benchmarks/step_vs_cost_model.py
+SWEEP=${SWEEP:-benchmarks/results/sweep_rate}
+PROFILE=benchmarks/results/sim_validation/profile_qwen.json
+if [[ "${PROFILE_AGAIN:-}" == 1 ]]; then
+  $PY -m adaserve.cli profile --model qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b --refresh --out $PROFILE
+fi
+if [[ "${RECORD:-}" == 1 ]]; then
+  $PY -m adaserve.cli simulate record --num-prompts 12 --output-tokens 64 --seed 1 --out benchmarks/results/acceptance_qwen.jsonl
+fi
+$PY -m adaserve.cli bench sweep --variable rate --values 0.08,0.16,0.32,0.64 --num-requests 16 --output-tokens 48 \
+    --policies none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve ${UNLOADED:+--unloaded-tpot-ms $UNLOADED} \
+    --out-dir $SWEEP --step-log-dir $SWEEP/step_logs
+$PY benchmarks/step_log_vs_cost_model.py $SWEEP/step_logs/*.jsonl --profile $PROFILE --out $SWEEP/step_log_vs_cost_model.json
+for how in host speed; do
+  $PY -m adaserve.cli simulate validate --bench-dir $SWEEP --calibration $how --cost profile:$PROFILE \
+      --out-dir benchmarks/results/sim_validation/$how
+done
 $PY benchmarks/sim_paper_scale.py --rates 2,4,6,8,12 --num-requests 600 \
     --timing-policies none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve

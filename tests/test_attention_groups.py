@@ -2,7 +2,7 @@
 
 import pytest
 
-from adaserve.models.attention import group_sequences
+from adaserve.models.attention import group_sequences, num_padded_kv
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,17 @@ def test_every_sequence_in_exactly_one_group():
     shapes = [(q, kv) for q in (1, 2, 7, 64, 300) for kv in (q, q + 50, q + 2000)]
     groups = group_sequences(shapes)
     assert sorted(i for g in groups for i in g) == list(range(len(shapes)))
+
+
+@pytest.mark.parametrize(
+    "shapes, expected",
+    [
+        ([(512, 512), (1, 700), (1, 650), (1, 90)], 660),  # the docstring's example: decodes pad to 700
+        ([(1, 300)], 0),  # alone: reads its cache in place
+        ([(1, 300)] * 4, 0),  # equal lengths pad nothing
+        ([(1, 400), (1, 300)], 100),
+        ([(8, 1000), (1, 20)], 0),  # too unlike to share a group
+    ],
+)
+def test_num_padded_kv(shapes, expected):
+    assert num_padded_kv(shapes) == expected

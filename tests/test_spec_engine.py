@@ -186,3 +186,31 @@ def test_switching_policy_between_requests(smollm2_dir, smollm2_plain):
     llm.engine.add_request(PROMPTS[0], SamplingParams(max_tokens=4))
     with pytest.raises(RuntimeError, match="in flight"):
         llm.engine.set_spec_policy("none")
+
+
+def test_step_log_traces_every_pass_in_the_cost_models_terms(smollm2_dir, tmp_path):
+    from adaserve.engine.step_log import read_step_log
+
+    path = tmp_path / "steps.jsonl"
+    llm = LLM(str(smollm2_dir), draft="smollm2-135m", draft_num_layers=6, spec_policy="dynamic-tree:8:4:2",
+              step_log=str(path))
+    engine = llm.engine
+    for p in PROMPTS:
+        engine.add_request(p, SamplingParams(max_tokens=16))
+    while engine.has_unfinished:
+        engine.step()
+    steps, stats = read_step_log(path), engine.spec.stats.steps
+    assert len(steps) == len(stats) > 1  # one line per step that ran (start-up profiling is not traced)
+    first = [p for p in steps[0].passes if p.model == "target"]
+    assert first[0].num_context_tokens == first[0].num_context_pairs == 0  # prompts from an empty cache
+    for logged, s in zip(steps, stats):
+        target = [p for p in logged.passes if p.model == "target"]
+        assert len(target) == 1 and target[0].num_seqs == s.num_requests
+        assert target[0].num_tokens == s.num_prefill_tokens + s.num_verified_tokens
+        if s.num_proposed:  # trees were drafted, and the target computed logits of every node
+            assert any(p.model == "draft" for p in logged.passes)
+            assert target[0].num_logit_rows >= s.num_verified_tokens
+        if s.num_prefill_tokens == 0:  # decodes only: each reads its sequence's cached tokens
+            assert target[0].num_context_tokens >= target[0].num_seqs
+        assert logged.policy == "dynamic-tree:8:4:2"
+        assert logged.step_ms >= sum(p.forward_ms + p.logits_ms for p in logged.passes) > 0

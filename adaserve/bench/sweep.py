@@ -41,6 +41,8 @@ def start_server(args, policy: str, port: int) -> subprocess.Popen:
            "--model", args.server_model, "--policy", policy]
     if args.draft and policy not in ("none", "chunked"):
         cmd += ["--draft", args.draft]
+    if getattr(args, "step_log_dir", None):
+        cmd += ["--step-log", str(Path(args.step_log_dir) / f"{policy.replace(':', '-')}.jsonl")]
     cmd += args.server_arg or []
     return subprocess.Popen(cmd)
 
@@ -132,4 +134,5 @@ def add_sweep_args(p) -> None:
     p.add_argument("--draft", default="qwen2.5-coder-0.5b")
     p.add_argument("--server-arg", action="append", help="extra argument for `adaserve serve` (repeatable)")
     p.add_argument("--out-dir", default="benchmarks/results/sweep")
+    p.add_argument("--step-log-dir", default=None, help="each server traces its steps to DIR/<policy>.jsonl")
     p.add_argument("--merge", action="store_true", help="add these policies to the sweep JSON already in --out-dir")

@@ -19,6 +19,7 @@ from adaserve.engine.builder import build_draft_executor, build_spec_decoder, bu
 from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.model_runner import ModelRunner
 from adaserve.engine.sampler import Sampler
+from adaserve.engine.step_log import StepLog
 from adaserve.engine.stop import StopChecker
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
@@ -66,6 +67,17 @@ class EngineCore:
         self.stop_checker = StopChecker(self.tokenizer, eos_ids, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
+        self.step_log = self._open_step_log(config.step_log)
+
+    def _open_step_log(self, path: str | None) -> StepLog | None:
+        """Trace every step's passes (after start-up: profiling passes are not steps)."""
+        if path is None:
+            return None
+        step_log = StepLog(path)
+        self.executor.step_log = step_log
+        if self._draft is not None:
+            self._draft.step_log, self._draft.name = step_log, "draft"
+        return step_log
 
     # -- requests --------------------------------------------------------------------------
     def tokenize(self, prompt: str | list[int]) -> list[int]:
@@ -150,6 +162,15 @@ class EngineCore:
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.step_log is None:
+            return self._step()
+        self.step_log.begin_step(self.policy.name)
+        try:
+            return self._step()
+        finally:
+            self.step_log.end_step()
+
+    def _step(self) -> list[RequestOutput]:
         step = self.scheduler.schedule(self._max_prefill_tokens())
         for request in step.preempted:
             if self.spec:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
+from adaserve.engine.step_log import PassRecord, StepLog
 from adaserve.kv.manager import KVCacheManager
-from adaserve.models.attention import SeqSpec, build_attention_metadata
+from adaserve.models.attention import SeqSpec, build_attention_metadata, num_padded_kv
 from adaserve.models.llama import CausalLM, KVCache
 
 
@@ -24,6 +26,8 @@ class ModelExecutor:
         self.kv = kv
         self.device = device
         self.kv_cache = KVCache(model.cfg, kv.pool.num_blocks, kv.block_size, dtype, device)
+        self.step_log: StepLog | None = None  # set to trace every pass (adaserve serve --step-log)
+        self.name = "target"
 
     @property
     def max_positions(self) -> int:
@@ -40,16 +44,38 @@ class ModelExecutor:
     @torch.inference_mode()
     def forward(self, seqs: list[SeqInput]) -> torch.Tensor:
         """-> final hidden states [num_tokens, hidden], sequences concatenated in order."""
+        start = time.perf_counter()
         ids = [t for s in seqs for t in s.token_ids]
         positions = [p for s in seqs for p in s.positions]
         meta = build_attention_metadata([s.spec for s in seqs], self.kv.block_size, self.device)
-        return self.model(
+        hidden = self.model(
             torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), meta, self.kv_cache
         )
+        if self.step_log is not None:
+            self.step_log.add_pass(self._pass_record(seqs, 1000.0 * (time.perf_counter() - start)))
+        return hidden
+
+    def _pass_record(self, seqs: list[SeqInput], forward_ms: float) -> PassRecord:
+        """The pass in the cost model's terms. A tree layer's earlier nodes count as cached context."""
+        cached = [s.spec.num_cached + _num_prior(s.spec) for s in seqs]
+        return PassRecord(self.name, sum(len(s.token_ids) for s in seqs), len(seqs), sum(cached),
+                          sum((len(s.token_ids) - 1) * c for s, c in zip(seqs, cached)),
+                          num_padded_kv([(s.spec.num_new, s.spec.kv_len) for s in seqs]), forward_ms=forward_ms)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         """[num_rows, vocab] fp32 logits of the given hidden rows (all when None)."""
+        start = time.perf_counter()
         if rows is not None:
             hidden = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
-        return self.model.compute_logits(hidden).float()
+        logits = self.model.compute_logits(hidden).float()
+        if self.step_log is not None:
+            self.step_log.add_logits(logits.shape[0], 1000.0 * (time.perf_counter() - start))
+        return logits
+
+
+def _num_prior(spec: SeqSpec) -> int:
+    """Speculative tokens already in the cache that a tree layer attends to (see SeqSpec)."""
+    if spec.tree_mask is None:
+        return 0
+    return spec.tree_mask.shape[1] - spec.tree_mask.shape[0]

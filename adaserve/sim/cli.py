@@ -22,12 +22,16 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--variable", default="rate", choices=["rate", "urgent_share", "slo_scale"])
     p.add_argument("--values", default="0.5")
     p.add_argument("--from-bench", nargs="*", default=None, help="bench result JSONs: replay their exact requests")
-    p.add_argument("--bench-dir", default="benchmarks/results/sweep_rate", help="validate: a bench sweep's output dir")
+    p.add_argument("--bench-dir", nargs="+", default=["benchmarks/results/sweep_rate"],
+                   help="validate: a bench sweep's output dir, or several repeats of one sweep")
     p.add_argument("--tokenizer", default=None, help="model whose chat template counts prompt tokens (default ~4 chars/token)")
     p.add_argument("--slo-class", action="append", default=None,
                    help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)")
     p.add_argument("--step-overhead-ms", type=float, default=0.0,
-                   help="per-iteration time beyond the forward passes; validate: -1 = measured unloaded TPOT - simulated")
+                   help="per-iteration time beyond the forward passes (validate: with --calibration none)")
+    p.add_argument("--calibration", default="host", choices=["host", "speed", "unloaded", "none"],
+                   help="validate: host = each server's logged host time per step; speed = also its measured/"
+                   "predicted pass time; unloaded = measured - simulated unloaded TPOT; none = --step-overhead-ms")
     p.add_argument("--sim-runs", type=int, default=5,
                    help="validate: simulations per point (seeds --seed, --seed + 1, ...), averaged")
     p.add_argument("--kv-capacity-tokens", type=int, default=SimConfig.kv_capacity_tokens)

@@ -14,4 +14,8 @@ class SimConfig:
     kv_capacity_tokens: int = 9360  # what 512 MiB holds for Qwen2.5-Coder-1.5B fp32
     block_size: int = 16
     step_overhead_ms: float = 0.0  # per iteration, beyond the forward passes (scheduling, sampling)
+    # Host time per logits row (a whole-vocabulary log-softmax/top-k/argmax, tree growth and selection).
+    host_ms_per_target_row: float = 0.0
+    host_ms_per_draft_row: float = 0.0
+    time_scale: float = 1.0  # multiplies the cost model's pass times (a machine slower or faster than profiled)
     seed: int = 0

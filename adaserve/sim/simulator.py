@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from adaserve.bench.client import BenchRecord
 from adaserve.engine.speculation import SpecDecoder
 from adaserve.kv.manager import KVCacheManager
+from adaserve.models.attention import num_padded_kv
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
@@ -119,19 +120,25 @@ class Simulator:
 
     def _step_ms(self, step: SchedulerOutput) -> float:
         context = step.num_context_tokens  # KV tokens the pass reads
-        draft_ms = 0.0
+        draft_ms, num_draft_rows = 0.0, 0
         if self.spec:
             self.proposer.draft_passes = []
             self.spec.attach_trees(step)
             mean_context = context / len(step.chunks)
-            draft_ms = sum(self.cost.draft_ms(p.num_tokens, context, p.num_seqs, int((p.num_tokens - p.num_seqs) * mean_context),
-                                              p.num_logit_rows - p.num_seqs)
-                           for p in self.proposer.draft_passes)
+            for p in self.proposer.draft_passes:
+                pairs = int((p.num_tokens - p.num_seqs) * mean_context)
+                draft_ms += self.cost.draft_ms(p.num_tokens, context, p.num_seqs, pairs, p.num_logit_rows - p.num_seqs)
+                num_draft_rows += p.num_logit_rows
         # Logits: one row per sampling sequence, and every node of a verified tree.
+        num_target_rows = sum(c.tree.num_nodes if c.tree is not None else int(c.samples) for c in step.chunks)
         extra_rows = sum(c.tree.num_nodes - 1 for c in step.chunks if c.tree is not None)
-        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context, len(step.chunks), step.num_context_pairs,
-                                        extra_rows)
-        return draft_ms + verify_ms + self.config.step_overhead_ms
+        # Attention groups pad their members' KV to the longest; those positions are read too.
+        padded = num_padded_kv([(c.num_new_tokens, c.start + c.num_new_tokens) for c in step.chunks])
+        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context + padded, len(step.chunks),
+                                        step.num_context_pairs, extra_rows)
+        c = self.config
+        host_ms = c.step_overhead_ms + c.host_ms_per_target_row * num_target_rows + c.host_ms_per_draft_row * num_draft_rows
+        return (draft_ms + verify_ms) * c.time_scale + host_ms
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:
         request = chunk.request

@@ -1,52 +1,119 @@
-"""`adaserve simulate validate`: replay every point of a measured `adaserve bench sweep` (its exact
+"""`adaserve simulate validate`: replay every point of measured `adaserve bench sweep`s (their exact
 requests: arrivals, categories, SLOs, prompt lengths) in the simulator, per policy, and compare
 attainment and goodput. The simulated side is the mean of `--sim-runs` runs with different seeds
 (they differ in which acceptance records are drawn: with 16 requests a point, one request near its
-SLO is 6 points of attainment). Targets: attainment within 10 percentage points, goodput within 20 %."""
+SLO is 6 points of attainment). Given repeats of one sweep (same workloads and SLOs), the measured
+side is their mean, each repeat is replayed with its own calibration, and the repeats are also
+compared with each other: that is how far the measurement itself moves between runs.
+Targets: attainment within 10 percentage points, goodput within 20 %.
+Each policy's replay is calibrated with what its server measured (`--calibration`, see calibrated())."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
+from functools import lru_cache
 from pathlib import Path
 
+from adaserve.engine.step_log import read_step_log
+from adaserve.sched.cost_model import CostModel
 from adaserve.sim.commands import load_models, sim_config
+from adaserve.sim.config import SimConfig
 from adaserve.sim.run import simulate, unloaded_tpot_ms
+from adaserve.sim.step_timing import HostModel, fit_host_model, run_timing
 from adaserve.sim.workloads import from_bench_result
 
 
 def validate(args) -> dict:
-    bench_dir = Path(args.bench_dir)
-    summary = json.loads((bench_dir / "sweep_rate.json").read_text())
+    bench_dirs = [Path(d) for d in args.bench_dir]
+    summaries = [json.loads((d / "sweep_rate.json").read_text()) for d in bench_dirs]
     cost, acceptance = load_models(args)
-    config = sim_config(args)
-    if args.step_overhead_ms < 0:  # auto: what the measured unloaded latency has beyond the model's passes
-        simulated = unloaded_tpot_ms(cost, config)
-        config = replace(config, step_overhead_ms=max(0.0, summary["unloaded_tpot_ms"] - simulated))
-        print(f"step overhead {config.step_overhead_ms:.1f} ms = measured unloaded TPOT "
-              f"{summary['unloaded_tpot_ms']:.1f} ms - simulated {simulated:.1f} ms", flush=True)
-    rows = []
-    for policy, points in summary["results"].items():
+    rows, repeat_rows, timings = [], [], {}
+    for policy, points in summaries[0]["results"].items():
         if policy.startswith("vllm:"):
             continue  # another engine: its scheduler is not ours to simulate
-        for point in points:
-            path = bench_dir / f"{policy.replace(':', '-')}_rate_{point['value']}.json"
-            workload = from_bench_result(path)
-            runs = [simulate(replace(config, policy=policy, seed=config.seed + k), cost, acceptance, workload)
-                    for k in range(args.sim_runs)]
-            measured, simulated = point["categories"]["all"], _mean([run["categories"]["all"] for run in runs])
-            rows.append(_row(policy, point["value"], measured, simulated))
+        configs = []
+        for d, summary in zip(bench_dirs, summaries):
+            config, timings[f"{d}:{policy}"] = calibrated(args.calibration, sim_config(args), policy, d, summary, cost)
+            configs.append(replace(config, policy=policy))
+            print(f"{policy} ({args.calibration}, {d}): host {config.step_overhead_ms:.2f} ms per step + "
+                  f"{config.host_ms_per_target_row:.3f} per target row + {config.host_ms_per_draft_row:.3f} per draft "
+                  f"row, pass times x{config.time_scale:.3f}", flush=True)
+        for k, point in enumerate(points):
+            measured = [_same_point(s, policy, k, point["value"])["categories"]["all"] for s in summaries]
+            runs = [simulate(replace(config, seed=config.seed + seed), cost, acceptance,
+                             from_bench_result(d / f"{policy.replace(':', '-')}_rate_{point['value']}.json"))
+                    for d, config in zip(bench_dirs, configs) for seed in range(args.sim_runs)]
+            rows.append(_row(policy, point["value"], _mean(measured), _mean([r["categories"]["all"] for r in runs])))
+            rows[-1]["measured_attainment_range"] = [min(m["attainment"] for m in measured), max(m["attainment"] for m in measured)]
             print(_format(rows[-1]), flush=True)
-    ok = [r for r in rows if r["attainment_ok"] and r["goodput_ok"]]
-    out = {"bench_dir": str(bench_dir), "cost_model": cost.meta, "step_overhead_ms": config.step_overhead_ms,
-           "sim_runs": args.sim_runs, "first_seed": config.seed,
-           "rows": rows, "num_within_targets": len(ok), "num_points": len(rows)}
+            if len(measured) > 1:  # the second measurement as if it predicted the first
+                repeat_rows.append(_row(policy, point["value"], measured[0], measured[1]))
+    out = {"bench_dirs": [str(d) for d in bench_dirs], "cost_model": cost.meta, "calibration": args.calibration,
+           "timings": timings, "sim_runs": args.sim_runs, "first_seed": args.seed, "rows": rows,
+           "num_within_targets": _num_ok(rows), "num_points": len(rows)}
+    if repeat_rows:
+        out.update(repeat_rows=repeat_rows, repeat_num_within_targets=_num_ok(repeat_rows))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(out, indent=1))
     print(validation_table(rows))
-    print(f"{len(ok)}/{len(rows)} points within +-10 pp attainment and +-20 % goodput; wrote {out_dir}/validation.json")
+    print(f"{out['num_within_targets']}/{len(rows)} points within +-10 pp attainment and +-20 % goodput")
+    if repeat_rows:
+        print(f"repeat vs first sweep:\n{validation_table(repeat_rows)}\n{out['repeat_num_within_targets']}/"
+              f"{len(repeat_rows)} points of the repeat within the same targets of the first sweep")
+    print(f"wrote {out_dir}/validation.json")
     return out
+
+
+def _same_point(summary: dict, policy: str, k: int, value: float) -> dict:
+    points = summary["results"].get(policy, [])
+    if k >= len(points) or points[k]["value"] != value:
+        raise ValueError(f"the sweeps differ: {policy} has no point {value} in every one (repeats must match)")
+    return points[k]
+
+
+def _num_ok(rows: list[dict]) -> int:
+    return sum(1 for r in rows if r["attainment_ok"] and r["goodput_ok"])
+
+
+def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summary: dict, cost: CostModel
+               ) -> tuple[SimConfig, dict]:
+    """The simulated server for one policy's replay, and what it was calibrated with.
+
+    none:     --step-overhead-ms as given; pass times straight from the cost model
+    unloaded: step overhead = the sweep's measured unloaded TPOT - the simulated one
+    host:     host time per step from the servers' step logs (a HostModel fitted over all of them)
+    speed:    host, and pass times scaled by measured / predicted over this policy's logged run (the
+              machine ran slower or faster than when it was profiled)
+    """
+    if how == "none":
+        return config, {"step_overhead_ms": config.step_overhead_ms, "time_scale": 1.0}
+    if how == "unloaded":
+        simulated = unloaded_tpot_ms(cost, replace(config, step_overhead_ms=0.0))
+        overhead = max(0.0, summary["unloaded_tpot_ms"] - simulated)
+        return replace(config, step_overhead_ms=overhead), {"step_overhead_ms": overhead, "time_scale": 1.0}
+    logs = sorted((bench_dir / "step_logs").glob("*.jsonl*"))  # (.jsonl.gz as committed)
+    log_path = next((p for p in logs if p.name.split(".")[0] == policy.replace(":", "-")), None)
+    if log_path is None:
+        raise ValueError(f"--calibration {how} needs the servers' step logs (none for {policy} in "
+                         f"{bench_dir}/step_logs): run the sweep with --step-log-dir <out-dir>/step_logs, "
+                         "or use --calibration unloaded")
+    host = _host_model(tuple(logs))
+    config = replace(config, step_overhead_ms=host.ms_per_step, host_ms_per_target_row=host.ms_per_target_row,
+                     host_ms_per_draft_row=host.ms_per_draft_row)
+    info = {"host_model": asdict(host), "time_scale": 1.0}
+    if how == "speed":
+        timing = run_timing(read_step_log(log_path), cost)
+        config = replace(config, time_scale=timing.speed_factor)
+        info.update(asdict(timing), time_scale=timing.speed_factor)
+    return config, info
+
+
+@lru_cache(maxsize=4)
+def _host_model(logs: tuple[Path, ...]) -> HostModel:
+    """One engine, one host model: fitted over every server's steps."""
+    return fit_host_model([s for path in logs for s in read_step_log(path)])
 
 
 def validation_table(rows: list[dict]) -> str:

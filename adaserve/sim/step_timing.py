@@ -1,0 +1,82 @@
+"""A live server's step log (adaserve.engine.step_log) against a cost model: the prediction for each
+logged forward pass, made exactly as the simulator makes it; what a run measured beyond the
+predictions (how much faster or slower its passes ran than profiled); and a model of the engine's
+host time per step, fitted over logged steps. `adaserve simulate validate` calibrates its replays
+with these; benchmarks/step_log_vs_cost_model.py prints them per policy and kind of step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from adaserve.engine.step_log import PassRecord, StepRecord
+from adaserve.sched.cost_model import CostModel
+
+
+def predicted_pass_ms(cost: CostModel, p: PassRecord) -> float:
+    """The cost model's time for one logged pass: padded KV positions read like cached ones, logits
+    rows beyond one per sequence included."""
+    extra_rows = max(0, p.num_logit_rows - p.num_seqs)
+    context = p.num_context_tokens + p.num_padded_kv
+    if p.model == "draft":
+        return cost.draft_ms(p.num_tokens, context, p.num_seqs, p.num_context_pairs, extra_rows)
+    return cost.verify_ms(p.num_tokens, context, p.num_seqs, p.num_context_pairs, extra_rows)
+
+
+def measured_pass_ms(p: PassRecord) -> float:
+    return p.forward_ms + p.logits_ms
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """What one server run measured about its own steps."""
+
+    num_steps: int
+    host_ms_per_step: float  # mean step time outside the forward passes: scheduling, selection, sampling
+    speed_factor: float  # measured pass time / predicted, summed over the run (> 1: slower than profiled)
+    predicted_pass_ms: float  # summed over the run
+    measured_pass_ms: float
+
+
+def run_timing(steps: list[StepRecord], cost: CostModel) -> RunTiming:
+    if not steps:
+        raise ValueError("the step log has no steps")
+    measured = sum(measured_pass_ms(p) for s in steps for p in s.passes)
+    predicted = sum(predicted_pass_ms(cost, p) for s in steps for p in s.passes)
+    host = sum(s.step_ms for s in steps) - measured
+    return RunTiming(len(steps), host / len(steps), measured / max(predicted, 1e-9), predicted, measured)
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """Engine time per step outside the forward passes: scheduling and bookkeeping (per step), and
+    per logits row the work on a whole vocabulary row (log-softmax and top-k of a draft row, argmax
+    or sampling of a target row; 152k entries for Qwen), tree growth and selection with it."""
+
+    ms_per_step: float
+    ms_per_target_row: float
+    ms_per_draft_row: float
+
+    def __call__(self, num_target_rows: int, num_draft_rows: int) -> float:
+        return self.ms_per_step + self.ms_per_target_row * num_target_rows + self.ms_per_draft_row * num_draft_rows
+
+
+def logit_rows(step: StepRecord, model: str) -> int:
+    return sum(p.num_logit_rows for p in step.passes if p.model == model)
+
+
+def fit_host_model(steps: list[StepRecord]) -> HostModel:
+    """Least squares of each step's host time on its target and draft logits rows (terms that come
+    out negative are dropped and the rest refitted)."""
+    host = np.array([s.step_ms - sum(measured_pass_ms(p) for p in s.passes) for s in steps])  # [num_steps]
+    columns = np.array([[1.0, logit_rows(s, "target"), logit_rows(s, "draft")] for s in steps])  # [num_steps, 3]
+    keep = [0, 1, 2]
+    while True:
+        coef, *_ = np.linalg.lstsq(columns[:, keep], host, rcond=None)
+        negative = [k for k, c in zip(keep, coef) if c < 0]
+        if not negative:
+            break
+        keep = [k for k in keep if k not in negative]
+    full = dict(zip(keep, coef.tolist()))
+    return HostModel(full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0))
