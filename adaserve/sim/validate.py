@@ -32,7 +32,7 @@ def validate(args) -> dict:
     for policy, points in summaries[0]["results"].items():
         if policy.startswith("vllm:"):
             continue  # another engine: its scheduler is not ours to simulate
-        configs = []
+        configs = []  # per sweep: the simulated server, calibrated with what that sweep's servers logged
         for d, summary in zip(bench_dirs, summaries):
             config, timings[f"{d}:{policy}"] = calibrated(args.calibration, sim_config(args), policy, d, summary, cost)
             configs.append(replace(config, policy=policy))
@@ -41,11 +41,10 @@ def validate(args) -> dict:
                   f"row, pass times x{config.time_scale:.3f}", flush=True)
         for k, point in enumerate(points):
             measured = [_same_point(s, policy, k, point["value"])["categories"]["all"] for s in summaries]
-            runs = [simulate(replace(config, seed=config.seed + seed), cost, acceptance,
-                             from_bench_result(d / f"{policy.replace(':', '-')}_rate_{point['value']}.json"))
-                    for d, config in zip(bench_dirs, configs) for seed in range(args.sim_runs)]
-            rows.append(_row(policy, point["value"], _mean(measured), _mean([r["categories"]["all"] for r in runs])))
-            rows[-1]["measured_attainment_range"] = [min(m["attainment"] for m in measured), max(m["attainment"] for m in measured)]
+            simulated = _replay(bench_dirs, configs, policy, point["value"], cost, acceptance, args.sim_runs)
+            rows.append(_row(policy, point["value"], _mean(measured), simulated))
+            rows[-1]["measured_attainment_range"] = [min(m["attainment"] for m in measured),
+                                                     max(m["attainment"] for m in measured)]
             print(_format(rows[-1]), flush=True)
             if len(measured) > 1:  # the second measurement as if it predicted the first
                 repeat_rows.append(_row(policy, point["value"], measured[0], measured[1]))
@@ -54,16 +53,29 @@ def validate(args) -> dict:
            "num_within_targets": _num_ok(rows), "num_points": len(rows)}
     if repeat_rows:
         out.update(repeat_rows=repeat_rows, repeat_num_within_targets=_num_ok(repeat_rows))
-    out_dir = Path(args.out_dir)
+    _report(out, Path(args.out_dir))
+    return out
+
+
+def _replay(bench_dirs: list[Path], configs: list[SimConfig], policy: str, value: float, cost: CostModel,
+            acceptance, sim_runs: int) -> dict:
+    """The point's mean outcome over every sweep's exact requests x `sim_runs` seeds."""
+    runs = []
+    for d, config in zip(bench_dirs, configs):
+        workload = from_bench_result(d / f"{policy.replace(':', '-')}_rate_{value}.json")
+        runs += [simulate(replace(config, seed=config.seed + k), cost, acceptance, workload) for k in range(sim_runs)]
+    return _mean([r["categories"]["all"] for r in runs])
+
+
+def _report(out: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "validation.json").write_text(json.dumps(out, indent=1))
-    print(validation_table(rows))
-    print(f"{out['num_within_targets']}/{len(rows)} points within +-10 pp attainment and +-20 % goodput")
-    if repeat_rows:
-        print(f"repeat vs first sweep:\n{validation_table(repeat_rows)}\n{out['repeat_num_within_targets']}/"
-              f"{len(repeat_rows)} points of the repeat within the same targets of the first sweep")
+    print(validation_table(out["rows"]))
+    print(f"{out['num_within_targets']}/{out['num_points']} points within +-10 pp attainment and +-20 % goodput")
+    if "repeat_rows" in out:
+        print(f"repeat vs first sweep:\n{validation_table(out['repeat_rows'])}\n{out['repeat_num_within_targets']}/"
+              f"{len(out['repeat_rows'])} points of the repeat within the same targets of the first sweep")
     print(f"wrote {out_dir}/validation.json")
-    return out
 
 
 def _same_point(summary: dict, policy: str, k: int, value: float) -> dict:
