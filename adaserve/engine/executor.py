@@ -57,7 +57,7 @@ class ModelExecutor:
 
     def _pass_record(self, seqs: list[SeqInput], forward_ms: float) -> PassRecord:
         """The pass in the cost model's terms. A tree layer's earlier nodes count as cached context."""
-        cached = [s.spec.num_cached + _num_prior(s.spec) for s in seqs]
+        cached = [s.spec.num_cached + s.spec.num_prior for s in seqs]
         return PassRecord(self.name, sum(len(s.token_ids) for s in seqs), len(seqs), sum(cached),
                           sum((len(s.token_ids) - 1) * c for s, c in zip(seqs, cached)),
                           num_padded_kv([(s.spec.num_new, s.spec.kv_len) for s in seqs]), forward_ms=forward_ms)
@@ -72,10 +72,3 @@ class ModelExecutor:
         if self.step_log is not None:
             self.step_log.add_logits(logits.shape[0], 1000.0 * (time.perf_counter() - start))
         return logits
-
-
-def _num_prior(spec: SeqSpec) -> int:
-    """Speculative tokens already in the cache that a tree layer attends to (see SeqSpec)."""
-    if spec.tree_mask is None:
-        return 0
-    return spec.tree_mask.shape[1] - spec.tree_mask.shape[0]

@@ -29,6 +29,7 @@ from adaserve.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from adaserve.sim.acceptance import AcceptanceModel
 from adaserve.sim.config import SimConfig
 from adaserve.sim.proposer import SimProposer
+from adaserve.sim.step_timing import HostModel
 from adaserve.sim.workloads import SimRequest
 from adaserve.spec.verify import accept_greedy
 
@@ -60,6 +61,7 @@ class Simulator:
     def __init__(self, config: SimConfig, cost: CostModel, acceptance: AcceptanceModel | None) -> None:
         self.config, self.cost = config, cost
         self.clock = SimClock()
+        self.host = HostModel(config.step_overhead_ms, config.host_ms_per_target_row, config.host_ms_per_draft_row)
         self.kv = KVCacheManager(max(1, config.kv_capacity_tokens // config.block_size), config.block_size)
         self.choice = choose_policy(config.policy, cost)
         self.proposer: SimProposer | None = None
@@ -136,9 +138,7 @@ class Simulator:
         padded = num_padded_kv([(c.num_new_tokens, c.start + c.num_new_tokens) for c in step.chunks])
         verify_ms = self.cost.verify_ms(step.num_batched_tokens, context + padded, len(step.chunks),
                                         step.num_context_pairs, extra_rows)
-        c = self.config
-        host_ms = c.step_overhead_ms + c.host_ms_per_target_row * num_target_rows + c.host_ms_per_draft_row * num_draft_rows
-        return (draft_ms + verify_ms) * c.time_scale + host_ms
+        return (draft_ms + verify_ms) * self.config.time_scale + self.host(num_target_rows, num_draft_rows)
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:
         request = chunk.request
