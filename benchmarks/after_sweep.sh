@@ -4,10 +4,13 @@
 #      and the simulator must use the same one; (RECORD=1) re-record the pair's acceptance
 #      (12 prompts per category, another seed than the sweep's);
 #   2. the request-rate sweep, every server tracing its steps (step_logs/<policy>.jsonl);
-#      UNLOADED=<ms> reuses an earlier sweep's SLO calibration;
-#   3. the servers' steps against the profile; the simulator replaying every point of the sweep,
-#      calibrated with the logged host time (host) and also with each run's pass speed (speed);
-#   4. the paper-scale study.
+#      UNLOADED=<ms> reuses an earlier sweep's SLO calibration (REPEATS="dir ..." are earlier runs
+#      of the same sweep, validated together with it);
+#   3. the pair's acceptance on the sweep's own prompts, recorded per prompt (acceptance_qwen_prompts);
+#   4. the servers' steps against the profile; the simulator replaying every point of the sweep(s),
+#      calibrated with the logged host time (host) and also with each run's pass speed (speed),
+#      drawing acceptance per category (the records of step 1) and per prompt (step 3: host_prompts);
+#   5. the paper-scale study.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SWEEP=${SWEEP:-benchmarks/results/sweep_rate}
@@ -21,10 +24,14 @@ fi
 $PY -m adaserve.cli bench sweep --variable rate --values 0.08,0.16,0.32,0.64 --num-requests 16 --output-tokens 48 \
     --policies none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve ${UNLOADED:+--unloaded-tpot-ms $UNLOADED} \
     --out-dir $SWEEP --step-log-dir $SWEEP/step_logs
+PROMPTS=benchmarks/results/acceptance_qwen_prompts.jsonl
+$PY -m adaserve.cli simulate record --from-bench $SWEEP/none_rate_*.json --out $PROMPTS
 $PY benchmarks/step_log_vs_cost_model.py $SWEEP/step_logs/*.jsonl --profile $PROFILE --out $SWEEP/step_log_vs_cost_model.json
 for how in host speed; do
-  $PY -m adaserve.cli simulate validate --bench-dir $SWEEP --calibration $how --cost profile:$PROFILE \
+  $PY -m adaserve.cli simulate validate --bench-dir ${REPEATS:-} $SWEEP --calibration $how --cost profile:$PROFILE \
       --out-dir benchmarks/results/sim_validation/$how
 done
+$PY -m adaserve.cli simulate validate --bench-dir ${REPEATS:-} $SWEEP --calibration host --cost profile:$PROFILE \
+    --acceptance recorded:$PROMPTS --out-dir benchmarks/results/sim_validation/host_prompts
 $PY benchmarks/sim_paper_scale.py --rates 2,4,6,8,12 --num-requests 600 \
     --timing-policies none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve

@@ -24,10 +24,10 @@ class Always:
     def __init__(self, hit: int) -> None:
         self.hit = hit
 
-    def offer(self, depth, top_k, rng, category=""):
+    def offer(self, depth, top_k, rng, category="", prompt_key=""):
         return OfferRecord(depth, [0.9], self.hit)
 
-    replays = False
+    replays = per_prompt = False
 
 
 def flat_cost(verify_ms=10.0, draft_ms=5.0) -> CostModel:

@@ -6,6 +6,7 @@ support (vLLM) are measured the same way."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,15 @@ class BenchRequest:
     slo: SLO
     ignore_eos: bool = True
 
+    @property
+    def prompt_key(self) -> str:
+        """Names the prompt (its messages) in results and acceptance records, without its text."""
+        return prompt_key(self.messages)
+
+
+def prompt_key(messages: list[dict]) -> str:
+    return hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+
 
 @dataclass
 class BenchRecord:
@@ -35,6 +45,7 @@ class BenchRecord:
     num_output_tokens: int = 0
     error: str | None = None
     server_usage: dict | None = None
+    prompt_key: str = ""  # BenchRequest.prompt_key of what was sent
 
     @property
     def timing(self) -> RequestTiming:
@@ -53,7 +64,7 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchReques
         body["slo_class"] = req.category
         if req.slo.is_set:
             body["slo"] = {k: v for k, v in (("tpot_ms", req.slo.tpot_ms), ("ttft_ms", req.slo.ttft_ms)) if v is not None}
-    record = BenchRecord(req.category, req.slo, time.perf_counter())
+    record = BenchRecord(req.category, req.slo, time.perf_counter(), prompt_key=req.prompt_key)
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:

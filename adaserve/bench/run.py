@@ -7,6 +7,7 @@ import asyncio
 import json
 import statistics
 import time
+from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,6 +60,25 @@ def run_bench(args) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1, default=asdict))
     return result
+
+
+def sent_requests(result: dict) -> list[BenchRequest]:
+    """The requests a bench result was measured with, in its records' order: rebuilt from its
+    arguments exactly as run_bench built them (or its workload file), checked against its records.
+    For results written before records named their prompts."""
+    args = Namespace(**result["args"])
+    if getattr(args, "workload_file", None):
+        requests = load_workload(Path(args.workload_file))
+    else:
+        spec = workload_spec(args)
+        prompts = {c: category_prompts(c) for c in spec.category_weights()}
+        requests = build_workload(spec, result["unloaded_tpot_ms"], prompts)
+    records = result["records"]
+    same = len(requests) == len(records) and all(
+        q.category == r["category"] and asdict(q.slo) == r["slo"] for q, r in zip(requests, records))
+    if not same:
+        raise ValueError("the bench result's records do not match the workload its arguments build")
+    return requests
 
 
 def add_bench_args(p) -> None:

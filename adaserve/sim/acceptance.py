@@ -8,6 +8,8 @@ first) and which child the target will pick there (-1: none of them). Plain Pyth
                confidence and its calibration all come from the real pair. Records tagged with the
                workload category they came from (coding, chat, ...) are drawn for requests of that
                category (the pair agrees more on code than on chat); untagged ones for the rest.
+               Records also tagged with their prompt (`simulate record --from-bench`: the prompts
+               of a measured run) are drawn for requests of that prompt, replaying that run.
   parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
                geometrically (ratio `ratio`); the target picks child i with probability
                min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
@@ -31,18 +33,27 @@ DEFAULT_RECORDS = Path("benchmarks/results/acceptance_qwen.jsonl")  # `adaserve 
 class AcceptanceModel(Protocol):
     # True if offer() only ever returns a fixed set of record objects (callers may cache per object).
     replays: bool
+    # True if it draws per prompt: requests should name theirs (SimRequest.prompt_key).
+    per_prompt: bool
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord: ...
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = ""
+              ) -> OfferRecord: ...
+
+
+# A prompt's records thin out with depth (a depth-d record needs a path accepted to depth d); depths
+# with fewer than this many draw from the deepest depth that has them.
+MIN_PROMPT_RECORDS_PER_DEPTH = 5
 
 
 class _DepthPool:
     """Records by depth, each cut to the top-k asked for (cached per (depth, top_k))."""
 
-    def __init__(self, records: list[OfferRecord]) -> None:
+    def __init__(self, records: list[OfferRecord], min_per_depth: int = 1) -> None:
         self.by_depth: dict[int, list[OfferRecord]] = {}
         for r in records:
             self.by_depth.setdefault(r.depth, []).append(r)
-        self.max_depth = max(self.by_depth)
+        full = [d for d, rs in self.by_depth.items() if len(rs) >= min_per_depth]
+        self.max_depth = max(full) if full else min(self.by_depth)
         self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}
 
     def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
@@ -56,17 +67,27 @@ class _DepthPool:
 class RecordedAcceptance:
     replays = True
 
-    def __init__(self, records: list[OfferRecord], categories: list[str] | None = None) -> None:
-        """categories[i]: the workload category record i came from ("" = unknown)."""
+    def __init__(self, records: list[OfferRecord], categories: list[str] | None = None,
+                 prompt_keys: list[str] | None = None) -> None:
+        """categories[i], prompt_keys[i]: the workload category and prompt record i came from ("" = unknown)."""
         if not records:
             raise ValueError("no acceptance records")
         categories = categories or [""] * len(records)
+        prompt_keys = prompt_keys or [""] * len(records)
         self.pools = {"": _DepthPool(records)}  # all records: for categories without their own
         for category in sorted(set(categories) - {""}):
             self.pools[category] = _DepthPool([r for r, c in zip(records, categories) if c == category])
+        self.prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys) if k == key],
+                                             MIN_PROMPT_RECORDS_PER_DEPTH) for key in sorted(set(prompt_keys) - {""})}
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord:
-        return (self.pools.get(category) or self.pools[""]).offer(depth, top_k, rng)
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = ""
+              ) -> OfferRecord:
+        pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
+        return pool.offer(depth, top_k, rng)
+
+    @property
+    def per_prompt(self) -> bool:
+        return bool(self.prompt_pools)
 
     def top1_acceptance(self, category: str = "") -> dict[int, float]:
         """Per depth: how often the target picked the draft's most likely child."""
@@ -76,8 +97,8 @@ class RecordedAcceptance:
     @classmethod
     def load(cls, path: Path) -> "RecordedAcceptance":
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return cls([OfferRecord(**{k: v for k, v in row.items() if k != "category"}) for row in rows],
-                   [row.get("category", "") for row in rows])
+        return cls([OfferRecord(row["depth"], row["draft_probs"], row["hit"]) for row in rows],
+                   [row.get("category", "") for row in rows], [row.get("prompt", "") for row in rows])
 
 
 def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
@@ -86,11 +107,12 @@ def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
     return OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1)
 
 
-def save_records(path: Path, records: list[OfferRecord], categories: list[str] | None = None) -> None:
+def save_records(path: Path, records: list[OfferRecord], categories: list[str] | None = None,
+                 prompt_keys: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for r, category in zip(records, categories or [""] * len(records)):
-            row = asdict(r) | ({"category": category} if category else {})
+        for r, category, key in zip(records, categories or [""] * len(records), prompt_keys or [""] * len(records)):
+            row = asdict(r) | ({"category": category} if category else {}) | ({"prompt": key} if key else {})
             f.write(json.dumps(row) + "\n")
 
 
@@ -101,12 +123,14 @@ class ParametricAcceptance:
     ratio: float = 0.5  # each further child gets `ratio` of the previous one's probability
     concentration: float = 4.0  # Beta(top1 * c, (1 - top1) * c): spread of the top-1 probability
     replays = False
+    per_prompt = False
 
     def __post_init__(self) -> None:
         if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
             raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "") -> OfferRecord:
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = ""
+              ) -> OfferRecord:
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
         rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]

@@ -21,7 +21,8 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--policies", default="none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve")
     p.add_argument("--variable", default="rate", choices=["rate", "urgent_share", "slo_scale"])
     p.add_argument("--values", default="0.5")
-    p.add_argument("--from-bench", nargs="*", default=None, help="bench result JSONs: replay their exact requests")
+    p.add_argument("--from-bench", nargs="*", default=None,
+                   help="bench result JSONs: run replays their exact requests; record runs their prompts")
     p.add_argument("--bench-dir", nargs="+", default=["benchmarks/results/sweep_rate"],
                    help="validate: a bench sweep's output dir, or several repeats of one sweep")
     p.add_argument("--tokenizer", default=None, help="model whose chat template counts prompt tokens (default ~4 chars/token)")

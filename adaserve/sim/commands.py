@@ -61,8 +61,9 @@ def run(args) -> dict:
     tokenizer = tokenizer_for(args.tokenizer)
     if args.from_bench:
         paths = {i: Path(p) for i, p in enumerate(args.from_bench)}
-        return sweep(policies, list(paths), lambda i: from_bench_result(paths[i]), config, cost, acceptance,
-                     "bench file", out_dir)
+        per_prompt = acceptance is not None and acceptance.per_prompt  # its requests must name their prompts
+        return sweep(policies, list(paths), lambda i: from_bench_result(paths[i], per_prompt), config, cost,
+                     acceptance, "bench file", out_dir)
     if args.workload_file:
         fixed = from_bench_requests(load_workload(Path(args.workload_file)), tokenizer)
         return sweep(policies, [0.0], lambda _: fixed, config, cost, acceptance, "workload file", out_dir)

@@ -41,11 +41,19 @@ class SimProposer:
         self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
         self.draft_passes: list[DraftPass] = []  # of the last propose()
         self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
-        self.categories: dict[str, str] = {}  # per request: its workload category (acceptance differs by task)
+        self.sources: dict[str, tuple[str, str]] = {}  # per request: (category, prompt key) its acceptance is drawn for
+
+    def add(self, request_id: str, category: str, prompt_key: str = "") -> None:
+        """A new request: acceptance differs by task (category) and by prompt."""
+        self.sources[request_id] = (category, prompt_key)
 
     def free(self, request_id: str) -> None:
         self.synced.pop(request_id, None)
-        self.choices.pop(request_id, None)  # (a preempted request keeps its category)
+        self.choices.pop(request_id, None)  # (a preempted request keeps its source)
+
+    def finish(self, request_id: str) -> None:
+        self.free(request_id)
+        self.sources.pop(request_id, None)
 
     def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]:
         trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]
@@ -83,11 +91,11 @@ class SimProposer:
 
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
         choices = self.choices[tree.request_id]
-        category = self.categories.get(tree.request_id, "")
+        category, prompt_key = self.sources.get(tree.request_id, ("", ""))
         draw, depth, top_k, rng = self.acceptance.offer, layer - 1, policy.top_k, self.rng  # frontier depth
         offers = []
         for parent in parents:
-            record = draw(depth, top_k, rng, category)
+            record = draw(depth, top_k, rng, category, prompt_key)
             offers.append(self._offer(record))
             choices[parent] = record.hit + 1 if record.hit >= 0 else NO_MATCH  # token i + 1 is child i
         return grow_layer(tree, parents, offers, policy, layer)

@@ -1,12 +1,19 @@
 """`adaserve simulate record`: run a real draft/target pair over workload prompts (greedy, fixed
 output length, as the benchmark sends them) and save the engine's offer records: at every expanded
-node on a verified path, the draft's top-k probabilities and which child the target chose."""
+node on a verified path, the draft's top-k probabilities and which child the target chose.
+
+  default       `--num-prompts` prompts of each workload category, tagged with their category
+  --from-bench  the prompts a measured bench run sent (its result JSONs), each run alone and its
+                records tagged with its prompt too: the simulator then replays that run's prompts
+"""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
+from adaserve.bench.client import BenchRequest
 from adaserve.bench.datasets import category_prompts
 from adaserve.bench.workload import DEFAULT_MIX
 from adaserve.sampling import SamplingParams
@@ -14,26 +21,47 @@ from adaserve.sim.acceptance import RecordedAcceptance, save_records
 
 
 def record(args) -> Path:
-    """`--num-prompts` prompts of each workload category, run category by category so that every
-    record is tagged with the category it came from."""
     from adaserve.engine.llm import LLM
 
-    rng = random.Random(args.seed)
     llm = LLM(args.model, draft=args.draft, spec_policy=args.record_policy, num_threads=2)
-    params = SamplingParams(max_tokens=args.output_tokens, temperature=0.0, ignore_eos=True)
     offers = llm.engine.spec.stats.offers
-    records, categories = [], []
-    for category in DEFAULT_MIX:
-        prompts = rng.sample(category_prompts(category), args.num_prompts)
+    records, categories, prompt_keys = [], [], []
+    for batch, category, key, max_tokens in _batches(args):
         offers.clear()
-        llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+        llm.chat(batch, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
         records += offers
         categories += [category] * len(offers)
+        prompt_keys += [key] * len(offers)
     out = Path(args.out)
-    save_records(out, records, categories)
-    model = RecordedAcceptance(records, categories)
-    print(f"wrote {len(records)} offer records to {out}")
+    save_records(out, records, categories, prompt_keys)
+    model = RecordedAcceptance(records, categories, prompt_keys)
+    print(f"wrote {len(records)} offer records to {out} ({len(model.prompt_pools)} prompts named)")
     for category in model.pools:
         rates = ", ".join(f"d{d}: {a:.2f}" for d, a in model.top1_acceptance(category).items())
         print(f"  {category or 'all'}: target picks the draft's top-1 at {rates}")
     return out
+
+
+def _batches(args):
+    """(conversations run together, their category, their prompt key or "", output tokens)."""
+    if args.from_bench:
+        for request in _bench_prompts([Path(p) for p in args.from_bench]):
+            yield [request.messages], request.category, request.prompt_key, request.max_tokens
+        return
+    rng = random.Random(args.seed)
+    for category in DEFAULT_MIX:
+        prompts = rng.sample(category_prompts(category), args.num_prompts)
+        yield [[{"role": "user", "content": p}] for p in prompts], category, "", args.output_tokens
+
+
+def _bench_prompts(paths: list[Path]) -> list[BenchRequest]:
+    """One request per distinct prompt the bench results sent (the longest output asked of it)."""
+    from adaserve.bench.run import sent_requests
+
+    longest: dict[str, BenchRequest] = {}
+    for path in paths:
+        for request in sent_requests(json.loads(path.read_text())):
+            known = longest.get(request.prompt_key)
+            if known is None or known.max_tokens < request.max_tokens:
+                longest[request.prompt_key] = request
+    return list(longest.values())

@@ -102,7 +102,7 @@ class Simulator:
         request = Request(request_id, [SYNTHETIC_TOKEN] * item.num_prompt_tokens, params, arrival_time=self.clock.now)
         self.scheduler.add(request)
         if self.proposer:
-            self.proposer.categories[request_id] = item.category
+            self.proposer.add(request_id, item.category, item.prompt_key)
         return request
 
     def _step(self) -> bool:
@@ -162,7 +162,7 @@ class Simulator:
             request.finish_time = self.clock.now
             if self.spec:
                 self.spec.free(request.request_id)
-                self.proposer.categories.pop(request.request_id, None)
+                self.proposer.finish(request.request_id)
 
 
 def _record(item: SimRequest, request: Request) -> BenchRecord:

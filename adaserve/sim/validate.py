@@ -1,10 +1,11 @@
 """`adaserve simulate validate`: replay every point of measured `adaserve bench sweep`s (their exact
-requests: arrivals, categories, SLOs, prompt lengths) in the simulator, per policy, and compare
+requests: arrivals, categories, SLOs, prompt lengths, and their prompts when the acceptance
+records name prompts) in the simulator, per policy, and compare
 attainment and goodput. The simulated side is the mean of `--sim-runs` runs with different seeds
 (they differ in which acceptance records are drawn: with 16 requests a point, one request near its
 SLO is 6 points of attainment). Given repeats of one sweep (same workloads and SLOs), the measured
-side is their mean, each repeat is replayed with its own calibration, and the repeats are also
-compared with each other: that is how far the measurement itself moves between runs.
+side is their mean, each repeat is replayed with its own calibration, and each repeat is also
+compared with the first: that is how far the measurement itself moves between runs.
 Targets: attainment within 10 percentage points, goodput within 20 %.
 Each policy's replay is calibrated with what its server measured (`--calibration`, see calibrated())."""
 
@@ -46,8 +47,8 @@ def validate(args) -> dict:
             rows[-1]["measured_attainment_range"] = [min(m["attainment"] for m in measured),
                                                      max(m["attainment"] for m in measured)]
             print(_format(rows[-1]), flush=True)
-            if len(measured) > 1:  # the second measurement as if it predicted the first
-                repeat_rows.append(_row(policy, point["value"], measured[0], measured[1]))
+            for k, repeat in enumerate(measured[1:], 1):  # each repeat as if it predicted the first sweep
+                repeat_rows.append(_row(policy, point["value"], measured[0], repeat) | {"repeat": k})
     out = {"bench_dirs": [str(d) for d in bench_dirs], "cost_model": cost.meta, "calibration": args.calibration,
            "timings": timings, "sim_runs": args.sim_runs, "first_seed": args.seed, "rows": rows,
            "num_within_targets": _num_ok(rows), "num_points": len(rows)}
@@ -60,9 +61,9 @@ def validate(args) -> dict:
 def _replay(bench_dirs: list[Path], configs: list[SimConfig], policy: str, value: float, cost: CostModel,
             acceptance, sim_runs: int) -> dict:
     """The point's mean outcome over every sweep's exact requests x `sim_runs` seeds."""
-    runs = []
+    runs, per_prompt = [], acceptance is not None and acceptance.per_prompt
     for d, config in zip(bench_dirs, configs):
-        workload = from_bench_result(d / f"{policy.replace(':', '-')}_rate_{value}.json")
+        workload = from_bench_result(d / f"{policy.replace(':', '-')}_rate_{value}.json", per_prompt)
         runs += [simulate(replace(config, seed=config.seed + k), cost, acceptance, workload) for k in range(sim_runs)]
     return _mean([r["categories"]["all"] for r in runs])
 
@@ -72,9 +73,10 @@ def _report(out: dict, out_dir: Path) -> None:
     (out_dir / "validation.json").write_text(json.dumps(out, indent=1))
     print(validation_table(out["rows"]))
     print(f"{out['num_within_targets']}/{out['num_points']} points within +-10 pp attainment and +-20 % goodput")
-    if "repeat_rows" in out:
-        print(f"repeat vs first sweep:\n{validation_table(out['repeat_rows'])}\n{out['repeat_num_within_targets']}/"
-              f"{len(out['repeat_rows'])} points of the repeat within the same targets of the first sweep")
+    for k in sorted({r["repeat"] for r in out.get("repeat_rows", [])}):
+        rows = [r for r in out["repeat_rows"] if r["repeat"] == k]
+        print(f"repeat {k} vs the first sweep:\n{validation_table(rows)}\n{_num_ok(rows)}/{len(rows)} points of "
+              "the repeat within the same targets of the first sweep")
     print(f"wrote {out_dir}/validation.json")
 
 

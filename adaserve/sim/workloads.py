@@ -25,9 +25,12 @@ class SimRequest:
     num_prompt_tokens: int
     max_tokens: int
     slo: SLO
+    prompt_key: str = ""  # which prompt (BenchRequest.prompt_key): acceptance may be recorded per prompt
 
 
-def from_bench_result(path: Path) -> list[SimRequest]:
+def from_bench_result(path: Path, prompt_keys: bool = False) -> list[SimRequest]:
+    """prompt_keys: name each request's prompt even if the result's records do not (results written
+    before they did): rebuild the workload from the result's arguments (needs the datasets)."""
     result = json.loads(Path(path).read_text())
     records = result["records"]
     if not records:
@@ -39,13 +42,18 @@ def from_bench_result(path: Path) -> list[SimRequest]:
     if "wall_time_s" in result and ends:
         start = min(start, max(ends) - result["wall_time_s"])
     max_tokens = int(result["args"]["output_tokens"])
+    keys = [r.get("prompt_key", "") for r in records]
+    if prompt_keys and not all(keys):
+        from adaserve.bench.run import sent_requests
+
+        keys = [q.prompt_key for q in sent_requests(result)]
     out = []
-    for r in records:
+    for r, key in zip(records, keys):
         usage = r.get("server_usage") or {}
         if "prompt_tokens" not in usage:
             raise ValueError(f"{path}: a record has no server usage (prompt length unknown); it failed: {r.get('error')}")
         out.append(SimRequest(r["arrival_time"] - start, r["category"], int(usage["prompt_tokens"]), max_tokens,
-                              SLO(**r["slo"])))
+                              SLO(**r["slo"]), key))
     return sorted(out, key=lambda x: x.arrival_s)
 
 
@@ -58,4 +66,4 @@ def prompt_token_counter(tokenizer=None):
 
 def from_bench_requests(requests: list[BenchRequest], tokenizer=None) -> list[SimRequest]:
     count = prompt_token_counter(tokenizer)
-    return [SimRequest(r.arrival_s, r.category, count(r.messages), r.max_tokens, r.slo) for r in requests]
+    return [SimRequest(r.arrival_s, r.category, count(r.messages), r.max_tokens, r.slo, r.prompt_key) for r in requests]

@@ -1,0 +1,108 @@
+"""Acceptance recorded per prompt: bench results name their prompts (or have them rebuilt from their
+arguments), records carry them, and the simulator draws each request's offers from its own prompt."""
+
+import json
+import random
+from argparse import Namespace
+from dataclasses import asdict
+
+import pytest
+
+from adaserve.bench import run as bench_run
+from adaserve.bench.client import BenchRecord, prompt_key
+from adaserve.sched.cost_model import CostModel, LatencyCurve
+from adaserve.sim.acceptance import MIN_PROMPT_RECORDS_PER_DEPTH, RecordedAcceptance, parse_acceptance, save_records
+from adaserve.sim.config import SimConfig
+from adaserve.sim.simulator import Simulator
+from adaserve.sim.workloads import SimRequest, from_bench_result
+from adaserve.slo import SLO
+from adaserve.spec.stats import OfferRecord
+
+FAKE_PROMPTS = {"coding": ["def add(a, b):", "def sub(a, b):"], "chat": ["hello"], "summarization": ["a long text"]}
+
+
+def chain(depths: range, hit: int) -> list[OfferRecord]:
+    return [OfferRecord(d, [0.9, 0.05], hit) for d in depths]
+
+
+def test_a_prompt_draws_its_own_records_and_others_fall_back_to_the_category(tmp_path):
+    records = chain(range(2), 0) + chain(range(2), -1) + chain(range(2), 0)
+    save_records(tmp_path / "r.jsonl", records, ["coding"] * 6, ["p-good"] * 2 + ["p-bad"] * 2 + [""] * 2)
+    model = parse_acceptance(f"recorded:{tmp_path / 'r.jsonl'}")
+    rng = random.Random(0)
+    assert model.per_prompt and set(model.prompt_pools) == {"p-good", "p-bad"}
+    assert {model.offer(1, 4, rng, "coding", "p-good").hit for _ in range(50)} == {0}
+    assert {model.offer(1, 4, rng, "coding", "p-bad").hit for _ in range(50)} == {-1}
+    assert {model.offer(1, 4, rng, "coding", "p-unknown").hit for _ in range(200)} == {0, -1}  # the category's
+    assert not RecordedAcceptance(records).per_prompt
+
+
+def test_a_prompts_thin_depths_draw_from_the_deepest_well_recorded_depth():
+    # depth 0 and 1 have enough records, depth 2 one: depths >= 2 draw from depth 1
+    n = MIN_PROMPT_RECORDS_PER_DEPTH
+    records = [OfferRecord(0, [0.5], 0)] * n + [OfferRecord(1, [0.6], -1)] * n + [OfferRecord(2, [0.7], 0)]
+    model = RecordedAcceptance(records, ["chat"] * len(records), ["p"] * len(records))
+    rng = random.Random(0)
+    assert {model.offer(2, 4, rng, "chat", "p").draft_probs[0] for _ in range(20)} == {0.6}
+    assert {model.offer(5, 4, rng, "chat", "p").draft_probs[0] for _ in range(20)} == {0.6}
+    assert model.offer(2, 4, rng, "chat").draft_probs[0] == 0.7  # the category pool keeps every depth
+
+
+def test_the_simulator_draws_acceptance_per_prompt():
+    """Same category, two prompts: the one whose records never accept takes far more steps."""
+    records = chain(range(4), 0) * MIN_PROMPT_RECORDS_PER_DEPTH + chain(range(4), -1) * MIN_PROMPT_RECORDS_PER_DEPTH
+    keys = ["good"] * (len(records) // 2) + ["bad"] * (len(records) // 2)
+    acceptance = RecordedAcceptance(records, ["coding"] * len(records), keys)
+    cost = CostModel(LatencyCurve((1,), (10.0,)), LatencyCurve((1,), (5.0,)))
+    steps = {}
+    for key in ("good", "bad"):
+        sim = Simulator(SimConfig(policy="chain:4"), cost, acceptance)
+        sim.run([SimRequest(0.0, "coding", 32, 32, SLO(), key)])
+        steps[key] = sim.num_steps
+    assert steps["bad"] > 3 * steps["good"]
+
+
+def _bench_result(tmp_path, monkeypatch, with_keys: bool):
+    """A bench result as run_bench writes it, for a workload built from fake prompts."""
+    monkeypatch.setattr(bench_run, "category_prompts", lambda c: FAKE_PROMPTS[c])
+    spec_args = {"rate": 2.0, "num_requests": 6, "duration": None, "arrival": "poisson", "cv": 2.0,
+                 "pieces": "30:0.25,30:1.0", "urgent_share": None, "output_tokens": 16, "slo_scale": 1.0,
+                 "seed": 3, "workload_file": None}
+    requests = bench_run.build_workload(bench_run.workload_spec(Namespace(**spec_args)), 100.0,
+                                        {c: FAKE_PROMPTS[c] for c in FAKE_PROMPTS})
+    records = [BenchRecord(q.category, q.slo, 50.0 + q.arrival_s, 50.5 + q.arrival_s, [50.5 + q.arrival_s], 16,
+                           server_usage={"prompt_tokens": 10 + i}, prompt_key=q.prompt_key if with_keys else "")
+               for i, q in enumerate(requests)]
+    result = {"unloaded_tpot_ms": 100.0, "args": spec_args, "records": [asdict(r) for r in records]}
+    path = tmp_path / "point.json"
+    path.write_text(json.dumps(result))
+    return path, requests
+
+
+@pytest.mark.parametrize("with_keys", [True, False])
+def test_bench_results_name_their_prompts_or_have_them_rebuilt(tmp_path, monkeypatch, with_keys):
+    path, requests = _bench_result(tmp_path, monkeypatch, with_keys)
+    workload = from_bench_result(path, prompt_keys=True)
+    assert [w.prompt_key for w in workload] == [prompt_key(q.messages) for q in requests]
+    assert {w.prompt_key for w in workload} <= {prompt_key([{"role": "user", "content": p}])
+                                                for ps in FAKE_PROMPTS.values() for p in ps}
+    if not with_keys:
+        assert {w.prompt_key for w in from_bench_result(path)} == {""}  # not asked: not rebuilt
+
+
+def test_a_bench_result_its_arguments_do_not_rebuild_is_refused(tmp_path, monkeypatch):
+    path, _ = _bench_result(tmp_path, monkeypatch, with_keys=False)
+    result = json.loads(path.read_text())
+    result["records"][0]["category"] = "translation"  # not what the arguments build
+    path.write_text(json.dumps(result))
+    with pytest.raises(ValueError, match="do not match"):
+        from_bench_result(path, prompt_keys=True)
+
+
+def test_recording_from_bench_runs_each_distinct_prompt_once(tmp_path, monkeypatch):
+    from adaserve.sim.record import _bench_prompts
+
+    path, requests = _bench_result(tmp_path, monkeypatch, with_keys=True)
+    prompts = _bench_prompts([path, path])  # (a repeat of the same run adds nothing)
+    assert sorted(q.prompt_key for q in prompts) == sorted({q.prompt_key for q in requests})
+    assert all(q.max_tokens == 16 for q in prompts)
