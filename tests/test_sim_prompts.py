@@ -106,3 +106,26 @@ def test_recording_from_bench_runs_each_distinct_prompt_once(tmp_path, monkeypat
     prompts = _bench_prompts([path, path])  # (a repeat of the same run adds nothing)
     assert sorted(q.prompt_key for q in prompts) == sorted({q.prompt_key for q in requests})
     assert all(q.max_tokens == 16 for q in prompts)
+
+
+def test_a_node_on_the_targets_path_replays_the_record_of_its_output_position():
+    records = [OfferRecord(0, [0.9, 0.1], 0, position=p) for p in range(1, 6)] + [OfferRecord(2, [0.8, 0.2], 1, 6)]
+    model = RecordedAcceptance(records, ["chat"] * 6, ["p"] * 6)
+    rng = random.Random(0)
+    assert model.offer(0, 4, rng, "chat", "p", position=6) == records[-1]  # its position, whatever the depth
+    assert model.offer(5, 1, rng, "chat", "p", position=6) == OfferRecord(2, [0.8], -1, 6)  # cut to top-1
+    assert model.offer(0, 4, rng, "chat", "p", position=9).position in range(1, 7)  # not recorded: the pool
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_simulator_replays_a_prompts_trace_whatever_the_seed(seed):
+    """Output position 3 is the only one the target rejects. chain:4, 11 tokens: the prefill gives
+    token 0; step 1 accepts positions 1, 2 and takes the bonus at 3; step 2 accepts 4..7 plus the
+    bonus 8; step 3 has room for one draft (9) plus the bonus (10)."""
+    trace = [OfferRecord(0, [0.9, 0.05], -1 if p == 3 else 0, position=p) for p in range(1, 11)]
+    acceptance = RecordedAcceptance(trace, ["coding"] * len(trace), ["p"] * len(trace))
+    sim = Simulator(SimConfig(policy="chain:4", seed=seed), CostModel(LatencyCurve((1,), (10.0,)),
+                                                                      LatencyCurve((1,), (5.0,))), acceptance)
+    record = sim.run([SimRequest(0.0, "coding", 32, 11, SLO(), "p")])[0]
+    tokens_per_step = [record.chunk_times.count(t) for t in sorted(set(record.chunk_times))]
+    assert tokens_per_step == [1, 3, 5, 2]

@@ -24,7 +24,7 @@ class Always:
     def __init__(self, hit: int) -> None:
         self.hit = hit
 
-    def offer(self, depth, top_k, rng, category="", prompt_key=""):
+    def offer(self, depth, top_k, rng, category="", prompt_key="", position=-1):
         return OfferRecord(depth, [0.9], self.hit)
 
     replays = per_prompt = False

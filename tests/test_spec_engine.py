@@ -121,6 +121,19 @@ def test_stats_are_recorded_per_request_and_step(smollm2_dir):
     assert sum(o.hit >= 0 for o in offers) >= totals.num_accepted
 
 
+def test_offer_records_name_the_output_position_they_predict(smollm2_dir):
+    """One request: the prefill gives output token 0, every step's root predicts the next one, its
+    path's records follow, and after a rejection (hit -1, a bonus token) the next step predicts the
+    position after it."""
+    llm = LLM(str(smollm2_dir), draft="smollm2-135m", draft_num_layers=6, spec_policy="dynamic-tree:8:4:2")
+    llm.generate([PROMPTS[0]], SamplingParams(max_tokens=24))
+    positions = [o.position for o in llm.engine.spec.stats.offers]
+    assert positions[0] == 1 and positions == sorted(set(positions)) and positions[-1] < 24
+    for o, after in zip(llm.engine.spec.stats.offers, positions[1:]):
+        if o.hit == -1:
+            assert after == o.position + 1
+
+
 def test_offer_records_of_a_self_draft_always_hit_the_top_child(smollm2_dir):
     """Draft = target, greedy: the target's choice is the draft's most likely child."""
     llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3")

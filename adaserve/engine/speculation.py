@@ -116,11 +116,13 @@ class SpecDecoder:
         for i in range(1, layout.num_nodes):
             self.stats.calibration.append((tree.path_prob(layout.source_nodes[i]), i in on_path))
         if self.record_offers:
-            self._record_offers(tree, layout, acceptance)
+            self._record_offers(tree, layout, acceptance, chunk.request.num_output_tokens)
 
-    def _record_offers(self, tree: CandidateTree, layout: TreeLayout, acceptance: Acceptance) -> None:
+    def _record_offers(self, tree: CandidateTree, layout: TreeLayout, acceptance: Acceptance,
+                       num_output_tokens: int) -> None:
         """Every expanded node on the accepted path (root included) with the target's next token
-        there: the accepted child's token, or the bonus token at the end of the path."""
+        there: the accepted child's token, or the bonus token at the end of the path. The root
+        predicts output token num_output_tokens (this step's tokens are not appended yet)."""
         path = [0] + [layout.source_nodes[i] for i in acceptance.accepted_nodes]
         chosen = [layout.token_ids[i] for i in acceptance.accepted_nodes] + [acceptance.bonus_token_id]
         for node, token_id in zip(path, chosen):
@@ -128,7 +130,8 @@ class SpecDecoder:
             if offer is not None:
                 hit = offer.token_ids.index(token_id) if token_id in offer.token_ids else -1
                 probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
-                self.stats.offers.append(OfferRecord(tree.depths[node], probs, hit))
+                depth = tree.depths[node]
+                self.stats.offers.append(OfferRecord(depth, probs, hit, num_output_tokens + depth))
 
     def record_step(self, step: SchedulerOutput, verify_seconds: float, now: float) -> None:
         trees = [c.tree for c in step.chunks if c.tree is not None]

@@ -9,7 +9,10 @@ first) and which child the target will pick there (-1: none of them). Plain Pyth
                workload category they came from (coding, chat, ...) are drawn for requests of that
                category (the pair agrees more on code than on chat); untagged ones for the rest.
                Records also tagged with their prompt (`simulate record --from-bench`: the prompts
-               of a measured run) are drawn for requests of that prompt, replaying that run.
+               of a measured run) are drawn for requests of that prompt, replaying that run; and
+               as greedy decoding makes a prompt's output and the draft's offers along it fixed,
+               a node on the path the target takes is given the record of the very output
+               position it predicts (`position`), where one was recorded.
   parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
                geometrically (ratio `ratio`); the target picks child i with probability
                min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
@@ -36,8 +39,8 @@ class AcceptanceModel(Protocol):
     # True if it draws per prompt: requests should name theirs (SimRequest.prompt_key).
     per_prompt: bool
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = ""
-              ) -> OfferRecord: ...
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
+              position: int = -1) -> OfferRecord: ...
 
 
 # A prompt's records thin out with depth (a depth-d record needs a path accepted to depth d); depths
@@ -79,9 +82,21 @@ class RecordedAcceptance:
             self.pools[category] = _DepthPool([r for r, c in zip(records, categories) if c == category])
         self.prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys) if k == key],
                                              MIN_PROMPT_RECORDS_PER_DEPTH) for key in sorted(set(prompt_keys) - {""})}
+        self.traces: dict[str, dict[int, OfferRecord]] = {}  # per prompt: output position -> its record
+        for r, key in zip(records, prompt_keys):
+            if key and r.position >= 0:
+                self.traces.setdefault(key, {})[r.position] = r
+        self._cut: dict[tuple[str, int, int], OfferRecord] = {}  # trace records cut to a top-k
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = ""
-              ) -> OfferRecord:
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
+              position: int = -1) -> OfferRecord:
+        """position >= 0: the node lies on the target's path and predicts that output token."""
+        record = self.traces.get(prompt_key, {}).get(position)
+        if record is not None:
+            key = (prompt_key, position, top_k)
+            if key not in self._cut:
+                self._cut[key] = _truncate(record, top_k)
+            return self._cut[key]
         pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
         return pool.offer(depth, top_k, rng)
 
@@ -97,14 +112,15 @@ class RecordedAcceptance:
     @classmethod
     def load(cls, path: Path) -> "RecordedAcceptance":
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return cls([OfferRecord(row["depth"], row["draft_probs"], row["hit"]) for row in rows],
+        return cls([OfferRecord(row["depth"], row["draft_probs"], row["hit"], row.get("position", -1)) for row in rows],
                    [row.get("category", "") for row in rows], [row.get("prompt", "") for row in rows])
 
 
 def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
     if len(record.draft_probs) <= top_k:
         return record
-    return OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1)
+    return OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1,
+                       record.position)
 
 
 def save_records(path: Path, records: list[OfferRecord], categories: list[str] | None = None,
@@ -112,7 +128,8 @@ def save_records(path: Path, records: list[OfferRecord], categories: list[str] |
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for r, category, key in zip(records, categories or [""] * len(records), prompt_keys or [""] * len(records)):
-            row = asdict(r) | ({"category": category} if category else {}) | ({"prompt": key} if key else {})
+            row = {k: v for k, v in asdict(r).items() if k != "position" or v >= 0}
+            row |= ({"category": category} if category else {}) | ({"prompt": key} if key else {})
             f.write(json.dumps(row) + "\n")
 
 
@@ -129,8 +146,8 @@ class ParametricAcceptance:
         if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
             raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = ""
-              ) -> OfferRecord:
+    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
+              position: int = -1) -> OfferRecord:
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
         rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]

@@ -6,6 +6,8 @@ The target's choice at each expanded node is kept aside (`target_choices`), so v
 run the engine's own greedy acceptance walk. It also counts the draft passes a real draft model
 would run (sync of newly committed tokens, then one pass per layer), for the cost model.
 Synthetic token ids: child i of a node is token i + 1; -1 means "no drafted child matches".
+Nodes on the target's path (the root, then each such node's picked child) ask the acceptance model
+for the output position they predict: a recorded prompt replays its own trace there.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class SimProposer:
         self.draft_passes: list[DraftPass] = []  # of the last propose()
         self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
         self.sources: dict[str, tuple[str, str]] = {}  # per request: (category, prompt key) its acceptance is drawn for
+        # Per request, this step: (output position the root predicts, nodes on the target's path).
+        self._path: dict[str, tuple[int, set[int]]] = {}
 
     def add(self, request_id: str, category: str, prompt_key: str = "") -> None:
         """A new request: acceptance differs by task (category) and by prompt."""
@@ -50,6 +54,7 @@ class SimProposer:
     def free(self, request_id: str) -> None:
         self.synced.pop(request_id, None)
         self.choices.pop(request_id, None)  # (a preempted request keeps its source)
+        self._path.pop(request_id, None)
 
     def finish(self, request_id: str) -> None:
         self.free(request_id)
@@ -59,6 +64,8 @@ class SimProposer:
         trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]
         for r in requests:
             self.choices[r.request_id] = {}
+            # The root predicts output token num_output_tokens; the target's path starts there.
+            self._path[r.request_id] = (r.num_output_tokens, {0})
         ready, num_sync_tokens, num_sync_seqs = self._sync(requests)
         self.draft_passes = [DraftPass(num_sync_tokens, num_sync_seqs, num_sync_seqs)] if num_sync_tokens else []
         frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
@@ -92,13 +99,18 @@ class SimProposer:
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
         choices = self.choices[tree.request_id]
         category, prompt_key = self.sources.get(tree.request_id, ("", ""))
+        root_position, on_path = self._path[tree.request_id]
         draw, depth, top_k, rng = self.acceptance.offer, layer - 1, policy.top_k, self.rng  # frontier depth
         offers = []
         for parent in parents:
-            record = draw(depth, top_k, rng, category, prompt_key)
+            position = root_position + depth if parent in on_path else -1  # (off the path: any record)
+            record = draw(depth, top_k, rng, category, prompt_key, position)
             offers.append(self._offer(record))
             choices[parent] = record.hit + 1 if record.hit >= 0 else NO_MATCH  # token i + 1 is child i
-        return grow_layer(tree, parents, offers, policy, layer)
+        new_nodes = grow_layer(tree, parents, offers, policy, layer)
+        on_path.update(n for n in new_nodes if tree.parents[n] in on_path
+                       and tree.token_ids[n] == choices[tree.parents[n]])  # the target's pick
+        return new_nodes
 
     def _offer(self, record: OfferRecord) -> Offer:
         """The record as the draft's offer: child i is token i + 1 (built once per replayed record)."""

@@ -70,6 +70,7 @@ class OfferRecord:
     depth: int
     draft_probs: list[float]
     hit: int
+    position: int = -1  # which output token (0-based) the offer predicts; -1: unknown
 
 
 class EngineSpecStats:
