@@ -8,8 +8,9 @@
 #      of the same sweep, validated together with it);
 #   3. the pair's acceptance on the sweep's own prompts, recorded per prompt (acceptance_qwen_prompts);
 #   4. the servers' steps against the profile; the simulator replaying every point of the sweep(s),
-#      calibrated with the logged host time (host) and also with each run's pass speed (speed),
-#      drawing acceptance per category (the records of step 1) and per prompt (step 3: host_prompts);
+#      calibrated with the logged host time (host), also each run's pass speed (speed), or a fit of
+#      every logged pass (passes), drawing acceptance per category (the records of step 1) or per
+#      prompt and position (step 3);
 #   5. the paper-scale study.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
@@ -27,11 +28,16 @@ $PY -m adaserve.cli bench sweep --variable rate --values 0.08,0.16,0.32,0.64 --n
 PROMPTS=benchmarks/results/acceptance_qwen_prompts.jsonl
 $PY -m adaserve.cli simulate record --from-bench $SWEEP/none_rate_*.json --out $PROMPTS
 $PY benchmarks/step_log_vs_cost_model.py $SWEEP/step_logs/*.jsonl --profile $PROFILE --out $SWEEP/step_log_vs_cost_model.json
-for how in host speed; do
-  $PY -m adaserve.cli simulate validate --bench-dir ${REPEATS:-} $SWEEP --calibration $how --cost profile:$PROFILE \
+# host: every sweep (ALL="dir ..." = all runs of it); speed/passes: the runs whose step logs count
+# padding (PADDED="dir ...", default: this sweep and REPEATS).
+VALIDATE="$PY -m adaserve.cli simulate validate --cost profile:$PROFILE"
+$VALIDATE --bench-dir ${ALL:-${REPEATS:-} $SWEEP} --calibration host --out-dir benchmarks/results/sim_validation/host
+$VALIDATE --bench-dir ${ALL:-${REPEATS:-} $SWEEP} --calibration host --acceptance recorded:$PROMPTS \
+    --out-dir benchmarks/results/sim_validation/host_prompts
+for how in speed passes; do
+  $VALIDATE --bench-dir ${PADDED:-${REPEATS:-} $SWEEP} --calibration $how --acceptance recorded:$PROMPTS \
       --out-dir benchmarks/results/sim_validation/$how
 done
-$PY -m adaserve.cli simulate validate --bench-dir ${REPEATS:-} $SWEEP --calibration host --cost profile:$PROFILE \
-    --acceptance recorded:$PROMPTS --out-dir benchmarks/results/sim_validation/host_prompts
+$VALIDATE --bench-dir ${PADDED:-${REPEATS:-} $SWEEP} --calibration passes --out-dir benchmarks/results/sim_validation/passes_category
 $PY benchmarks/sim_paper_scale.py --rates 2,4,6,8,12 --num-requests 600 \
     --timing-policies none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve

@@ -71,8 +71,8 @@ def _bench_result(tmp_path, monkeypatch, with_keys: bool):
     requests = bench_run.build_workload(bench_run.workload_spec(Namespace(**spec_args)), 100.0,
                                         {c: FAKE_PROMPTS[c] for c in FAKE_PROMPTS})
     records = [BenchRecord(q.category, q.slo, 50.0 + q.arrival_s, 50.5 + q.arrival_s, [50.5 + q.arrival_s], 16,
-                           server_usage={"prompt_tokens": 10 + i}, prompt_key=q.prompt_key if with_keys else "")
-               for i, q in enumerate(requests)]
+                           server_usage={"prompt_tokens": len(q.messages[0]["content"])}, prompt_key=q.prompt_key if with_keys else "")
+               for q in requests]
     result = {"unloaded_tpot_ms": 100.0, "args": spec_args, "records": [asdict(r) for r in records]}
     path = tmp_path / "point.json"
     path.write_text(json.dumps(result))
@@ -82,7 +82,7 @@ def _bench_result(tmp_path, monkeypatch, with_keys: bool):
 @pytest.mark.parametrize("with_keys", [True, False])
 def test_bench_results_name_their_prompts_or_have_them_rebuilt(tmp_path, monkeypatch, with_keys):
     path, requests = _bench_result(tmp_path, monkeypatch, with_keys)
-    workload = from_bench_result(path, prompt_keys=True)
+    workload = from_bench_result(path, name_prompts=True)
     assert [w.prompt_key for w in workload] == [prompt_key(q.messages) for q in requests]
     assert {w.prompt_key for w in workload} <= {prompt_key([{"role": "user", "content": p}])
                                                 for ps in FAKE_PROMPTS.values() for p in ps}
@@ -90,13 +90,19 @@ def test_bench_results_name_their_prompts_or_have_them_rebuilt(tmp_path, monkeyp
         assert {w.prompt_key for w in from_bench_result(path)} == {""}  # not asked: not rebuilt
 
 
-def test_a_bench_result_its_arguments_do_not_rebuild_is_refused(tmp_path, monkeypatch):
-    path, _ = _bench_result(tmp_path, monkeypatch, with_keys=False)
+@pytest.mark.parametrize("change", ["category", "prompt length"])
+def test_a_bench_result_its_arguments_do_not_rebuild_is_refused(tmp_path, monkeypatch, change):
+    path, requests = _bench_result(tmp_path, monkeypatch, with_keys=False)
     result = json.loads(path.read_text())
-    result["records"][0]["category"] = "translation"  # not what the arguments build
+    if change == "category":
+        result["records"][0]["category"] = "translation"  # not what the arguments build
+    else:  # one of two requests that share a rebuilt prompt was longer: it was another prompt
+        keys = [q.prompt_key for q in requests]
+        i = next(i for i, k in enumerate(keys) if keys.count(k) > 1)
+        result["records"][i]["server_usage"]["prompt_tokens"] += 1
     path.write_text(json.dumps(result))
     with pytest.raises(ValueError, match="do not match"):
-        from_bench_result(path, prompt_keys=True)
+        from_bench_result(path, name_prompts=True)
 
 
 def test_recording_from_bench_runs_each_distinct_prompt_once(tmp_path, monkeypatch):
@@ -117,12 +123,13 @@ def test_a_node_on_the_targets_path_replays_the_record_of_its_output_position():
     assert model.offer(0, 4, rng, "chat", "p", position=9).position in range(1, 7)  # not recorded: the pool
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_simulator_replays_a_prompts_trace_whatever_the_seed(seed):
-    """Output position 3 is the only one the target rejects. chain:4, 11 tokens: the prefill gives
-    token 0; step 1 accepts positions 1, 2 and takes the bonus at 3; step 2 accepts 4..7 plus the
-    bonus 8; step 3 has room for one draft (9) plus the bonus (10)."""
-    trace = [OfferRecord(0, [0.9, 0.05], -1 if p == 3 else 0, position=p) for p in range(1, 11)]
+@pytest.mark.parametrize("seed, miss", [(0, -1), (1, -1), (2, -1), (0, 1)])
+def test_the_simulator_replays_a_prompts_trace_whatever_the_seed(seed, miss):
+    """Output position 3 is the only one where the target does not pick the draft's top child
+    (none of the offered children, or the second one, which chain:4 does not keep). 11 tokens: the
+    prefill gives token 0; step 1 accepts positions 1, 2 and takes the bonus at 3; step 2 accepts
+    4..7 plus the bonus 8; step 3 has room for one draft (9) plus the bonus (10)."""
+    trace = [OfferRecord(0, [0.9, 0.05], miss if p == 3 else 0, position=p) for p in range(1, 11)]
     acceptance = RecordedAcceptance(trace, ["coding"] * len(trace), ["p"] * len(trace))
     sim = Simulator(SimConfig(policy="chain:4", seed=seed), CostModel(LatencyCurve((1,), (10.0,)),
                                                                       LatencyCurve((1,), (5.0,))), acceptance)

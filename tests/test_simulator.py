@@ -223,10 +223,17 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
     out = validate(args)
     assert out["num_points"] == 2 and out["num_within_targets"] == 2
     assert all(abs(r["attainment_diff_pp"]) < 1e-9 and abs(r["goodput_rel_diff"]) < 0.01 for r in out["rows"])
+    # Plain decoding replays every request's TPOT exactly (9 requests, 1 sweep).
+    assert out["rows"][0]["request_tpot_rel_errors"] == pytest.approx([0.0] * 9, abs=1e-9)
+
+    def outcome(rows):
+        return [{k: v for k, v in r.items() if k != "request_tpot_rel_errors"} for r in rows]
+
     averaged = validate(Namespace(**dict(vars(args), sim_runs=3)))  # seeds 0, 1, 2: plain decoding draws nothing
-    assert averaged["sim_runs"] == 3 and averaged["rows"][0] == out["rows"][0]
+    assert averaged["sim_runs"] == 3 and outcome(averaged["rows"])[0] == outcome(out["rows"])[0]
     twice = validate(Namespace(**dict(vars(args), bench_dir=[str(tmp_path)] * 2)))  # a "repeat" that is the same
-    assert twice["rows"] == out["rows"] and twice["repeat_num_within_targets"] == 2
+    assert outcome(twice["rows"]) == outcome(out["rows"]) and twice["repeat_num_within_targets"] == 2
+    assert len(twice["rows"][1]["request_tpot_rel_errors"]) == 18  # per request and sweep
     assert all(r["attainment_diff_pp"] == 0.0 for r in twice["repeat_rows"])
 
 

@@ -79,11 +79,11 @@ class RecordedAcceptance:
         prompt_keys = prompt_keys or [""] * len(records)
         self.pools = {"": _DepthPool(records)}  # all records: for categories without their own
         for category in sorted(set(categories) - {""}):
-            self.pools[category] = _DepthPool([r for r, c in zip(records, categories) if c == category])
-        self.prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys) if k == key],
+            self.pools[category] = _DepthPool([r for r, c in zip(records, categories, strict=True) if c == category])
+        self.prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys, strict=True) if k == key],
                                              MIN_PROMPT_RECORDS_PER_DEPTH) for key in sorted(set(prompt_keys) - {""})}
         self.traces: dict[str, dict[int, OfferRecord]] = {}  # per prompt: output position -> its record
-        for r, key in zip(records, prompt_keys):
+        for r, key in zip(records, prompt_keys, strict=True):
             if key and r.position >= 0:
                 self.traces.setdefault(key, {})[r.position] = r
         self._cut: dict[tuple[str, int, int], OfferRecord] = {}  # trace records cut to a top-k
@@ -127,7 +127,8 @@ def save_records(path: Path, records: list[OfferRecord], categories: list[str] |
                  prompt_keys: list[str] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for r, category, key in zip(records, categories or [""] * len(records), prompt_keys or [""] * len(records)):
+        for r, category, key in zip(records, categories or [""] * len(records), prompt_keys or [""] * len(records),
+                                    strict=True):
             row = {k: v for k, v in asdict(r).items() if k != "position" or v >= 0}
             row |= ({"category": category} if category else {}) | ({"prompt": key} if key else {})
             f.write(json.dumps(row) + "\n")

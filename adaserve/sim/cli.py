@@ -30,9 +30,11 @@ def add_simulate_parser(sub) -> None:
                    help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)")
     p.add_argument("--step-overhead-ms", type=float, default=0.0,
                    help="per-iteration time beyond the forward passes (validate: with --calibration none)")
-    p.add_argument("--calibration", default="host", choices=["host", "speed", "unloaded", "none"],
+    p.add_argument("--calibration", default="host", choices=["host", "speed", "passes", "unloaded", "none"],
                    help="validate: host = each server's logged host time per step; speed = also its measured/"
-                   "predicted pass time; unloaded = measured - simulated unloaded TPOT; none = --step-overhead-ms")
+                   "predicted pass time; passes = host, and each model's passes fitted against the profile "
+                   "(scale and per extra sequence) over the sweep's logs; unloaded = measured - simulated unloaded "
+                   "TPOT; none = --step-overhead-ms")
     p.add_argument("--sim-runs", type=int, default=5,
                    help="validate: simulations per point (seeds --seed, --seed + 1, ...), averaged")
     p.add_argument("--kv-capacity-tokens", type=int, default=SimConfig.kv_capacity_tokens)

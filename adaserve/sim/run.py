@@ -19,13 +19,17 @@ from adaserve.sim.workloads import SimRequest, from_bench_requests
 from adaserve.slo import SLO
 
 
-def simulate(config: SimConfig, cost: CostModel, acceptance: AcceptanceModel | None, workload: list[SimRequest]) -> dict:
+def simulate(config: SimConfig, cost: CostModel, acceptance: AcceptanceModel | None, workload: list[SimRequest],
+             tpots_out: list | None = None) -> dict:
     """Metrics of one simulated run. Wall time runs from the start of the run (arrival offsets count
-    from it) to the last token, as `adaserve bench` measures it."""
+    from it) to the last token, as `adaserve bench` measures it. tpots_out: gets the list of every
+    request's TPOT (s), in arrival order."""
     sim = Simulator(config, cost, acceptance)
     start = time.perf_counter()
     records = sim.run(workload)
     elapsed = time.perf_counter() - start
+    if tpots_out is not None:
+        tpots_out.append([r.timing.tpot_s for r in records])
     wall = max((r.chunk_times[-1] for r in records if r.chunk_times), default=0.0)
     return {"policy": config.policy, "simulated": True, "num_steps": sim.num_steps, "sim_seconds": elapsed,
             **bench_report(records, max(wall, 1e-9))}

@@ -129,15 +129,17 @@ class Simulator:
             mean_context = context / len(step.chunks)
             for p in self.proposer.draft_passes:
                 pairs = int((p.num_tokens - p.num_seqs) * mean_context)
-                draft_ms += self.cost.draft_ms(p.num_tokens, context, p.num_seqs, pairs, p.num_logit_rows - p.num_seqs)
+                predicted = self.cost.draft_ms(p.num_tokens, context, p.num_seqs, pairs, p.num_logit_rows - p.num_seqs)
+                draft_ms += self.config.draft_pass(predicted, p.num_seqs)
                 num_draft_rows += p.num_logit_rows
         # Logits: one row per sampling sequence, and every node of a verified tree.
         num_target_rows = sum(c.tree.num_nodes if c.tree is not None else int(c.samples) for c in step.chunks)
         extra_rows = sum(c.tree.num_nodes - 1 for c in step.chunks if c.tree is not None)
         # Attention groups pad their members' KV to the longest; those positions are read too.
         padded = num_padded_kv([(c.num_new_tokens, c.start + c.num_new_tokens) for c in step.chunks])
-        verify_ms = self.cost.verify_ms(step.num_batched_tokens, context + padded, len(step.chunks),
-                                        step.num_context_pairs, extra_rows)
+        verify_ms = self.config.target_pass(self.cost.verify_ms(step.num_batched_tokens, context + padded,
+                                                                len(step.chunks), step.num_context_pairs, extra_rows),
+                                            len(step.chunks))
         return (draft_ms + verify_ms) * self.config.time_scale + self.host(num_target_rows, num_draft_rows)
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:

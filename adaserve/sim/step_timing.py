@@ -12,6 +12,7 @@ import numpy as np
 
 from adaserve.engine.step_log import PassRecord, StepRecord
 from adaserve.sched.cost_model import CostModel
+from adaserve.sim.config import PassCorrection
 
 
 def predicted_pass_ms(cost: CostModel, p: PassRecord) -> float:
@@ -80,3 +81,16 @@ def fit_host_model(steps: list[StepRecord]) -> HostModel:
         keep = [k for k in keep if k not in negative]
     full = dict(zip(keep, coef.tolist()))
     return HostModel(full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0))
+
+
+def fit_pass_correction(passes: list[PassRecord], cost: CostModel) -> PassCorrection:
+    """Least squares of one model's measured pass times on [predicted, sequences - 1] (no constant;
+    a negative per-sequence term is dropped and the scale refitted)."""
+    if not passes:
+        return PassCorrection()
+    measured = np.array([measured_pass_ms(p) for p in passes])  # [num_passes]
+    columns = np.array([[predicted_pass_ms(cost, p), p.num_seqs - 1] for p in passes])  # [num_passes, 2]
+    (scale, per_seq), *_ = np.linalg.lstsq(columns, measured, rcond=None)
+    if per_seq < 0:
+        scale, per_seq = float(columns[:, 0] @ measured / (columns[:, 0] @ columns[:, 0])), 0.0
+    return PassCorrection(float(scale), float(per_seq))

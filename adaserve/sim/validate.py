@@ -16,13 +16,15 @@ from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
+from adaserve.bench.client import BenchRecord
 from adaserve.engine.step_log import read_step_log
 from adaserve.sched.cost_model import CostModel
 from adaserve.sim.commands import load_models, sim_config
-from adaserve.sim.config import SimConfig
+from adaserve.sim.config import PassCorrection, SimConfig
 from adaserve.sim.run import simulate, unloaded_tpot_ms
-from adaserve.sim.step_timing import HostModel, fit_host_model, run_timing
+from adaserve.sim.step_timing import HostModel, fit_host_model, fit_pass_correction, run_timing
 from adaserve.sim.workloads import from_bench_result
+from adaserve.slo import SLO
 
 
 def validate(args) -> dict:
@@ -39,19 +41,24 @@ def validate(args) -> dict:
             configs.append(replace(config, policy=policy))
             print(f"{policy} ({args.calibration}, {d}): host {config.step_overhead_ms:.2f} ms per step + "
                   f"{config.host_ms_per_target_row:.3f} per target row + {config.host_ms_per_draft_row:.3f} per draft "
-                  f"row, pass times x{config.time_scale:.3f}", flush=True)
+                  f"row, pass times x{config.time_scale:.3f}, target {config.target_pass}, draft {config.draft_pass}",
+                  flush=True)
         for k, point in enumerate(points):
             measured = [_same_point(s, policy, k, point["value"])["categories"]["all"] for s in summaries]
-            simulated = _replay(bench_dirs, configs, policy, point["value"], cost, acceptance, args.sim_runs)
+            simulated, errors, num_own = _replay(bench_dirs, configs, policy, point["value"], cost, acceptance,
+                                                 args.sim_runs)
             rows.append(_row(policy, point["value"], _mean(measured), simulated))
             rows[-1]["measured_attainment_range"] = [min(m["attainment"] for m in measured),
                                                      max(m["attainment"] for m in measured)]
+            rows[-1].update(request_tpot_rel_errors=errors, num_requests_with_own_prompt_records=num_own)
             print(_format(rows[-1]), flush=True)
-            for k, repeat in enumerate(measured[1:], 1):  # each repeat as if it predicted the first sweep
-                repeat_rows.append(_row(policy, point["value"], measured[0], repeat) | {"repeat": k})
+            for r, repeat in enumerate(measured[1:], 1):  # each repeat as if it predicted the first sweep
+                repeat_rows.append(_row(policy, point["value"], measured[0], repeat) | {"repeat": r})
     out = {"bench_dirs": [str(d) for d in bench_dirs], "cost_model": cost.meta, "calibration": args.calibration,
            "timings": timings, "sim_runs": args.sim_runs, "first_seed": args.seed, "rows": rows,
-           "num_within_targets": _num_ok(rows), "num_points": len(rows)}
+           "num_within_targets": _num_ok(rows), "num_points": len(rows),
+           "request_tpot_abs_rel_error": _spread([abs(e) for r in rows for e in r["request_tpot_rel_errors"]]),
+           "num_requests_with_own_prompt_records": sum(r["num_requests_with_own_prompt_records"] for r in rows)}
     if repeat_rows:
         out.update(repeat_rows=repeat_rows, repeat_num_within_targets=_num_ok(repeat_rows))
     _report(out, Path(args.out_dir))
@@ -59,13 +66,38 @@ def validate(args) -> dict:
 
 
 def _replay(bench_dirs: list[Path], configs: list[SimConfig], policy: str, value: float, cost: CostModel,
-            acceptance, sim_runs: int) -> dict:
-    """The point's mean outcome over every sweep's exact requests x `sim_runs` seeds."""
-    runs, per_prompt = [], acceptance is not None and acceptance.per_prompt
+            acceptance, sim_runs: int) -> tuple[dict, list[float], int]:
+    """The point's mean outcome over every sweep's exact requests x `sim_runs` seeds; per request
+    and sweep, its simulated TPOT (mean over the seeds) / its measured TPOT - 1; and how many of
+    those requests found records of their own prompt (the rest draw their category's)."""
+    runs, errors, per_prompt = [], [], acceptance is not None and acceptance.per_prompt
+    num_own = 0
     for d, config in zip(bench_dirs, configs):
-        workload = from_bench_result(d / f"{policy.replace(':', '-')}_rate_{value}.json", per_prompt)
-        runs += [simulate(replace(config, seed=config.seed + k), cost, acceptance, workload) for k in range(sim_runs)]
-    return _mean([r["categories"]["all"] for r in runs])
+        path = d / f"{policy.replace(':', '-')}_rate_{value}.json"
+        workload, tpots = from_bench_result(path, per_prompt), []
+        if per_prompt:
+            num_own += sum(1 for w in workload if w.prompt_key in acceptance.prompt_pools)
+        runs += [simulate(replace(config, seed=config.seed + k), cost, acceptance, workload, tpots)
+                 for k in range(sim_runs)]
+        for i, measured in enumerate(_measured_tpots(path)):
+            simulated = [run[i] for run in tpots if run[i] is not None]
+            if measured and simulated:
+                errors.append(sum(simulated) / len(simulated) / measured - 1.0)
+    return _mean([r["categories"]["all"] for r in runs]), errors, num_own
+
+
+def _measured_tpots(path: Path) -> list[float | None]:
+    """Every request's TPOT (s) as the benchmark measured it, in arrival order (the replay's order)."""
+    records = sorted(json.loads(path.read_text())["records"], key=lambda r: r["arrival_time"])
+    return [BenchRecord(**{**r, "slo": SLO(**r["slo"])}).timing.tpot_s for r in records]
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {}
+    ranked = sorted(values)
+    return {"num": len(ranked), "median": ranked[len(ranked) // 2], "p90": ranked[int(0.9 * (len(ranked) - 1))],
+            "max": ranked[-1]}
 
 
 def _report(out: dict, out_dir: Path) -> None:
@@ -73,6 +105,13 @@ def _report(out: dict, out_dir: Path) -> None:
     (out_dir / "validation.json").write_text(json.dumps(out, indent=1))
     print(validation_table(out["rows"]))
     print(f"{out['num_within_targets']}/{out['num_points']} points within +-10 pp attainment and +-20 % goodput")
+    spread = out["request_tpot_abs_rel_error"]
+    if spread:
+        print(f"per request, simulated TPOT vs measured ({spread['num']} requests): |error| median "
+              f"{spread['median']:.1%}, p90 {spread['p90']:.1%}, max {spread['max']:.1%}")
+    if out["num_requests_with_own_prompt_records"]:
+        print(f"{out['num_requests_with_own_prompt_records']} of {spread['num']} replayed requests drew from their "
+              "own prompt's records")
     for k in sorted({r["repeat"] for r in out.get("repeat_rows", [])}):
         rows = [r for r in out["repeat_rows"] if r["repeat"] == k]
         print(f"repeat {k} vs the first sweep:\n{validation_table(rows)}\n{_num_ok(rows)}/{len(rows)} points of "
@@ -100,6 +139,8 @@ def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summar
     host:     host time per step from the servers' step logs (a HostModel fitted over all of them)
     speed:    host, and pass times scaled by measured / predicted over this policy's logged run (the
               machine ran slower or faster than when it was profiled)
+    passes:   host, and each model's passes corrected by a PassCorrection fitted over all the sweep's
+              logged passes (speed, and a cost per extra sequence in a pass the profile does not see)
     """
     if how == "none":
         return config, {"step_overhead_ms": config.step_overhead_ms, "time_scale": 1.0}
@@ -117,11 +158,22 @@ def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summar
     config = replace(config, step_overhead_ms=host.ms_per_step, host_ms_per_target_row=host.ms_per_target_row,
                      host_ms_per_draft_row=host.ms_per_draft_row)
     info = {"host_model": asdict(host), "time_scale": 1.0}
+    if how == "passes":
+        target, draft = _pass_corrections(tuple(logs), cost)
+        config = replace(config, target_pass=target, draft_pass=draft)
+        info.update(target_pass=asdict(target), draft_pass=asdict(draft))
     if how == "speed":
         timing = run_timing(read_step_log(log_path), cost)
         config = replace(config, time_scale=timing.speed_factor)
         info.update(asdict(timing), time_scale=timing.speed_factor)
     return config, info
+
+
+@lru_cache(maxsize=4)
+def _pass_corrections(logs: tuple[Path, ...], cost: CostModel) -> tuple[PassCorrection, PassCorrection]:
+    """(target, draft): one engine on one machine, fitted over every server's passes."""
+    passes = [p for path in logs for s in read_step_log(path) for p in s.passes]
+    return tuple(fit_pass_correction([p for p in passes if p.model == m], cost) for m in ("target", "draft"))
 
 
 @lru_cache(maxsize=4)

@@ -28,8 +28,8 @@ class SimRequest:
     prompt_key: str = ""  # which prompt (BenchRequest.prompt_key): acceptance may be recorded per prompt
 
 
-def from_bench_result(path: Path, prompt_keys: bool = False) -> list[SimRequest]:
-    """prompt_keys: name each request's prompt even if the result's records do not (results written
+def from_bench_result(path: Path, name_prompts: bool = False) -> list[SimRequest]:
+    """name_prompts: name each request's prompt even if the result's records do not (results written
     before they did): rebuild the workload from the result's arguments (needs the datasets)."""
     result = json.loads(Path(path).read_text())
     records = result["records"]
@@ -43,7 +43,7 @@ def from_bench_result(path: Path, prompt_keys: bool = False) -> list[SimRequest]
         start = min(start, max(ends) - result["wall_time_s"])
     max_tokens = int(result["args"]["output_tokens"])
     keys = [r.get("prompt_key", "") for r in records]
-    if prompt_keys and not all(keys):
+    if name_prompts and not all(keys):
         from adaserve.bench.run import sent_requests
 
         keys = [q.prompt_key for q in sent_requests(result)]
