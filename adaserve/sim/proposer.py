@@ -57,7 +57,7 @@ class SimProposer:
         self._path.pop(request_id, None)
 
     def finish(self, request_id: str) -> None:
-        self.free(request_id)
+        """A finished request (already freed): forget its source too."""
         self.sources.pop(request_id, None)
 
     def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]:

@@ -72,25 +72,28 @@ def fit_host_model(steps: list[StepRecord]) -> HostModel:
     out negative are dropped and the rest refitted)."""
     host = np.array([s.step_ms - sum(measured_pass_ms(p) for p in s.passes) for s in steps])  # [num_steps]
     columns = np.array([[1.0, logit_rows(s, "target"), logit_rows(s, "draft")] for s in steps])  # [num_steps, 3]
-    keep = [0, 1, 2]
+    return HostModel(*_nonnegative_lstsq(columns, host))
+
+
+def _nonnegative_lstsq(columns: np.ndarray, values: np.ndarray) -> list[float]:
+    """Least-squares coefficients of columns [n, k] for values [n]; terms that come out negative are
+    dropped (0) and the rest refitted."""
+    keep = list(range(columns.shape[1]))
     while True:
-        coef, *_ = np.linalg.lstsq(columns[:, keep], host, rcond=None)
+        coef, *_ = np.linalg.lstsq(columns[:, keep], values, rcond=None)
         negative = [k for k, c in zip(keep, coef) if c < 0]
         if not negative:
             break
         keep = [k for k in keep if k not in negative]
     full = dict(zip(keep, coef.tolist()))
-    return HostModel(full.get(0, 0.0), full.get(1, 0.0), full.get(2, 0.0))
+    return [float(full.get(k, 0.0)) for k in range(columns.shape[1])]
 
 
 def fit_pass_correction(passes: list[PassRecord], cost: CostModel) -> PassCorrection:
     """Least squares of one model's measured pass times on [predicted, sequences - 1] (no constant;
-    a negative per-sequence term is dropped and the scale refitted)."""
+    a negative term is dropped and the other refitted)."""
     if not passes:
         return PassCorrection()
     measured = np.array([measured_pass_ms(p) for p in passes])  # [num_passes]
     columns = np.array([[predicted_pass_ms(cost, p), p.num_seqs - 1] for p in passes])  # [num_passes, 2]
-    (scale, per_seq), *_ = np.linalg.lstsq(columns, measured, rcond=None)
-    if per_seq < 0:
-        scale, per_seq = float(columns[:, 0] @ measured / (columns[:, 0] @ columns[:, 0])), 0.0
-    return PassCorrection(float(scale), float(per_seq))
+    return PassCorrection(*_nonnegative_lstsq(columns, measured))

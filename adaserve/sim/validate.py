@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from adaserve.bench.client import BenchRecord
-from adaserve.engine.step_log import read_step_log
+from adaserve.engine.step_log import StepRecord, read_step_log
 from adaserve.sched.cost_model import CostModel
 from adaserve.sim.commands import load_models, sim_config
 from adaserve.sim.config import PassCorrection, SimConfig
@@ -172,14 +172,20 @@ def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summar
 @lru_cache(maxsize=4)
 def _pass_corrections(logs: tuple[Path, ...], cost: CostModel) -> tuple[PassCorrection, PassCorrection]:
     """(target, draft): one engine on one machine, fitted over every server's passes."""
-    passes = [p for path in logs for s in read_step_log(path) for p in s.passes]
+    passes = [p for s in _logged_steps(logs) for p in s.passes]
     return tuple(fit_pass_correction([p for p in passes if p.model == m], cost) for m in ("target", "draft"))
 
 
 @lru_cache(maxsize=4)
 def _host_model(logs: tuple[Path, ...]) -> HostModel:
     """One engine, one host model: fitted over every server's steps."""
-    return fit_host_model([s for path in logs for s in read_step_log(path)])
+    return fit_host_model(_logged_steps(logs))
+
+
+@lru_cache(maxsize=4)
+def _logged_steps(logs: tuple[Path, ...]) -> list[StepRecord]:
+    """Every step of a sweep's servers, read once for both fits."""
+    return [s for path in logs for s in read_step_log(path)]
 
 
 def validation_table(rows: list[dict]) -> str:
