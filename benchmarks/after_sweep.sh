@@ -26,7 +26,8 @@ $PY -m adaserve.cli bench sweep --variable rate --values 0.08,0.16,0.32,0.64 --n
     --policies none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve ${UNLOADED:+--unloaded-tpot-ms $UNLOADED} \
     --out-dir $SWEEP --step-log-dir $SWEEP/step_logs
 PROMPTS=benchmarks/results/acceptance_qwen_prompts.jsonl
-$PY -m adaserve.cli simulate record --from-bench $SWEEP/none_rate_*.json --out $PROMPTS
+$PY -m adaserve.cli simulate record --from-bench $SWEEP/none_rate_*.json --out $PROMPTS \
+    --record-policy dynamic-tree:16:8:8,dynamic-tree:16:6:8
 $PY benchmarks/step_log_vs_cost_model.py $SWEEP/step_logs/*.jsonl --profile $PROFILE --out $SWEEP/step_log_vs_cost_model.json
 # host: every sweep (ALL="dir ..." = all runs of it); speed/passes: the runs whose step logs count
 # padding (PADDED="dir ...", default: this sweep and REPEATS).

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from adaserve.bench.tables import headline, sweep_table
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
                     lambda rate: generated_workload(replace(spec, rate=rate), unloaded), A100X4_70B, cost,
                     acceptance, "rate", out_dir)
     report = {"cost_model": cost.meta, "acceptance": args.acceptance, "unloaded_tpot_ms": unloaded,
-              "config": vars(A100X4_70B), "num_requests_per_point": args.num_requests, "paper": PAPER,
+              "config": asdict(A100X4_70B), "num_requests_per_point": args.num_requests, "paper": PAPER,
               "ratios": headline(summary)}
     if args.timing_policies:
         report["simulate_10k"] = time_10k(cost, acceptance, A100X4_70B, replace(spec, rate=max(float(r) for r in args.rates.split(","))),

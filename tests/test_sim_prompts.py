@@ -136,3 +136,23 @@ def test_the_simulator_replays_a_prompts_trace_whatever_the_seed(seed, miss):
     record = sim.run([SimRequest(0.0, "coding", 32, 11, SLO(), "p")])[0]
     tokens_per_step = [record.chunk_times.count(t) for t in sorted(set(record.chunk_times))]
     assert tokens_per_step == [1, 3, 5, 2]
+
+
+def test_a_second_recording_policy_fills_the_positions_the_first_missed(tmp_path, monkeypatch, smollm2_dir):
+    """Self-drafting accepts every tree whole, so each bonus token's position is predicted by no
+    offer: depth 3 misses every 4th position, depth 4 every 5th; together they cover all of them."""
+    from adaserve.sim import record as record_module
+
+    messages = [{"role": "user", "content": "Count from one to twenty."}]
+    monkeypatch.setattr(record_module, "_batches", lambda args: iter([([messages], "chat", "p", 16)]))
+
+    def traces(policies: str) -> dict[int, OfferRecord]:
+        out = tmp_path / f"{policies}.jsonl"
+        record_module.record(Namespace(model=str(smollm2_dir), draft="smollm2-135m", record_policy=policies, out=str(out)))
+        model = RecordedAcceptance.load(out)
+        return model.traces["p"], sum(1 for line in out.read_text().splitlines() if line)
+
+    one, _ = traces("dynamic-tree:3:3:1")
+    both, num_records = traces("dynamic-tree:3:3:1,dynamic-tree:4:4:1")
+    assert set(range(1, 16)) - set(one)  # the first policy alone leaves gaps
+    assert set(both) == set(range(1, 16)) and num_records == 15  # the second fills exactly those

@@ -319,3 +319,26 @@ def test_simulated_decodes_pay_for_their_attention_groups_padding():
     result = simulate(SimConfig(policy="none"), cost, None, workload)
     # Decode steps read 400 and 402 cached tokens plus 200 padded: 10 + 0.1 x (401 + 200) ms on average.
     assert result["categories"]["all"]["tpot_ms"]["median"] == pytest.approx(70.1)
+
+
+def test_simulated_draft_passes_have_the_shapes_the_engine_logs():
+    """A 2-wide, 3-deep dynamic tree for one request of 40 committed tokens, the draft synced to 37:
+    the sync feeds 3 tokens after 37 (one logits row), then layer 1 (2 nodes) after the 40 tokens,
+    layer 2 (2 nodes) after 40 + the 2 of layer 1; layer 3 is drafted from layer 2's logits, not fed."""
+    from adaserve.request import Request
+    from adaserve.sampling import SamplingParams
+    from adaserve.sim.proposer import SimProposer
+    from adaserve.spec.policies import make_policy
+
+    class TwoChildren(Always):
+        def offer(self, depth, top_k, rng, category="", prompt_key="", position=-1):
+            return OfferRecord(depth, [0.6, 0.3], 0)
+
+    proposer = SimProposer(TwoChildren(0), random.Random(0))
+    request = Request("r", list(range(40)), SamplingParams(max_tokens=8), arrival_time=0.0)
+    proposer.add("r", "coding")
+    proposer.synced["r"] = 37
+    proposer.propose([request], make_policy("dynamic-tree:4:3:2"))
+    shapes = [(p.num_tokens, p.num_seqs, p.num_context_tokens, p.num_context_pairs, p.num_logit_rows)
+              for p in proposer.draft_passes]
+    assert shapes == [(3, 1, 37, 2 * 37, 1), (2, 1, 40, 40, 2), (2, 1, 42, 42, 2)]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from adaserve.engine.step_log import PassRecord, StepLog
+from adaserve.engine.step_log import PassRecord, StepLog, pass_record
 from adaserve.kv.manager import KVCacheManager
-from adaserve.models.attention import SeqSpec, build_attention_metadata, num_padded_kv
+from adaserve.models.attention import SeqSpec, build_attention_metadata
 from adaserve.models.llama import CausalLM, KVCache
 
 
@@ -56,11 +56,8 @@ class ModelExecutor:
         return hidden
 
     def _pass_record(self, seqs: list[SeqInput], forward_ms: float) -> PassRecord:
-        """The pass in the cost model's terms. A tree layer's earlier nodes count as cached context."""
-        cached = [s.spec.num_cached + s.spec.num_prior for s in seqs]
-        return PassRecord(self.name, sum(len(s.token_ids) for s in seqs), len(seqs), sum(cached),
-                          sum((len(s.token_ids) - 1) * c for s, c in zip(seqs, cached)),
-                          num_padded_kv([(s.spec.num_new, s.spec.kv_len) for s in seqs]), forward_ms=forward_ms)
+        """The pass in the cost model's terms (its logits rows are added as they are computed)."""
+        return pass_record(self.name, [(s.spec.num_new, s.spec.num_cached + s.spec.num_prior) for s in seqs], 0, forward_ms)
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:

@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adaserve.models.attention import num_padded_kv
+
 
 @dataclass
 class PassRecord:
@@ -28,6 +30,16 @@ class PassRecord:
     num_logit_rows: int = 0
     forward_ms: float = 0.0
     logits_ms: float = 0.0
+
+
+def pass_record(model: str, shapes: list[tuple[int, int]], num_logit_rows: int, forward_ms: float = 0.0) -> PassRecord:
+    """A pass over sequences given as (new tokens, cached tokens before them; for a draft tree layer
+    its earlier layers' nodes count as cached), in the cost model's terms. Worked example: a decode
+    after 300 cached tokens and a 4-node layer after 200 tokens + 3 earlier nodes -> 5 tokens, 2
+    sequences, 503 context tokens, 3 x 203 = 609 pairs, KV padded as attention groups pad it."""
+    return PassRecord(model, sum(n for n, _ in shapes), len(shapes), sum(c for _, c in shapes),
+                      sum((n - 1) * c for n, c in shapes), num_padded_kv([(n, c + n) for n, c in shapes]),
+                      num_logit_rows, forward_ms)
 
 
 @dataclass

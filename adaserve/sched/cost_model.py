@@ -45,6 +45,25 @@ def isotonic(ys: list[float]) -> list[float]:
 
 
 @dataclass(frozen=True)
+class PassTerms:
+    """One pass's predicted latency split into the cost model's terms (ms). Worked example (the
+    module's): 12 tokens over 1000 context tokens, delta 1e-5, as a tree with lam 0.5 ->
+    base 30, tokens 20, context 1, pairs 0.11, rows 5.5; total 56.61 ms."""
+
+    base_ms: float  # f(1): one token's pass (on CPU mostly reading the weights)
+    tokens_ms: float  # f(num_tokens) - f(1): the further tokens
+    context_ms: float  # beta x KV tokens read
+    pairs_ms: float  # delta x query x cached-token pairs
+    rows_ms: float  # lam x logits rows beyond one per sequence
+    seqs_ms: float  # gamma x (sequences - 1)
+    num_extra_seqs: int  # sequences - 1
+
+    @property
+    def total_ms(self) -> float:
+        return self.base_ms + self.tokens_ms + self.context_ms + self.pairs_ms + self.rows_ms + self.seqs_ms
+
+
+@dataclass(frozen=True)
 class LatencyCurve:
     num_tokens: tuple[int, ...]
     latency_ms: tuple[float, ...]
@@ -62,15 +81,28 @@ class LatencyCurve:
 
     def __call__(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
                  num_extra_logit_rows: int = 0) -> float:
-        xs, ys = self.num_tokens, self.latency_ms
         context = (self.ms_per_context_token * max(0, num_context_tokens) + self.ms_per_seq * max(0, num_seqs - 1)
                    + self.ms_per_context_pair * max(0, num_context_pairs)
                    + self.ms_per_logit_row * max(0, num_extra_logit_rows))
+        return self._curve(num_tokens) + context
+
+    def terms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
+              num_extra_logit_rows: int = 0) -> PassTerms:
+        """The same latency, term by term (what a calibration against measured passes re-weighs)."""
+        base = self._curve(1)
+        return PassTerms(base, self._curve(num_tokens) - base, self.ms_per_context_token * max(0, num_context_tokens),
+                         self.ms_per_context_pair * max(0, num_context_pairs),
+                         self.ms_per_logit_row * max(0, num_extra_logit_rows), self.ms_per_seq * max(0, num_seqs - 1),
+                         max(0, num_seqs - 1))
+
+    def _curve(self, num_tokens: int) -> float:
+        """f(num_tokens): the piecewise-linear curve alone."""
+        xs, ys = self.num_tokens, self.latency_ms
         if num_tokens <= xs[0] or len(xs) == 1:
-            return ys[0] + context
+            return ys[0]
         i = min(bisect.bisect_left(xs, num_tokens), len(xs) - 1)  # segment (i-1, i)
         slope = (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
-        return ys[i - 1] + slope * (num_tokens - xs[i - 1]) + context
+        return ys[i - 1] + slope * (num_tokens - xs[i - 1])
 
     def max_tokens_within(self, latency_ms: float, num_context_tokens: int = 0, limit: int = 4096) -> int:
         """The most tokens one pass handles within `latency_ms` (at least 1)."""

@@ -91,7 +91,8 @@ class RecordedAcceptance:
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
               position: int = -1) -> OfferRecord:
         """position >= 0: the node lies on the target's path and predicts that output token."""
-        record = self.traces.get(prompt_key, {}).get(position)
+        trace = self.traces.get(prompt_key) if position >= 0 else None  # (hot: no lookups off the path)
+        record = trace.get(position) if trace is not None else None
         if record is not None:
             key = (prompt_key, position, top_k)
             if key not in self._cut:

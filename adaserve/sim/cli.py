@@ -46,7 +46,8 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--model", default="qwen2.5-coder-1.5b", help="record: target; also the default --cost profile")
     p.add_argument("--draft", default="qwen2.5-coder-0.5b", help="record: draft")
     p.add_argument("--record-policy", default="dynamic-tree:16:8:8",
-                   help="record: the speculation policy while recording (its width is the top-k recorded)")
+                   help="record: the speculation policy while recording (its width is the top-k recorded); "
+                        "several, comma-separated: the later ones fill the positions the earlier ones missed")
     from adaserve.bench.run import add_workload_args
 
     add_workload_args(p)

@@ -5,18 +5,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adaserve.sched.cost_model import PassTerms
+
 
 @dataclass(frozen=True)
 class PassCorrection:
-    """A model's logged passes against its cost curve: measured ~ scale x predicted + ms_per_extra_seq
-    x (sequences - 1). Fitted from servers' step logs (the profile times one sequence, or several
-    of equal length: one attention call per layer; sequences of different lengths take several)."""
+    """A model's logged passes against its cost curve: a weight per term of the prediction (see
+    PassTerms) and a cost per extra sequence that replaces the profile's own, fitted by least squares
+    over servers' step logs (adaserve.sim.step_timing.fit_pass_correction). The default changes nothing.
 
-    scale: float = 1.0
-    ms_per_extra_seq: float = 0.0
+    Why per term: the terms drift apart. One-token passes stream the weights (memory bandwidth,
+    shared with the machine's other tenants) while large passes are compute-bound; the profile times
+    one sequence, or several of equal length (one attention call per layer), while a server's
+    sequences differ in length and attend in several calls per layer."""
 
-    def __call__(self, predicted_ms: float, num_seqs: int) -> float:
-        return self.scale * predicted_ms + self.ms_per_extra_seq * max(0, num_seqs - 1)
+    base: float = 1.0
+    tokens: float = 1.0
+    context: float = 1.0
+    pairs: float = 1.0
+    rows: float = 1.0
+    ms_per_extra_seq: float | None = None  # None: the profile's gamma
+
+    def __call__(self, t: PassTerms) -> float:
+        seqs_ms = t.seqs_ms if self.ms_per_extra_seq is None else self.ms_per_extra_seq * t.num_extra_seqs
+        return (self.base * t.base_ms + self.tokens * t.tokens_ms + self.context * t.context_ms
+                + self.pairs * t.pairs_ms + self.rows * t.rows_ms + seqs_ms)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ proposer grows them (the same `grow_layer` and the policy's `expand`), with each
 offer drawn from the acceptance model instead of computed by a draft model.
 
 The target's choice at each expanded node is kept aside (`target_choices`), so verification can
-run the engine's own greedy acceptance walk. It also counts the draft passes a real draft model
-would run (sync of newly committed tokens, then one pass per layer), for the cost model.
+run the engine's own greedy acceptance walk. It also lists the draft passes a real draft model
+would run (the sync of newly committed tokens, then one pass per fed layer) with the shapes the
+engine would log for them (adaserve.engine.step_log.pass_record), for the cost model.
 Synthetic token ids: child i of a node is token i + 1; -1 means "no drafted child matches".
 Nodes on the target's path (the root, then each such node's picked child) ask the acceptance model
 for the output position they predict: a recorded prompt replays its own trace there.
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 
+from adaserve.engine.step_log import PassRecord, pass_record
 from adaserve.request import Request
 from adaserve.sim.acceptance import AcceptanceModel
 from adaserve.spec.policies import SpecPolicy, grow_layer
@@ -25,23 +26,13 @@ from adaserve.spec.tree import CandidateTree, Offer, TreeLayout
 NO_MATCH = -1
 
 
-@dataclass
-class DraftPass:
-    """One draft forward the proposer would run: the sync of newly committed tokens (logits of each
-    request's last token), or a tree layer (logits of every new node)."""
-
-    num_tokens: int
-    num_seqs: int
-    num_logit_rows: int
-
-
 class SimProposer:
     def __init__(self, acceptance: AcceptanceModel, rng: random.Random, max_sync_tokens: int = 512) -> None:
         self.acceptance, self.rng = acceptance, rng
         self.max_sync_tokens = max_sync_tokens  # as DraftModelProposer: longer backlogs sync in chunks
         self.synced: dict[str, int] = {}  # committed tokens the draft has seen, per request
         self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
-        self.draft_passes: list[DraftPass] = []  # of the last propose()
+        self.draft_passes: list[PassRecord] = []  # of the last propose()
         self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
         self.sources: dict[str, tuple[str, str]] = {}  # per request: (category, prompt key) its acceptance is drawn for
         # Per request, this step: (output position the root predicts, nodes on the target's path).
@@ -66,9 +57,10 @@ class SimProposer:
             self.choices[r.request_id] = {}
             # The root predicts output token num_output_tokens; the target's path starts there.
             self._path[r.request_id] = (r.num_output_tokens, {0})
-        ready, num_sync_tokens, num_sync_seqs = self._sync(requests)
-        self.draft_passes = [DraftPass(num_sync_tokens, num_sync_seqs, num_sync_seqs)] if num_sync_tokens else []
+        ready, sync = self._sync(requests)
+        self.draft_passes = [sync] if sync.num_seqs else []
         frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
+        num_fed = dict.fromkeys(frontier, 0)  # per request: tree nodes already in the draft's cache
         for layer in range(1, policy.depth + 1):
             new_nodes = {}
             for tree in trees:
@@ -77,24 +69,28 @@ class SimProposer:
             frontier = {rid: nodes for rid, nodes in new_nodes.items() if nodes}
             if layer == policy.depth or not frontier:
                 break
-            num_nodes = sum(len(nodes) for nodes in frontier.values())
-            self.draft_passes.append(DraftPass(num_nodes, len(frontier), num_nodes))
+            # The layer is fed after each request's committed tokens and its earlier layers' nodes.
+            shapes = [(len(frontier[r.request_id]), r.num_tokens + num_fed[r.request_id]) for r in requests
+                      if r.request_id in frontier]
+            for rid, nodes in frontier.items():
+                num_fed[rid] += len(nodes)
+            self.draft_passes.append(pass_record("draft", shapes, sum(n for n, _ in shapes)))
         return trees
 
-    def _sync(self, requests: list[Request]) -> tuple[set[str], int, int]:
-        """Feed each request's newly committed tokens (one pass for all); returns the requests
-        that are fully synced (they draft this step), the pass's tokens and sequences."""
-        ready, total, num_seqs = set(), 0, 0
+    def _sync(self, requests: list[Request]) -> tuple[set[str], PassRecord]:
+        """Feed each request's newly committed tokens (one pass for all); returns the requests that
+        are fully synced (they draft this step) and the pass (logits of those requests' last tokens)."""
+        ready, shapes = set(), []
         for r in requests:
-            n = min(r.num_tokens - self.synced.get(r.request_id, 0), self.max_sync_tokens)
+            start = self.synced.get(r.request_id, 0)
+            n = min(r.num_tokens - start, self.max_sync_tokens)
             if n <= 0:
                 continue
-            self.synced[r.request_id] = self.synced.get(r.request_id, 0) + n
-            total += n
-            num_seqs += 1
-            if self.synced[r.request_id] == r.num_tokens:
+            self.synced[r.request_id] = start + n
+            shapes.append((n, start))
+            if start + n == r.num_tokens:
                 ready.add(r.request_id)
-        return ready, total, num_seqs
+        return ready, pass_record("draft", shapes, len(ready))
 
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
         choices = self.choices[tree.request_id]

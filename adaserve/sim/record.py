@@ -5,6 +5,11 @@ node on a verified path, the draft's top-k probabilities and which child the tar
   default       `--num-prompts` prompts of each workload category, tagged with their category
   --from-bench  the prompts a measured bench run sent (its result JSONs), each run alone and its
                 records tagged with its prompt too: the simulator then replays that run's prompts
+
+Several --record-policy values (comma-separated) run the prompts once per policy. A named prompt's
+trace has a gap wherever a tree was accepted to its full depth (the target's bonus token there is
+predicted by no draft offer); a policy of another depth has its gaps elsewhere, so the later
+policies keep only records of positions the earlier ones missed (unnamed prompts keep all).
 """
 
 from __future__ import annotations
@@ -23,15 +28,22 @@ from adaserve.sim.acceptance import RecordedAcceptance, save_records
 def record(args) -> Path:
     from adaserve.engine.llm import LLM
 
-    llm = LLM(args.model, draft=args.draft, spec_policy=args.record_policy, num_threads=2)
+    policies = args.record_policy.split(",")
+    llm = LLM(args.model, draft=args.draft, spec_policy=policies[0], num_threads=2)
     offers = llm.engine.spec.stats.offers
     records, categories, prompt_keys = [], [], []
-    for batch, category, key, max_tokens in _batches(args):
-        offers.clear()
-        llm.chat(batch, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
-        records += offers
-        categories += [category] * len(offers)
-        prompt_keys += [key] * len(offers)
+    for k, policy in enumerate(policies):
+        llm.engine.set_spec_policy(policy)
+        covered = {(key, r.position) for r, key in zip(records, prompt_keys) if key} if k else set()
+        num_before = len(records)
+        for batch, category, key, max_tokens in _batches(args):
+            offers.clear()
+            llm.chat(batch, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
+            new = [r for r in offers if not key or (key, r.position) not in covered]
+            records += new
+            categories += [category] * len(new)
+            prompt_keys += [key] * len(new)
+        print(f"{policy}: {len(records) - num_before} offer records" + (" (positions the policies before it missed)" if k else ""))
     out = Path(args.out)
     save_records(out, records, categories, prompt_keys)
     model = RecordedAcceptance(records, categories, prompt_keys)

@@ -3,12 +3,11 @@ KVCacheManager (admission, chunked prefill, preemption), the registry's policy a
 SpecDecoder.attach_trees (proposal, the policy's selection within the step's spare budget, KV
 reservation) and commit, and the greedy acceptance walk. Only the forward passes are replaced:
 each step advances a simulated clock by the cost model's latency for the draft passes the
-proposer ran plus one target pass over the step's tokens and context.
+proposer ran plus one target pass over the step's sequences, each pass described as the engine's
+step log describes it (adaserve.engine.step_log.pass_record) and predicted as a logged pass is
+(adaserve.sim.step_timing.pass_terms, then the config's PassCorrection):
 
-    step ms = sum(draft_ms(each draft pass)) + verify_ms(step tokens, context, sequences, pairs, logit rows) + overhead
-
-A draft pass over a tree layer reads each sequence's context for each of its nodes; its query x
-context pairs are estimated as (tokens - sequences) x the step's mean context per sequence.
+    step ms = (sum(draft pass ms) + target pass ms) x time_scale + host(logits rows)
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from dataclasses import dataclass
 
 from adaserve.bench.client import BenchRecord
 from adaserve.engine.speculation import SpecDecoder
+from adaserve.engine.step_log import pass_record
 from adaserve.kv.manager import KVCacheManager
-from adaserve.models.attention import num_padded_kv
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
@@ -29,7 +28,7 @@ from adaserve.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from adaserve.sim.acceptance import AcceptanceModel
 from adaserve.sim.config import SimConfig
 from adaserve.sim.proposer import SimProposer
-from adaserve.sim.step_timing import HostModel
+from adaserve.sim.step_timing import HostModel, pass_terms
 from adaserve.sim.workloads import SimRequest
 from adaserve.spec.verify import accept_greedy
 
@@ -121,25 +120,17 @@ class Simulator:
         return True
 
     def _step_ms(self, step: SchedulerOutput) -> float:
-        context = step.num_context_tokens  # KV tokens the pass reads
         draft_ms, num_draft_rows = 0.0, 0
         if self.spec:
             self.proposer.draft_passes = []
             self.spec.attach_trees(step)
-            mean_context = context / len(step.chunks)
             for p in self.proposer.draft_passes:
-                pairs = int((p.num_tokens - p.num_seqs) * mean_context)
-                predicted = self.cost.draft_ms(p.num_tokens, context, p.num_seqs, pairs, p.num_logit_rows - p.num_seqs)
-                draft_ms += self.config.draft_pass(predicted, p.num_seqs)
+                draft_ms += self.config.draft_pass(pass_terms(self.cost, p))
                 num_draft_rows += p.num_logit_rows
         # Logits: one row per sampling sequence, and every node of a verified tree.
         num_target_rows = sum(c.tree.num_nodes if c.tree is not None else int(c.samples) for c in step.chunks)
-        extra_rows = sum(c.tree.num_nodes - 1 for c in step.chunks if c.tree is not None)
-        # Attention groups pad their members' KV to the longest; those positions are read too.
-        padded = num_padded_kv([(c.num_new_tokens, c.start + c.num_new_tokens) for c in step.chunks])
-        verify_ms = self.config.target_pass(self.cost.verify_ms(step.num_batched_tokens, context + padded,
-                                                                len(step.chunks), step.num_context_pairs, extra_rows),
-                                            len(step.chunks))
+        verify = pass_record("target", [(c.num_new_tokens, c.start) for c in step.chunks], num_target_rows)
+        verify_ms = self.config.target_pass(pass_terms(self.cost, verify))
         return (draft_ms + verify_ms) * self.config.time_scale + self.host(num_target_rows, num_draft_rows)
 
     def _finish_chunk(self, chunk: ScheduledChunk) -> None:

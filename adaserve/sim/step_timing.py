@@ -6,23 +6,25 @@ with these; benchmarks/step_log_vs_cost_model.py prints them per policy and kind
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from adaserve.engine.step_log import PassRecord, StepRecord
-from adaserve.sched.cost_model import CostModel
+from adaserve.sched.cost_model import CostModel, PassTerms
 from adaserve.sim.config import PassCorrection
 
 
+def pass_terms(cost: CostModel, p: PassRecord) -> PassTerms:
+    """The cost model's time for one logged pass, term by term: padded KV positions read like cached
+    ones, logits rows beyond one per sequence included."""
+    curve = cost.draft if p.model == "draft" else cost.target
+    return curve.terms(p.num_tokens, p.num_context_tokens + p.num_padded_kv, p.num_seqs, p.num_context_pairs,
+                       max(0, p.num_logit_rows - p.num_seqs))
+
+
 def predicted_pass_ms(cost: CostModel, p: PassRecord) -> float:
-    """The cost model's time for one logged pass: padded KV positions read like cached ones, logits
-    rows beyond one per sequence included."""
-    extra_rows = max(0, p.num_logit_rows - p.num_seqs)
-    context = p.num_context_tokens + p.num_padded_kv
-    if p.model == "draft":
-        return cost.draft_ms(p.num_tokens, context, p.num_seqs, p.num_context_pairs, extra_rows)
-    return cost.verify_ms(p.num_tokens, context, p.num_seqs, p.num_context_pairs, extra_rows)
+    return pass_terms(cost, p).total_ms
 
 
 def measured_pass_ms(p: PassRecord) -> float:
@@ -90,10 +92,18 @@ def _nonnegative_lstsq(columns: np.ndarray, values: np.ndarray) -> list[float]:
 
 
 def fit_pass_correction(passes: list[PassRecord], cost: CostModel) -> PassCorrection:
-    """Least squares of one model's measured pass times on [predicted, sequences - 1] (no constant;
-    a negative term is dropped and the other refitted)."""
+    """Least squares of one model's measured pass times on the terms of their predictions and the
+    number of extra sequences (no constant). Terms that are zero in every pass keep weight 1 (nothing
+    to fit them on); a weight that comes out negative is dropped (0) and the rest refitted."""
     if not passes:
         return PassCorrection()
     measured = np.array([measured_pass_ms(p) for p in passes])  # [num_passes]
-    columns = np.array([[predicted_pass_ms(cost, p), p.num_seqs - 1] for p in passes])  # [num_passes, 2]
-    return PassCorrection(*_nonnegative_lstsq(columns, measured))
+    terms = [pass_terms(cost, p) for p in passes]
+    names = [f.name for f in fields(PassCorrection)]  # base, tokens, context, pairs, rows, ms_per_extra_seq
+    columns = np.array([[getattr(t, f"{n}_ms") for n in names[:-1]] + [t.num_extra_seqs] for t in terms])  # [num_passes, 6]
+    fitted = [k for k in range(len(names)) if columns[:, k].any()]
+    weights = dict.fromkeys(names, 1.0)
+    weights.update(zip([names[k] for k in fitted], _nonnegative_lstsq(columns[:, fitted], measured)))
+    if not columns[:, -1].any():
+        weights["ms_per_extra_seq"] = None  # no pass had two sequences: keep the profile's gamma
+    return PassCorrection(**weights)
