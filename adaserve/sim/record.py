@@ -34,7 +34,7 @@ def record(args) -> Path:
     records, categories, prompt_keys = [], [], []
     for k, policy in enumerate(policies):
         llm.engine.set_spec_policy(policy)
-        covered = {(key, r.position) for r, key in zip(records, prompt_keys) if key} if k else set()
+        covered = {(key, r.position) for r, key in zip(records, prompt_keys) if key}  # by the policies before
         num_before = len(records)
         for batch, category, key, max_tokens in _batches(args):
             offers.clear()
