@@ -97,31 +97,41 @@ def group_sequences(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE,
       decodes 700 + 650 -> padded 2 x 700 = 1400, useful 1350: together; + 90 -> 2100 vs 1440: together.
     -> [[0], [1, 2, 3]] (each group's indices in their original order).
     """
-    order = sorted(range(len(shapes)), key=lambda i: shapes[i], reverse=True)
+    return [sorted(g) for g in _groups(shapes, min_waste, waste_ratio)]
+
+
+def _groups(shapes: list[tuple[int, int]], min_waste: int, waste_ratio: float) -> list[list[int]]:
+    """group_sequences' groups, members in visiting order (the simulator calls this for every pass)."""
+    order = sorted(range(len(shapes)), key=shapes.__getitem__, reverse=True)
     groups: list[list[int]] = []
     max_q = max_kv = useful = 0
     for i in order:
         q, kv = shapes[i]
         if groups:
-            padded = (len(groups[-1]) + 1) * max(max_q, q) * max(max_kv, kv)
-            if padded - (useful + q * kv) <= max(min_waste, waste_ratio * (useful + q * kv)):
+            # Visited by decreasing num_new, so the group's max_q never grows; kv may (a longer KV
+            # with fewer new tokens).
+            group_kv = kv if kv > max_kv else max_kv
+            work = useful + q * kv
+            if (len(groups[-1]) + 1) * max_q * group_kv - work <= max(min_waste, waste_ratio * work):
                 groups[-1].append(i)
-                max_q, max_kv, useful = max(max_q, q), max(max_kv, kv), useful + q * kv
+                max_kv, useful = group_kv, work
                 continue
         groups.append([i])
         max_q, max_kv, useful = q, kv, q * kv
-    return [sorted(g) for g in groups]
+    return groups
 
 
 def num_padded_kv(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE) -> int:
     """KV positions the attention reads beyond the sequences' own, because a group pads every member
     to its longest KV (a sequence alone reads its cache in place). Shapes as in group_sequences.
     Worked example (group_sequences'): decodes over 700, 650, 90 KV in one group -> 0 + 50 + 610 = 660."""
+    if len(shapes) < 2:
+        return 0
     padded = 0
-    for members in group_sequences(shapes, min_waste):
+    for members in _groups(shapes, min_waste, WASTE_RATIO):
         if len(members) > 1:
-            longest = max(shapes[i][1] for i in members)
-            padded += sum(longest - shapes[i][1] for i in members)
+            kvs = [shapes[i][1] for i in members]
+            padded += max(kvs) * len(kvs) - sum(kvs)
     return padded
 
 
