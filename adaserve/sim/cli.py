@@ -33,7 +33,7 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--calibration", default="host", choices=["host", "speed", "passes", "unloaded", "none"],
                    help="validate: host = each server's logged host time per step; speed = also its measured/"
                    "predicted pass time; passes = host, and each model's passes fitted against the profile "
-                   "(scale and per extra sequence) over the sweep's logs; unloaded = measured - simulated unloaded "
+                   "(a weight per cost-model term and a cost per extra sequence) over the sweep's logs; unloaded = measured - simulated unloaded "
                    "TPOT; none = --step-overhead-ms")
     p.add_argument("--sim-runs", type=int, default=5,
                    help="validate: simulations per point (seeds --seed, --seed + 1, ...), averaged")

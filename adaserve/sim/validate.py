@@ -140,7 +140,8 @@ def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summar
     speed:    host, and pass times scaled by measured / predicted over this policy's logged run (the
               machine ran slower or faster than when it was profiled)
     passes:   host, and each model's passes corrected by a PassCorrection fitted over all the sweep's
-              logged passes (speed, and a cost per extra sequence in a pass the profile does not see)
+              logged passes (a weight per term of the prediction, and a cost per extra sequence in a
+              pass the profile does not see)
     """
     if how == "none":
         return config, {"step_overhead_ms": config.step_overhead_ms, "time_scale": 1.0}
