@@ -123,6 +123,15 @@ def test_a_node_on_the_targets_path_replays_the_record_of_its_output_position():
     assert model.offer(0, 4, rng, "chat", "p", position=9).position in range(1, 7)  # not recorded: the pool
 
 
+def test_a_frontiers_offers_are_the_nodes_offers_drawn_one_by_one():
+    records = [OfferRecord(1, [0.9 - p / 100, 0.05], p % 2 - 1, position=p) for p in range(1, 30)]
+    model = RecordedAcceptance(records, ["chat"] * len(records), ["p"] * len(records))
+    for on_path in ({}, {2: 7}, {0: 99}):  # none, a recorded position, an unrecorded one (the pool)
+        batch = model.offers(1, 2, random.Random(3), "chat", "p", 5, on_path)
+        rng = random.Random(3)
+        assert batch == [model.offer(1, 2, rng, "chat", "p", on_path.get(i, -1)) for i in range(5)]
+
+
 @pytest.mark.parametrize("seed, miss", [(0, -1), (1, -1), (2, -1), (0, 1)])
 def test_the_simulator_replays_a_prompts_trace_whatever_the_seed(seed, miss):
     """Output position 3 is the only one where the target does not pick the draft's top child

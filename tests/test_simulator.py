@@ -24,8 +24,8 @@ class Always:
     def __init__(self, hit: int) -> None:
         self.hit = hit
 
-    def offer(self, depth, top_k, rng, category="", prompt_key="", position=-1):
-        return OfferRecord(depth, [0.9], self.hit)
+    def offers(self, depth, top_k, rng, category, prompt_key, num_nodes, on_path):
+        return [OfferRecord(depth, [0.9], self.hit)] * num_nodes
 
     replays = per_prompt = False
 
@@ -331,8 +331,8 @@ def test_simulated_draft_passes_have_the_shapes_the_engine_logs():
     from adaserve.spec.policies import make_policy
 
     class TwoChildren(Always):
-        def offer(self, depth, top_k, rng, category="", prompt_key="", position=-1):
-            return OfferRecord(depth, [0.6, 0.3], 0)
+        def offers(self, depth, top_k, rng, category, prompt_key, num_nodes, on_path):
+            return [OfferRecord(depth, [0.6, 0.3], 0)] * num_nodes
 
     proposer = SimProposer(TwoChildren(0), random.Random(0))
     request = Request("r", list(range(40)), SamplingParams(max_tokens=8), arrival_time=0.0)

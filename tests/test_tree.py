@@ -1,12 +1,15 @@
 """Tree topology, policies' expand/select and n-gram lookup: pure Python tables."""
 
+import math
+
 import pytest
 
 from adaserve.spec.policies import (
-    ChainPolicy, Child, DynamicTreePolicy, StaticTreePolicy, best_nodes, make_policy, split_budget, SelectionContext,
+    ChainPolicy, DynamicTreePolicy, LayerCandidates, StaticTreePolicy, best_nodes, grow_layer, make_policy, split_budget,
+    SelectionContext,
 )
 from adaserve.spec.proposers import NgramProposer
-from adaserve.spec.tree import CandidateTree, layout_tree
+from adaserve.spec.tree import CandidateTree, Offer, layout_tree
 
 
 def example_tree() -> CandidateTree:
@@ -60,21 +63,22 @@ def test_split_budget(budget, want, quota):
 
 
 def children(*specs):
-    return [Child(parent, tok, lp, plp) for parent, tok, lp, plp in specs]
+    """(parent, token, path log-prob) per candidate."""
+    return LayerCandidates(*(list(column) for column in zip(*specs)))
 
 
 def test_static_tree_keeps_per_parent_widths():
     policy = StaticTreePolicy((1, 2))
-    layer2 = children((1, 10, -0.1, -0.2), (1, 11, -0.5, -0.6), (1, 12, -0.9, -1.0), (2, 13, -0.1, -3.0), (2, 14, -0.2, -3.1))
+    layer2 = children((1, 10, -0.2), (1, 11, -0.6), (1, 12, -1.0), (2, 13, -3.0), (2, 14, -3.1))
     kept = policy.expand(2, layer2)
-    assert [c.token_id for c in kept] == [10, 11, 13, 14]
+    assert [layer2.token_ids[i] for i in kept] == [10, 11, 13, 14]
     assert StaticTreePolicy().max_tokens_per_seq == 1 + 1 + 3 * 6
 
 
 def test_dynamic_tree_keeps_global_top_width_per_layer():
     policy = DynamicTreePolicy(num_nodes=4, depth=3, width=2)
-    layer = children((1, 10, -0.1, -0.2), (1, 11, -0.5, -0.6), (2, 13, -0.05, -0.15))
-    assert [c.token_id for c in policy.expand(2, layer)] == [13, 10]
+    layer = children((1, 10, -0.2), (1, 11, -0.6), (2, 13, -0.15))
+    assert [layer.token_ids[i] for i in policy.expand(2, layer)] == [13, 10]
 
 
 def test_chain_select_respects_the_budget():
@@ -110,3 +114,17 @@ def test_make_policy_rejects_bad_specs(spec):
 )
 def test_ngram_continuation(ids, length, expected):
     assert NgramProposer(1, 3).continuation(ids, length) == expected
+
+
+def test_grow_layer_adds_kept_children_grouped_by_parent_most_likely_first():
+    tree = CandidateTree.root_only("r", 0)
+    first = tree.add_children([0, 0], [1, 2], [-0.1, -2.0])  # (path log-probs, the root's is 0)
+    assert first == [1, 2] and tree.depths == [0, 1, 1] and tree.path_logprobs == [0.0, -0.1, -2.0]
+    offers = [Offer([10, 11, 12], [-0.2, -0.3, -math.inf]), Offer([13, 14], [-0.01, -0.02])]
+    new = grow_layer(tree, first, offers, DynamicTreePolicy(num_nodes=8, depth=2, width=3), layer=2)
+    # Paths: 10: -0.3, 11: -0.4, 13: -2.01, 14: -2.02; the top three, then by parent, most likely first.
+    assert [tree.token_ids[n] for n in new] == [10, 11, 13]
+    assert [tree.parents[n] for n in new] == [1, 1, 2] and [tree.depths[n] for n in new] == [2, 2, 2]
+    assert tree.path_logprobs[new[0]] == pytest.approx(-0.3) and tree.offers[1] is offers[0]
+    ruled_out = grow_layer(tree, [new[0]], [Offer([20], [-math.inf])], DynamicTreePolicy(8, 3, 3), layer=3)
+    assert ruled_out == []  # a token the draft rules out is never offered

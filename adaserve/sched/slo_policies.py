@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from adaserve.sched.cost_model import CostModel
 from adaserve.sched.selection import select_nodes, throughput_phase
 from adaserve.slo import required_tokens
-from adaserve.spec.policies import Child, SelectionContext, SeqState, top_by_path_prob
+from adaserve.spec.policies import LayerCandidates, SelectionContext, SeqState, top_by_path_prob
 from adaserve.spec.tree import CandidateTree
 
 
@@ -62,7 +62,7 @@ class AdaServePolicy:
         self.width = clip(self.draft_budget // n + s.c2, 1, s.max_width)
         self._num_context_tokens = num_context_tokens
 
-    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+    def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, self.width)
 
     def predicted_step_ms(self, num_seqs: int, num_tokens: int) -> float:
@@ -154,7 +154,7 @@ class SmartSpecPolicy:
         n = max(1, num_requests)
         self.depth = max(range(self.max_depth + 1), key=lambda k: self.expected_rate(k, n, num_context_tokens))
 
-    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+    def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, 1)
 
     def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:

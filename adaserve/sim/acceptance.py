@@ -14,8 +14,8 @@ first) and which child the target will pick there (-1: none of them). Plain Pyth
                a node on the path the target takes is given the record of the very output
                position it predicts (`position`), where one was recorded.
   parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
-               geometrically (ratio `ratio`); the target picks child i with probability
-               min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
+               geometrically (ratio `ratio`), offered most likely first; the target picks child i
+               with probability min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
                draft's probabilities are exact acceptance probabilities.
 Spec strings: "recorded:PATH" or "parametric:top1=0.7,calibration=1.0,ratio=0.5,concentration=4".
 """
@@ -39,8 +39,11 @@ class AcceptanceModel(Protocol):
     # True if it draws per prompt: requests should name theirs (SimRequest.prompt_key).
     per_prompt: bool
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
-              position: int = -1) -> OfferRecord: ...
+    def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
+               on_path: dict[int, int]) -> list[OfferRecord]:
+        """One record per node of a frontier at `depth`, in order. on_path: for the nodes on the
+        target's path, their index among the num_nodes -> the output position they predict."""
+        ...
 
 
 # A prompt's records thin out with depth (a depth-d record needs a path accepted to depth d); depths
@@ -59,12 +62,13 @@ class _DepthPool:
         self.max_depth = max(full) if full else min(self.by_depth)
         self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}
 
-    def offer(self, depth: int, top_k: int, rng: random.Random) -> OfferRecord:
+    def bucket(self, depth: int, top_k: int) -> list[OfferRecord]:
+        """The records a node at `depth` draws from, uniformly."""
         bucket = self._buckets.get((depth, top_k))
         if bucket is None:  # first draw at this depth; deeper than recorded: the deepest depth's records
             records = self.by_depth.get(min(depth, self.max_depth)) or self.by_depth[self.max_depth]
             bucket = self._buckets[(depth, top_k)] = [_truncate(r, top_k) for r in records]
-        return bucket[int(rng.random() * len(bucket))]
+        return bucket
 
 
 class RecordedAcceptance:
@@ -88,18 +92,28 @@ class RecordedAcceptance:
                 self.traces.setdefault(key, {})[r.position] = r
         self._cut: dict[tuple[str, int, int], OfferRecord] = {}  # trace records cut to a top-k
 
+    def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
+               on_path: dict[int, int]) -> list[OfferRecord]:
+        replayed = {}  # node index -> its position's record
+        trace = self.traces.get(prompt_key) if on_path else None  # (hot: no lookups off the path)
+        if trace is not None:
+            for i, position in on_path.items():
+                if position in trace:
+                    key = (prompt_key, position, top_k)
+                    if key not in self._cut:
+                        self._cut[key] = _truncate(trace[position], top_k)
+                    replayed[i] = self._cut[key]
+        pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
+        bucket, random = pool.bucket(depth, top_k), rng.random
+        drawn = [bucket[int(random() * len(bucket))] for _ in range(num_nodes - len(replayed))]
+        for i in sorted(replayed):  # (the other nodes draw in order, as if one by one)
+            drawn.insert(i, replayed[i])
+        return drawn
+
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
               position: int = -1) -> OfferRecord:
-        """position >= 0: the node lies on the target's path and predicts that output token."""
-        trace = self.traces.get(prompt_key) if position >= 0 else None  # (hot: no lookups off the path)
-        record = trace.get(position) if trace is not None else None
-        if record is not None:
-            key = (prompt_key, position, top_k)
-            if key not in self._cut:
-                self._cut[key] = _truncate(record, top_k)
-            return self._cut[key]
-        pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
-        return pool.offer(depth, top_k, rng)
+        """One node's record (offers() for a frontier of one)."""
+        return self.offers(depth, top_k, rng, category, prompt_key, 1, {0: position} if position >= 0 else {})[0]
 
     @property
     def per_prompt(self) -> bool:
@@ -148,12 +162,16 @@ class ParametricAcceptance:
         if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
             raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
 
+    def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
+               on_path: dict[int, int]) -> list[OfferRecord]:
+        return [self.offer(depth, top_k, rng) for _ in range(num_nodes)]
+
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
               position: int = -1) -> OfferRecord:
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
         rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]
-        probs = [q1] + rest
+        probs = sorted([q1] + rest, reverse=True)  # most likely first, as a draft's top-k
         picks = [min(1.0, self.calibration * q) for q in probs]
         total = sum(picks)
         if total > 1:

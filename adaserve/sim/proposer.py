@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 from adaserve.engine.step_log import PassRecord, pass_record
 from adaserve.request import Request
@@ -26,17 +27,25 @@ from adaserve.spec.tree import CandidateTree, Offer, TreeLayout
 NO_MATCH = -1
 
 
+@dataclass
+class _SimOffer(Offer):
+    target_choice: int = NO_MATCH  # the token the target picks at the node: child i + 1, or NO_MATCH
+
+
 class SimProposer:
     def __init__(self, acceptance: AcceptanceModel, rng: random.Random, max_sync_tokens: int = 512) -> None:
         self.acceptance, self.rng = acceptance, rng
         self.max_sync_tokens = max_sync_tokens  # as DraftModelProposer: longer backlogs sync in chunks
         self.synced: dict[str, int] = {}  # committed tokens the draft has seen, per request
-        self.choices: dict[str, dict[int, int]] = {}  # per request: node -> token the target picks
+        # Per request: node on the target's path -> the token the target picks after it. Only the
+        # path matters: the greedy acceptance walk never leaves it.
+        self.choices: dict[str, dict[int, int]] = {}
         self.draft_passes: list[PassRecord] = []  # of the last propose()
-        self._offers: dict[int, Offer] = {}  # per replayed record (id): its offer, built once
+        self._offers: dict[int, _SimOffer] = {}  # per replayed record (id): its offer, built once
         self.sources: dict[str, tuple[str, str]] = {}  # per request: (category, prompt key) its acceptance is drawn for
-        # Per request, this step: (output position the root predicts, nodes on the target's path).
-        self._path: dict[str, tuple[int, set[int]]] = {}
+        # Per request, this step: (output position the root predicts, the frontier's node on the
+        # target's path, -1 once the tree has left it).
+        self._path: dict[str, tuple[int, int]] = {}
 
     def add(self, request_id: str, category: str, prompt_key: str = "") -> None:
         """A new request: acceptance differs by task (category) and by prompt."""
@@ -56,7 +65,7 @@ class SimProposer:
         for r in requests:
             self.choices[r.request_id] = {}
             # The root predicts output token num_output_tokens; the target's path starts there.
-            self._path[r.request_id] = (r.num_output_tokens, {0})
+            self._path[r.request_id] = (r.num_output_tokens, 0)
         ready, sync = self._sync(requests)
         self.draft_passes = [sync] if sync.num_seqs else []
         frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
@@ -93,28 +102,28 @@ class SimProposer:
         return ready, pass_record("draft", shapes, len(ready))
 
     def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
-        choices = self.choices[tree.request_id]
         category, prompt_key = self.sources.get(tree.request_id, ("", ""))
-        root_position, on_path = self._path[tree.request_id]
-        draw, depth, top_k, rng = self.acceptance.offer, layer - 1, policy.top_k, self.rng  # frontier depth
-        offers = []
-        for parent in parents:
-            position = root_position + depth if parent in on_path else -1  # (off the path: any record)
-            record = draw(depth, top_k, rng, category, prompt_key, position)
-            offers.append(self._offer(record))
-            choices[parent] = record.hit + 1 if record.hit >= 0 else NO_MATCH  # token i + 1 is child i
+        root_position, path_node = self._path[tree.request_id]
+        depth = layer - 1  # the frontier's
+        # The frontier's node on the path predicts output position root + depth; the rest draw any record.
+        on_path = {parents.index(path_node): root_position + depth} if path_node >= 0 else {}
+        records = self.acceptance.offers(depth, policy.top_k, self.rng, category, prompt_key, len(parents), on_path)
+        cache = self._offers
+        offers = [cache.get(id(record)) or self._offer(record) for record in records]
         new_nodes = grow_layer(tree, parents, offers, policy, layer)
-        on_path.update(n for n in new_nodes if tree.parents[n] in on_path
-                       and tree.token_ids[n] == choices[tree.parents[n]])  # the target's pick
+        if path_node >= 0:  # the target's pick: the path goes on if the policy kept that child
+            choice = self.choices[tree.request_id][path_node] = offers[parents.index(path_node)].target_choice
+            path_node = next((n for n in new_nodes if tree.parents[n] == path_node and tree.token_ids[n] == choice), -1)
+            self._path[tree.request_id] = (root_position, path_node)
         return new_nodes
 
-    def _offer(self, record: OfferRecord) -> Offer:
+    def _offer(self, record: OfferRecord) -> "_SimOffer":
         """The record as the draft's offer: child i is token i + 1 (built once per replayed record)."""
-        offer = self._offers.get(id(record))
-        if offer is None:
-            offer = Offer(list(range(1, len(record.draft_probs) + 1)), [math.log(max(p, 1e-12)) for p in record.draft_probs])
-            if self.acceptance.replays:
-                self._offers[id(record)] = offer
+        offer = _SimOffer(list(range(1, len(record.draft_probs) + 1)),
+                          [math.log(max(p, 1e-12)) for p in record.draft_probs],
+                          record.hit + 1 if record.hit >= 0 else NO_MATCH)
+        if self.acceptance.replays:
+            self._offers[id(record)] = offer
         return offer
 
     def target_choices(self, request_id: str, layout: TreeLayout) -> list[int]:

@@ -9,7 +9,6 @@ The SLO-aware AdaServe policy implements the same interface in adaserve.sched.
 from __future__ import annotations
 
 import math
-from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,13 +16,28 @@ from adaserve.spec.tree import CandidateTree, Offer
 
 
 @dataclass(slots=True)
-class Child:
-    """A candidate child offered by the proposer for a frontier node."""
+class LayerCandidates:
+    """The children offered for one request's frontier at one layer: candidate i is token_ids[i]
+    under tree node parents[i]. Grouped by parent in frontier order, each parent's offer in its
+    order (most likely first). Parallel lists rather than one object per child: the simulator
+    offers millions of children per run.
 
-    parent: int  # candidate-tree node index
-    token_id: int
-    logprob: float  # draft log-prob of this token given the parent's path
-    path_logprob: float  # parent's path log-prob + logprob
+    Worked example (frontier [1, 2] with path log-probs -0.1 and -3.0, top-2 offers):
+        parents        [1,    1,    2,     2   ]
+        token_ids      [10,   11,   13,    14  ]
+        path_logprobs  [-0.2, -0.6, -3.05, -3.2]   parent's path log-prob + the draft's log-prob
+    """
+
+    parents: list[int]
+    token_ids: list[int]
+    path_logprobs: list[float]
+
+    def __len__(self) -> int:
+        return len(self.parents)
+
+    def subset(self, indices: list[int]) -> "LayerCandidates":
+        return LayerCandidates([self.parents[i] for i in indices], [self.token_ids[i] for i in indices],
+                               [self.path_logprobs[i] for i in indices])
 
 
 @dataclass
@@ -54,8 +68,8 @@ class SpecPolicy(Protocol):
         """Before drafting: adapt depth/width to the load (fixed policies do nothing)."""
         ...
 
-    def expand(self, layer: int, children: list[Child]) -> list[Child]:
-        """Of one request's candidate children at `layer` (1-based), the ones that stay."""
+    def expand(self, layer: int, children: LayerCandidates) -> list[int]:
+        """Of one request's candidate children at `layer` (1-based), the indices of those that stay."""
         ...
 
     def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
@@ -83,22 +97,25 @@ class FixedPolicy:
 
 
 def grow_layer(tree: CandidateTree, parents: list[int], offers: list[Offer], policy: SpecPolicy, layer: int) -> list[int]:
-    """Offer each frontier node's children (offers[i] belongs to parents[i]); add the ones the
-    policy keeps to the tree, grouped by parent and most likely first. Returns the new nodes."""
-    children = []
-    never = -math.inf  # a token the draft rules out is never offered
-    for parent, offer in zip(parents, offers):
-        tree.offers[parent] = offer
-        base = tree.path_logprobs[parent]
-        children += [Child(parent, t, lp, base + lp) for t, lp in zip(offer.token_ids, offer.logprobs) if lp > never]
-    kept = policy.expand(layer, children)
-    kept.sort(key=lambda c: (c.parent, -c.logprob))
-    return [tree.add(c.parent, c.token_id, c.logprob) for c in kept]
+    """Offer each frontier node's children (offers[i] belongs to parents[i], most likely first);
+    add the ones the policy keeps to the tree, grouped by parent and most likely first (the
+    candidates' order). Returns the new nodes."""
+    tree.offers.update(zip(parents, offers))
+    base = tree.path_logprobs
+    children = LayerCandidates([p for p, o in zip(parents, offers) for _ in o.token_ids],
+                               [t for o in offers for t in o.token_ids],
+                               [base[p] + lp for p, o in zip(parents, offers) for lp in o.logprobs])
+    if -math.inf in children.path_logprobs:  # a token the draft rules out is never offered
+        children = children.subset([i for i, lp in enumerate(children.path_logprobs) if lp > -math.inf])
+    kept = children.subset(sorted(policy.expand(layer, children)))
+    return tree.add_children(kept.parents, kept.token_ids, kept.path_logprobs)
 
 
-def top_by_path_prob(children: list[Child], n: int) -> list[Child]:
-    """The n most probable paths; ties keep the offer order (reverse sorting is stable too)."""
-    return sorted(children, key=attrgetter("path_logprob"), reverse=True)[:n]
+def top_by_path_prob(children: LayerCandidates, n: int, among: list[int] | None = None) -> list[int]:
+    """The n most probable paths (of `among`, default all); ties keep the candidates' order
+    (reverse sorting is stable too)."""
+    indices = range(len(children)) if among is None else among
+    return sorted(indices, key=children.path_logprobs.__getitem__, reverse=True)[:n]
 
 
 def best_nodes(tree: CandidateTree, n: int) -> list[int]:
@@ -134,7 +151,7 @@ class ChainPolicy(FixedPolicy):
         self.name, self.depth, self.top_k = f"chain:{length}", length, 1
         self.max_tokens_per_seq = length
 
-    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+    def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, 1)
 
     def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
@@ -152,11 +169,12 @@ class StaticTreePolicy(FixedPolicy):
         self.name, self.depth, self.top_k = "static-tree", len(widths), max(widths)
         self.max_tokens_per_seq = sum(math.prod(widths[: i + 1]) for i in range(len(widths)))
 
-    def expand(self, layer: int, children: list[Child]) -> list[Child]:
-        kept, width = [], self.widths[layer - 1]
-        for parent in dict.fromkeys(c.parent for c in children):
-            kept += top_by_path_prob([c for c in children if c.parent == parent], width)
-        return kept
+    def expand(self, layer: int, children: LayerCandidates) -> list[int]:
+        by_parent: dict[int, list[int]] = {}
+        for i, parent in enumerate(children.parents):
+            by_parent.setdefault(parent, []).append(i)
+        width = self.widths[layer - 1]
+        return [i for among in by_parent.values() for i in top_by_path_prob(children, width, among)]
 
     def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:
         quotas = split_budget(trees, ctx.budget, [t.num_nodes - 1 for t in trees])
@@ -174,7 +192,7 @@ class DynamicTreePolicy(FixedPolicy):
         self.name, self.depth, self.top_k = "dynamic-tree", depth, width
         self.max_tokens_per_seq = num_nodes
 
-    def expand(self, layer: int, children: list[Child]) -> list[Child]:
+    def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, self.width)
 
     def select(self, trees: list[CandidateTree], ctx: SelectionContext) -> list[list[int]]:

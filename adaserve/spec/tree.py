@@ -53,6 +53,16 @@ class CandidateTree:
         self.path_logprobs.append(self.path_logprobs[parent] + logprob)
         return len(self.token_ids) - 1
 
+    def add_children(self, parents: list[int], token_ids: list[int], path_logprobs: list[float]) -> list[int]:
+        """Add nodes under parents already in the tree, each given its path log-prob (its parent's
+        plus its own log-prob, as add() computes it); returns the new nodes."""
+        start = len(self.token_ids)
+        self.token_ids += token_ids
+        self.parents += parents
+        self.depths += [self.depths[p] + 1 for p in parents]
+        self.path_logprobs += path_logprobs
+        return list(range(start, len(self.token_ids)))
+
     def path_prob(self, node: int) -> float:
         return math.exp(self.path_logprobs[node])
 
