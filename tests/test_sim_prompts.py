@@ -31,9 +31,9 @@ def test_a_prompt_draws_its_own_records_and_others_fall_back_to_the_category(tmp
     model = parse_acceptance(f"recorded:{tmp_path / 'r.jsonl'}")
     rng = random.Random(0)
     assert model.per_prompt and set(model.prompt_pools) == {"p-good", "p-bad"}
-    assert {model.offer(1, 4, rng, "coding", "p-good").hit for _ in range(50)} == {0}
-    assert {model.offer(1, 4, rng, "coding", "p-bad").hit for _ in range(50)} == {-1}
-    assert {model.offer(1, 4, rng, "coding", "p-unknown").hit for _ in range(200)} == {0, -1}  # the category's
+    assert {model.offer(1, 4, rng, "coding", "p-good").record.hit for _ in range(50)} == {0}
+    assert {model.offer(1, 4, rng, "coding", "p-bad").record.hit for _ in range(50)} == {-1}
+    assert {model.offer(1, 4, rng, "coding", "p-unknown").record.hit for _ in range(200)} == {0, -1}  # the category's
     assert not RecordedAcceptance(records).per_prompt
 
 
@@ -43,9 +43,9 @@ def test_a_prompts_thin_depths_draw_from_the_deepest_well_recorded_depth():
     records = [OfferRecord(0, [0.5], 0)] * n + [OfferRecord(1, [0.6], -1)] * n + [OfferRecord(2, [0.7], 0)]
     model = RecordedAcceptance(records, ["chat"] * len(records), ["p"] * len(records))
     rng = random.Random(0)
-    assert {model.offer(2, 4, rng, "chat", "p").draft_probs[0] for _ in range(20)} == {0.6}
-    assert {model.offer(5, 4, rng, "chat", "p").draft_probs[0] for _ in range(20)} == {0.6}
-    assert model.offer(2, 4, rng, "chat").draft_probs[0] == 0.7  # the category pool keeps every depth
+    assert {model.offer(2, 4, rng, "chat", "p").record.draft_probs[0] for _ in range(20)} == {0.6}
+    assert {model.offer(5, 4, rng, "chat", "p").record.draft_probs[0] for _ in range(20)} == {0.6}
+    assert model.offer(2, 4, rng, "chat").record.draft_probs[0] == 0.7  # the category pool keeps every depth
 
 
 def test_the_simulator_draws_acceptance_per_prompt():
@@ -118,9 +118,9 @@ def test_a_node_on_the_targets_path_replays_the_record_of_its_output_position():
     records = [OfferRecord(0, [0.9, 0.1], 0, position=p) for p in range(1, 6)] + [OfferRecord(2, [0.8, 0.2], 1, 6)]
     model = RecordedAcceptance(records, ["chat"] * 6, ["p"] * 6)
     rng = random.Random(0)
-    assert model.offer(0, 4, rng, "chat", "p", position=6) == records[-1]  # its position, whatever the depth
-    assert model.offer(5, 1, rng, "chat", "p", position=6) == OfferRecord(2, [0.8], -1, 6)  # cut to top-1
-    assert model.offer(0, 4, rng, "chat", "p", position=9).position in range(1, 7)  # not recorded: the pool
+    assert model.offer(0, 4, rng, "chat", "p", position=6).record == records[-1]  # its position, whatever the depth
+    assert model.offer(5, 1, rng, "chat", "p", position=6).record == OfferRecord(2, [0.8], -1, 6)  # cut to top-1
+    assert model.offer(0, 4, rng, "chat", "p", position=9).record.position in range(1, 7)  # not recorded: the pool
 
 
 def test_a_frontiers_offers_are_the_nodes_offers_drawn_one_by_one():

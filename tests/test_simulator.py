@@ -7,7 +7,7 @@ import random
 import pytest
 
 from adaserve.sched.cost_model import CostModel, LatencyCurve
-from adaserve.sim.acceptance import ParametricAcceptance, RecordedAcceptance, parse_acceptance, save_records
+from adaserve.sim.acceptance import DrawnOffer, ParametricAcceptance, RecordedAcceptance, parse_acceptance, save_records
 from adaserve.sim.roofline import ADASERVE_A100_70B_TABLE, parse_cost_model
 from adaserve.sim.run import simulate, unloaded_tpot_ms
 from adaserve.sim.config import SimConfig
@@ -25,9 +25,9 @@ class Always:
         self.hit = hit
 
     def offers(self, depth, top_k, rng, category, prompt_key, num_nodes, on_path):
-        return [OfferRecord(depth, [0.9], self.hit)] * num_nodes
+        return [DrawnOffer.of(OfferRecord(depth, [0.9], self.hit))] * num_nodes
 
-    replays = per_prompt = False
+    per_prompt = False
 
 
 def flat_cost(verify_ms=10.0, draft_ms=5.0) -> CostModel:
@@ -113,9 +113,9 @@ def test_recorded_acceptance_draws_by_depth_and_truncates_to_top_k():
     records = [OfferRecord(0, [0.7, 0.2, 0.1], 2), OfferRecord(1, [0.5, 0.4], 0)]
     model = RecordedAcceptance(records)
     rng = random.Random(0)
-    assert model.offer(0, 8, rng) == records[0]
-    assert model.offer(5, 8, rng) == records[1]  # deeper than recorded: the deepest depth's records
-    assert model.offer(0, 2, rng) == OfferRecord(0, [0.7, 0.2], -1)  # the hit child was not offered
+    assert model.offer(0, 8, rng).record == records[0]
+    assert model.offer(5, 8, rng).record == records[1]  # deeper than recorded: the deepest depth's records
+    assert model.offer(0, 2, rng).record == OfferRecord(0, [0.7, 0.2], -1)  # the hit child was not offered
     assert model.top1_acceptance() == {0: 0.0, 1: 1.0}
 
 
@@ -125,9 +125,9 @@ def test_recorded_acceptance_by_category_round_trip(tmp_path):
     save_records(tmp_path / "r.jsonl", records, ["coding", "chat", "chat"])
     model = parse_acceptance(f"recorded:{tmp_path / 'r.jsonl'}")
     rng = random.Random(0)
-    assert {model.offer(0, 4, rng, "coding").hit for _ in range(50)} == {0}
-    assert {model.offer(0, 4, rng, "chat").hit for _ in range(50)} == {-1}
-    assert {model.offer(0, 4, rng, "summarization").hit for _ in range(200)} == {0, -1}
+    assert {model.offer(0, 4, rng, "coding").record.hit for _ in range(50)} == {0}
+    assert {model.offer(0, 4, rng, "chat").record.hit for _ in range(50)} == {-1}
+    assert {model.offer(0, 4, rng, "summarization").record.hit for _ in range(200)} == {0, -1}
     assert model.top1_acceptance("chat") == {0: 0.0} and model.top1_acceptance()[0] == pytest.approx(1 / 3)
 
 
@@ -153,10 +153,12 @@ def test_parametric_acceptance_follows_its_calibration():
         picks = [min(1.0, 1.2 * q) for q in probs]
         return picks[0] / max(1.0, sum(picks))
 
-    expected = sum(p_top1(o.draft_probs) for o in offers) / len(offers)
-    observed = sum(o.hit == 0 for o in offers) / len(offers)
+    records = [o.record for o in offers]
+    expected = sum(p_top1(r.draft_probs) for r in records) / len(records)
+    observed = sum(o.target_choice == o.token_ids[0] for o in offers) / len(offers)
     assert observed == pytest.approx(expected, abs=0.015)
-    assert all(len(o.draft_probs) == 4 and sum(o.draft_probs) <= 1 + 1e-9 for o in offers)
+    assert all(len(r.draft_probs) == 4 and sum(r.draft_probs) <= 1 + 1e-9 for r in records)
+    assert all(r.draft_probs == sorted(r.draft_probs, reverse=True) for r in records)  # most likely first
 
 
 @pytest.mark.parametrize("spec", ["recorded:/nonexistent", "parametric:top1=2", "parametric:bogus=1", "magic"])
@@ -332,7 +334,7 @@ def test_simulated_draft_passes_have_the_shapes_the_engine_logs():
 
     class TwoChildren(Always):
         def offers(self, depth, top_k, rng, category, prompt_key, num_nodes, on_path):
-            return [OfferRecord(depth, [0.6, 0.3], 0)] * num_nodes
+            return [DrawnOffer.of(OfferRecord(depth, [0.6, 0.3], 0))] * num_nodes
 
     proposer = SimProposer(TwoChildren(0), random.Random(0))
     request = Request("r", list(range(40)), SamplingParams(max_tokens=8), arrival_time=0.0)

@@ -37,7 +37,9 @@ class SpecDecoder:
         self.kv = target.kv
         self.sampler = sampler
         self.stats = EngineSpecStats()
-        self.record_offers = True  # the simulator's input; the simulator itself turns it off
+        # Per verified node (path probability, accepted?) for calibration curves, and offer records
+        # (the simulator's input): the simulator, which replays them, turns this off.
+        self.record_traces = True
         self._candidates: dict[str, CandidateTree] = {}
         self._draft_seconds = 0.0
         self._step_accepted = 0
@@ -112,10 +114,10 @@ class SpecDecoder:
         self._step_accepted += len(accepted)
         chunk.request.spec_stats.record(depths, len(accepted))
         tree = self._candidates.pop(rid)
-        on_path = set(accepted)
-        for i in range(1, layout.num_nodes):
-            self.stats.calibration.append((tree.path_prob(layout.source_nodes[i]), i in on_path))
-        if self.record_offers:
+        if self.record_traces:
+            on_path = set(accepted)
+            for i in range(1, layout.num_nodes):
+                self.stats.calibration.append((tree.path_prob(layout.source_nodes[i]), i in on_path))
             self._record_offers(tree, layout, acceptance, chunk.request.num_output_tokens)
 
     def _record_offers(self, tree: CandidateTree, layout: TreeLayout, acceptance: Acceptance,

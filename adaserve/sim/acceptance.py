@@ -1,5 +1,6 @@
 """Acceptance models: at a node being expanded, the draft's top-k child probabilities (most likely
-first) and which child the target will pick there (-1: none of them). Plain Python.
+first) and which child the target will pick there (-1: none of them), as the draft's offer there
+(DrawnOffer: synthetic token ids, child i is token i + 1). Plain Python.
 
   recorded     replays OfferRecords the engine logged for a real draft/target pair (the draft's
                offer and the target's choice at every expanded node on a verified path; record
@@ -23,25 +24,41 @@ Spec strings: "recorded:PATH" or "parametric:top1=0.7,calibration=1.0,ratio=0.5,
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 from adaserve.spec.stats import OfferRecord
+from adaserve.spec.tree import Offer
 
 DEFAULT_RECORDS = Path("benchmarks/results/acceptance_qwen.jsonl")  # `adaserve simulate record` writes here
 
 
+NO_MATCH = -1  # a target choice that is none of the offered children
+
+
+@dataclass
+class DrawnOffer(Offer):
+    """A record as the draft's offer at a node: child i is token i + 1, with log-prob log q_i."""
+
+    target_choice: int = NO_MATCH  # the token the target picks after the node
+    record: OfferRecord | None = None  # what it was made from
+
+    @classmethod
+    def of(cls, record: OfferRecord) -> "DrawnOffer":
+        return cls(list(range(1, len(record.draft_probs) + 1)), [math.log(max(p, 1e-12)) for p in record.draft_probs],
+                   record.hit + 1 if record.hit >= 0 else NO_MATCH, record)
+
+
 class AcceptanceModel(Protocol):
-    # True if offer() only ever returns a fixed set of record objects (callers may cache per object).
-    replays: bool
     # True if it draws per prompt: requests should name theirs (SimRequest.prompt_key).
     per_prompt: bool
 
     def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
-               on_path: dict[int, int]) -> list[OfferRecord]:
-        """One record per node of a frontier at `depth`, in order. on_path: for the nodes on the
+               on_path: dict[int, int]) -> list[DrawnOffer]:
+        """One offer per node of a frontier at `depth`, in order. on_path: for the nodes on the
         target's path, their index among the num_nodes -> the output position they predict."""
         ...
 
@@ -60,20 +77,18 @@ class _DepthPool:
             self.by_depth.setdefault(r.depth, []).append(r)
         full = [d for d, rs in self.by_depth.items() if len(rs) >= min_per_depth]
         self.max_depth = max(full) if full else min(self.by_depth)
-        self._buckets: dict[tuple[int, int], list[OfferRecord]] = {}
+        self._buckets: dict[tuple[int, int], list[DrawnOffer]] = {}
 
-    def bucket(self, depth: int, top_k: int) -> list[OfferRecord]:
-        """The records a node at `depth` draws from, uniformly."""
+    def bucket(self, depth: int, top_k: int) -> list[DrawnOffer]:
+        """The offers a node at `depth` draws from, uniformly (made once)."""
         bucket = self._buckets.get((depth, top_k))
         if bucket is None:  # first draw at this depth; deeper than recorded: the deepest depth's records
             records = self.by_depth.get(min(depth, self.max_depth)) or self.by_depth[self.max_depth]
-            bucket = self._buckets[(depth, top_k)] = [_truncate(r, top_k) for r in records]
+            bucket = self._buckets[(depth, top_k)] = [DrawnOffer.of(_truncate(r, top_k)) for r in records]
         return bucket
 
 
 class RecordedAcceptance:
-    replays = True
-
     def __init__(self, records: list[OfferRecord], categories: list[str] | None = None,
                  prompt_keys: list[str] | None = None) -> None:
         """categories[i], prompt_keys[i]: the workload category and prompt record i came from ("" = unknown)."""
@@ -90,10 +105,10 @@ class RecordedAcceptance:
         for r, key in zip(records, prompt_keys, strict=True):
             if key and r.position >= 0:
                 self.traces.setdefault(key, {})[r.position] = r
-        self._cut: dict[tuple[str, int, int], OfferRecord] = {}  # trace records cut to a top-k
+        self._cut: dict[tuple[str, int, int], DrawnOffer] = {}  # trace records cut to a top-k
 
     def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
-               on_path: dict[int, int]) -> list[OfferRecord]:
+               on_path: dict[int, int]) -> list[DrawnOffer]:
         replayed = {}  # node index -> its position's record
         trace = self.traces.get(prompt_key) if on_path else None  # (hot: no lookups off the path)
         if trace is not None:
@@ -101,7 +116,7 @@ class RecordedAcceptance:
                 if position in trace:
                     key = (prompt_key, position, top_k)
                     if key not in self._cut:
-                        self._cut[key] = _truncate(trace[position], top_k)
+                        self._cut[key] = DrawnOffer.of(_truncate(trace[position], top_k))
                     replayed[i] = self._cut[key]
         pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
         bucket, random = pool.bucket(depth, top_k), rng.random
@@ -111,8 +126,8 @@ class RecordedAcceptance:
         return drawn
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
-              position: int = -1) -> OfferRecord:
-        """One node's record (offers() for a frontier of one)."""
+              position: int = -1) -> DrawnOffer:
+        """One node's offer (offers() for a frontier of one)."""
         return self.offers(depth, top_k, rng, category, prompt_key, 1, {0: position} if position >= 0 else {})[0]
 
     @property
@@ -155,7 +170,6 @@ class ParametricAcceptance:
     calibration: float = 1.0  # P(target picks child) = min(1, calibration x draft prob)
     ratio: float = 0.5  # each further child gets `ratio` of the previous one's probability
     concentration: float = 4.0  # Beta(top1 * c, (1 - top1) * c): spread of the top-1 probability
-    replays = False
     per_prompt = False
 
     def __post_init__(self) -> None:
@@ -163,11 +177,11 @@ class ParametricAcceptance:
             raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
 
     def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
-               on_path: dict[int, int]) -> list[OfferRecord]:
+               on_path: dict[int, int]) -> list[DrawnOffer]:
         return [self.offer(depth, top_k, rng) for _ in range(num_nodes)]
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
-              position: int = -1) -> OfferRecord:
+              position: int = -1) -> DrawnOffer:
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
         rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]
@@ -182,7 +196,7 @@ class ParametricAcceptance:
                 hit = i
                 break
             u -= p
-        return OfferRecord(depth, probs, hit)
+        return DrawnOffer.of(OfferRecord(depth, probs, hit))
 
 
 def parse_acceptance(spec: str) -> AcceptanceModel:

@@ -6,30 +6,22 @@ The target's choice at each expanded node is kept aside (`target_choices`), so v
 run the engine's own greedy acceptance walk. It also lists the draft passes a real draft model
 would run (the sync of newly committed tokens, then one pass per fed layer) with the shapes the
 engine would log for them (adaserve.engine.step_log.pass_record), for the cost model.
-Synthetic token ids: child i of a node is token i + 1; -1 means "no drafted child matches".
+Synthetic token ids (adaserve.sim.acceptance.DrawnOffer): child i of a node is token i + 1;
+-1 (NO_MATCH) means "no drafted child matches".
 Nodes on the target's path (the root, then each such node's picked child) ask the acceptance model
 for the output position they predict: a recorded prompt replays its own trace there.
 """
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass
 
 from adaserve.engine.step_log import PassRecord, pass_record
 from adaserve.request import Request
-from adaserve.sim.acceptance import AcceptanceModel
+from adaserve.sim.acceptance import NO_MATCH, AcceptanceModel
 from adaserve.spec.policies import SpecPolicy, grow_layer
-from adaserve.spec.stats import OfferRecord
-from adaserve.spec.tree import CandidateTree, Offer, TreeLayout
+from adaserve.spec.tree import CandidateTree, TreeLayout
 
-NO_MATCH = -1
-
-
-@dataclass
-class _SimOffer(Offer):
-    target_choice: int = NO_MATCH  # the token the target picks at the node: child i + 1, or NO_MATCH
 
 
 class SimProposer:
@@ -41,7 +33,6 @@ class SimProposer:
         # path matters: the greedy acceptance walk never leaves it.
         self.choices: dict[str, dict[int, int]] = {}
         self.draft_passes: list[PassRecord] = []  # of the last propose()
-        self._offers: dict[int, _SimOffer] = {}  # per replayed record (id): its offer, built once
         self.sources: dict[str, tuple[str, str]] = {}  # per request: (category, prompt key) its acceptance is drawn for
         # Per request, this step: (output position the root predicts, the frontier's node on the
         # target's path, -1 once the tree has left it).
@@ -106,25 +97,19 @@ class SimProposer:
         root_position, path_node = self._path[tree.request_id]
         depth = layer - 1  # the frontier's
         # The frontier's node on the path predicts output position root + depth; the rest draw any record.
-        on_path = {parents.index(path_node): root_position + depth} if path_node >= 0 else {}
-        records = self.acceptance.offers(depth, policy.top_k, self.rng, category, prompt_key, len(parents), on_path)
-        cache = self._offers
-        offers = [cache.get(id(record)) or self._offer(record) for record in records]
+        index = parents.index(path_node) if path_node >= 0 else -1
+        on_path = {index: root_position + depth} if index >= 0 else {}
+        offers = self.acceptance.offers(depth, policy.top_k, self.rng, category, prompt_key, len(parents), on_path)
         new_nodes = grow_layer(tree, parents, offers, policy, layer)
-        if path_node >= 0:  # the target's pick: the path goes on if the policy kept that child
-            choice = self.choices[tree.request_id][path_node] = offers[parents.index(path_node)].target_choice
-            path_node = next((n for n in new_nodes if tree.parents[n] == path_node and tree.token_ids[n] == choice), -1)
-            self._path[tree.request_id] = (root_position, path_node)
+        if index >= 0:  # the target's pick: the path goes on if the policy kept that child
+            choice = self.choices[tree.request_id][path_node] = offers[index].target_choice
+            picked = -1
+            for node in new_nodes:
+                if tree.parents[node] == path_node and tree.token_ids[node] == choice:
+                    picked = node
+                    break
+            self._path[tree.request_id] = (root_position, picked)
         return new_nodes
-
-    def _offer(self, record: OfferRecord) -> "_SimOffer":
-        """The record as the draft's offer: child i is token i + 1 (built once per replayed record)."""
-        offer = _SimOffer(list(range(1, len(record.draft_probs) + 1)),
-                          [math.log(max(p, 1e-12)) for p in record.draft_probs],
-                          record.hit + 1 if record.hit >= 0 else NO_MATCH)
-        if self.acceptance.replays:
-            self._offers[id(record)] = offer
-        return offer
 
     def target_choices(self, request_id: str, layout: TreeLayout) -> list[int]:
         """Per layout node, the token the target picks after it (what its argmax would be)."""
