@@ -36,6 +36,12 @@ def test_terms_split_the_worked_example_and_sum_to_the_latency():
     assert curve.terms(4, num_seqs=3).num_extra_seqs == 2
 
 
+def test_a_curve_at_a_fixed_batch_is_the_same_latency():
+    curve = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), 0.001, ms_per_seq=2.0, ms_per_context_pair=1e-5)
+    at = curve.at(1000, num_seqs=3)
+    assert [at(n) for n in (1, 5, 12, 40)] == [curve(n, 1000, 3) for n in (1, 5, 12, 40)]  # exactly
+
+
 def test_step_context_pairs():
     """A 512-token chunk after 1000 cached tokens and a decode after 300: 511 x 1000 pairs."""
     from types import SimpleNamespace

@@ -97,28 +97,32 @@ def group_sequences(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE,
       decodes 700 + 650 -> padded 2 x 700 = 1400, useful 1350: together; + 90 -> 2100 vs 1440: together.
     -> [[0], [1, 2, 3]] (each group's indices in their original order).
     """
-    return [sorted(g) for g in _groups(shapes, min_waste, waste_ratio)]
-
-
-def _groups(shapes: list[tuple[int, int]], min_waste: int, waste_ratio: float) -> list[list[int]]:
-    """group_sequences' groups, members in visiting order (the simulator calls this for every pass)."""
     order = sorted(range(len(shapes)), key=shapes.__getitem__, reverse=True)
-    groups: list[list[int]] = []
+    groups, start = [], 0
+    for size in _group_sizes([shapes[i] for i in order], min_waste, waste_ratio):
+        groups.append(sorted(order[start : start + size]))
+        start += size
+    return groups
+
+
+def _group_sizes(visited: list[tuple[int, int]], min_waste: int, waste_ratio: float) -> list[int]:
+    """The group rule over shapes in visiting order (decreasing): each group is a run of them;
+    returns the runs' lengths. (The simulator prices every pass's padding with it.)"""
+    sizes: list[int] = []
     max_q = max_kv = useful = 0
-    for i in order:
-        q, kv = shapes[i]
-        if groups:
+    for q, kv in visited:
+        if sizes:
             # Visited by decreasing num_new, so the group's max_q never grows; kv may (a longer KV
             # with fewer new tokens).
             group_kv = kv if kv > max_kv else max_kv
             work = useful + q * kv
-            if (len(groups[-1]) + 1) * max_q * group_kv - work <= max(min_waste, waste_ratio * work):
-                groups[-1].append(i)
+            if (sizes[-1] + 1) * max_q * group_kv - work <= max(min_waste, waste_ratio * work):
+                sizes[-1] += 1
                 max_kv, useful = group_kv, work
                 continue
-        groups.append([i])
+        sizes.append(1)
         max_q, max_kv, useful = q, kv, q * kv
-    return groups
+    return sizes
 
 
 def num_padded_kv(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE) -> int:
@@ -127,11 +131,13 @@ def num_padded_kv(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE) -> 
     Worked example (group_sequences'): decodes over 700, 650, 90 KV in one group -> 0 + 50 + 610 = 660."""
     if len(shapes) < 2:
         return 0
-    padded = 0
-    for members in _groups(shapes, min_waste, WASTE_RATIO):
-        if len(members) > 1:
-            kvs = [shapes[i][1] for i in members]
-            padded += max(kvs) * len(kvs) - sum(kvs)
+    visited = sorted(shapes, reverse=True)  # (equal shapes in any order: the same runs)
+    padded, start = 0, 0
+    for size in _group_sizes(visited, min_waste, WASTE_RATIO):
+        if size > 1:
+            kvs = [kv for _, kv in visited[start : start + size]]
+            padded += max(kvs) * size - sum(kvs)
+        start += size
     return padded
 
 

@@ -29,6 +29,7 @@ import bisect
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 
 def isotonic(ys: list[float]) -> list[float]:
@@ -81,10 +82,18 @@ class LatencyCurve:
 
     def __call__(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
                  num_extra_logit_rows: int = 0) -> float:
-        context = (self.ms_per_context_token * max(0, num_context_tokens) + self.ms_per_seq * max(0, num_seqs - 1)
-                   + self.ms_per_context_pair * max(0, num_context_pairs)
-                   + self.ms_per_logit_row * max(0, num_extra_logit_rows))
-        return self._curve(num_tokens) + context
+        return self._curve(num_tokens) + self._batch_ms(num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
+
+    def at(self, num_context_tokens: int = 0, num_seqs: int = 1) -> Callable[[int], float]:
+        """The latency as a function of num_tokens alone, for one batch's context (the same values as
+        __call__, without recomputing the batch terms: the policies' inner loop calls it per node)."""
+        batch_ms, curve = self._batch_ms(num_context_tokens, num_seqs, 0, 0), self._curve
+        return lambda num_tokens: curve(num_tokens) + batch_ms
+
+    def _batch_ms(self, num_context_tokens: int, num_seqs: int, num_context_pairs: int, num_extra_logit_rows: int) -> float:
+        """The terms beyond the token curve."""
+        return (self.ms_per_context_token * max(0, num_context_tokens) + self.ms_per_seq * max(0, num_seqs - 1)
+                + self.ms_per_context_pair * max(0, num_context_pairs) + self.ms_per_logit_row * max(0, num_extra_logit_rows))
 
     def terms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
               num_extra_logit_rows: int = 0) -> PassTerms:
@@ -125,6 +134,10 @@ class CostModel:
     def verify_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1,
                   num_context_pairs: int = 0, num_extra_logit_rows: int = 0) -> float:
         return self.target(num_tokens, num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
+
+    def verify_ms_at(self, num_context_tokens: int = 0, num_seqs: int = 1) -> Callable[[int], float]:
+        """verify_ms as a function of num_tokens, for a fixed batch (LatencyCurve.at)."""
+        return self.target.at(num_context_tokens, num_seqs)
 
     def draft_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1,
                  num_context_pairs: int = 0, num_extra_logit_rows: int = 0) -> float:

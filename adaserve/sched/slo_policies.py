@@ -89,11 +89,12 @@ class AdaServePolicy:
         """Throughput-phase stop rule: add a node of acceptance probability f iff it raises
         expected tokens per second of the step: (E + f) / T(N + 1) > E / T(N)."""
         spec_ms = self.cost.speculation_ms(num_seqs, self.depth, self.width, self._num_context_tokens)
+        verify_ms = self.cost.verify_ms_at(self._num_context_tokens, num_seqs)
         step_ms: dict[int, float] = {}
 
         def t(num_tokens: int) -> float:
             if num_tokens not in step_ms:
-                step_ms[num_tokens] = spec_ms + self.cost.verify_ms(num_tokens, self._num_context_tokens, num_seqs)
+                step_ms[num_tokens] = spec_ms + verify_ms(num_tokens)
             return step_ms[num_tokens]
 
         def keep_going(f: float, num_selected: int, expected: float) -> bool:

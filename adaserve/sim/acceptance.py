@@ -120,7 +120,8 @@ class RecordedAcceptance:
                     replayed[i] = self._cut[key]
         pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
         bucket, random = pool.bucket(depth, top_k), rng.random
-        drawn = [bucket[int(random() * len(bucket))] for _ in range(num_nodes - len(replayed))]
+        size = len(bucket)
+        drawn = [bucket[int(random() * size)] for _ in range(num_nodes - len(replayed))]
         for i in sorted(replayed):  # (the other nodes draw in order, as if one by one)
             drawn.insert(i, replayed[i])
         return drawn

@@ -112,9 +112,11 @@ def grow_layer(tree: CandidateTree, parents: list[int], offers: list[Offer], pol
 
 
 def top_by_path_prob(children: LayerCandidates, n: int, among: list[int] | None = None) -> list[int]:
-    """The n most probable paths (of `among`, default all); ties keep the candidates' order
-    (reverse sorting is stable too)."""
+    """The indices of the n most probable paths (of `among`, default all), most probable first
+    (ties keep the candidates' order: reverse sorting is stable too) unless all are kept."""
     indices = range(len(children)) if among is None else among
+    if len(indices) <= n:  # all of them (e.g. the root's offer in the first layer)
+        return list(indices)
     return sorted(indices, key=children.path_logprobs.__getitem__, reverse=True)[:n]
 
 
