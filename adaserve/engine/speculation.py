@@ -73,7 +73,7 @@ class SpecDecoder:
         request = chunk.request
         # Tokens past max_tokens would be thrown away: don't verify deeper than what is left.
         room = request.params.max_tokens - request.num_output_tokens - 1
-        selected = sorted(n for n in selected if tree.depths[n] <= room)  # parents-first prefix order
+        selected = sorted([n for n in selected if tree.depths[n] <= room])  # parents-first prefix order
         while selected and not self.kv.can_reserve(request.request_id, len(selected)):
             selected.pop()  # out of KV blocks: speculate less (a prefix stays connected)
         chunk.tree = layout_tree(tree, selected)
@@ -100,7 +100,7 @@ class SpecDecoder:
         src = [chunk.slot_ids[i] for i in accepted]
         dst = self.kv.slots(request.request_id, start + 1, len(accepted))
         if src != dst:
-            self.target.kv_cache.copy_slots(torch.tensor(src), torch.tensor(dst))
+            self.target.kv_cache.copy_slots(src, dst)
         self.kv.truncate(request.request_id, start + 1 + len(accepted))
         request.num_computed_tokens = start + 1 + len(accepted)
         self._record(chunk, acceptance)

@@ -25,8 +25,10 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
 
-    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+    def copy_slots(self, src_slots: list[int], dst_slots: list[int]) -> None:
         """Move K/V entries between slots in all layers (commit of accepted tree tokens)."""
+        src = torch.tensor(src_slots, device=self.k.device)
+        dst = torch.tensor(dst_slots, device=self.k.device)
         for cache in (self.k, self.v):
             flat = cache.view(cache.shape[0], -1, *cache.shape[3:])  # [layers, slots, kv_heads, d]
             flat[:, dst] = flat[:, src]

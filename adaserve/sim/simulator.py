@@ -46,7 +46,7 @@ class SimClock:
 class _NullKVCache:
     """Stands in for the KV tensors: the simulator moves no data."""
 
-    def copy_slots(self, src, dst) -> None:
+    def copy_slots(self, src_slots: list[int], dst_slots: list[int]) -> None:
         pass
 
 

@@ -19,13 +19,15 @@ class SpecStats:
         self.num_verifications += 1
         self.num_proposed += len(depths_proposed)
         self.num_accepted += num_accepted
+        proposed, accepted = self.proposed_per_depth, self.accepted_per_depth
         need = max(depths_proposed, default=0)
-        for per_depth in (self.proposed_per_depth, self.accepted_per_depth):
-            per_depth.extend([0] * (need - len(per_depth)))
+        if need > len(proposed):
+            proposed.extend([0] * (need - len(proposed)))
+            accepted.extend([0] * (need - len(accepted)))
         for d in depths_proposed:
-            self.proposed_per_depth[d - 1] += 1
+            proposed[d - 1] += 1
         for d in range(num_accepted):  # the accepted path has exactly one node per depth
-            self.accepted_per_depth[d] += 1
+            accepted[d] += 1
 
     @property
     def mean_accepted_tokens(self) -> float:

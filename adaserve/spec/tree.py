@@ -116,7 +116,8 @@ def layout_tree(tree: CandidateTree, selected: list[int]) -> TreeLayout:
         if p >= 0:
             children[p].append(i)
     for kids in children:  # most likely first: the order stochastic verification tries them in
-        kids.sort(key=lambda i: -tree.path_logprobs[nodes[i]])
+        if len(kids) > 1:
+            kids.sort(key=lambda i: -tree.path_logprobs[nodes[i]])
     return TreeLayout(
         token_ids=[tree.token_ids[n] for n in nodes],
         parents=parents,
