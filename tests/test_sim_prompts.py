@@ -127,7 +127,7 @@ def test_a_frontiers_offers_are_the_nodes_offers_drawn_one_by_one():
     records = [OfferRecord(1, [0.9 - p / 100, 0.05], p % 2 - 1, position=p) for p in range(1, 30)]
     model = RecordedAcceptance(records, ["chat"] * len(records), ["p"] * len(records))
     for on_path in ({}, {2: 7}, {0: 99}):  # none, a recorded position, an unrecorded one (the pool)
-        batch = model.offers(1, 2, random.Random(3), "chat", "p", 5, on_path)
+        batch = model.source("chat", "p").offers(1, 2, random.Random(3), 5, on_path)
         rng = random.Random(3)
         assert batch == [model.offer(1, 2, rng, "chat", "p", on_path.get(i, -1)) for i in range(5)]
 

@@ -24,7 +24,10 @@ class Always:
     def __init__(self, hit: int) -> None:
         self.hit = hit
 
-    def offers(self, depth, top_k, rng, category, prompt_key, num_nodes, on_path):
+    def source(self, category, prompt_key):
+        return self
+
+    def offers(self, depth, top_k, rng, num_nodes, on_path):
         return [DrawnOffer.of(OfferRecord(depth, [0.9], self.hit))] * num_nodes
 
     per_prompt = False
@@ -333,7 +336,7 @@ def test_simulated_draft_passes_have_the_shapes_the_engine_logs():
     from adaserve.spec.policies import make_policy
 
     class TwoChildren(Always):
-        def offers(self, depth, top_k, rng, category, prompt_key, num_nodes, on_path):
+        def offers(self, depth, top_k, rng, num_nodes, on_path):
             return [DrawnOffer.of(OfferRecord(depth, [0.6, 0.3], 0))] * num_nodes
 
     proposer = SimProposer(TwoChildren(0), random.Random(0))

@@ -52,14 +52,20 @@ class DrawnOffer(Offer):
                    record.hit + 1 if record.hit >= 0 else NO_MATCH, record)
 
 
+class OfferSource(Protocol):
+    def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
+               on_path: dict[int, int]) -> list[DrawnOffer]:
+        """One offer per node of a frontier at `depth`, in order. on_path: for the nodes on the
+        target's path, their index among the num_nodes -> the output position they predict."""
+        ...
+
+
 class AcceptanceModel(Protocol):
     # True if it draws per prompt: requests should name theirs (SimRequest.prompt_key).
     per_prompt: bool
 
-    def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
-               on_path: dict[int, int]) -> list[DrawnOffer]:
-        """One offer per node of a frontier at `depth`, in order. on_path: for the nodes on the
-        target's path, their index among the num_nodes -> the output position they predict."""
+    def source(self, category: str, prompt_key: str) -> OfferSource:
+        """What a request of this category and prompt draws its offers from."""
         ...
 
 
@@ -88,6 +94,30 @@ class _DepthPool:
         return bucket
 
 
+class _RecordedSource:
+    """A prompt's records: its trace replays the path's positions, the rest draw from its pool."""
+
+    def __init__(self, pool: _DepthPool, trace: dict[int, OfferRecord]) -> None:
+        self.pool, self.trace = pool, trace
+        self._cut: dict[tuple[int, int], DrawnOffer] = {}  # trace records cut to a top-k, per (position, top_k)
+
+    def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
+               on_path: dict[int, int]) -> list[DrawnOffer]:
+        replayed = {}  # node index -> its position's record
+        if on_path and self.trace:
+            for i, position in on_path.items():
+                if position in self.trace:
+                    if (position, top_k) not in self._cut:
+                        self._cut[(position, top_k)] = DrawnOffer.of(_truncate(self.trace[position], top_k))
+                    replayed[i] = self._cut[(position, top_k)]
+        bucket, random = self.pool.bucket(depth, top_k), rng.random
+        size = len(bucket)
+        drawn = [bucket[int(random() * size)] for _ in range(num_nodes - len(replayed))]
+        for i in sorted(replayed):  # (the other nodes draw in order, as if one by one)
+            drawn.insert(i, replayed[i])
+        return drawn
+
+
 class RecordedAcceptance:
     def __init__(self, records: list[OfferRecord], categories: list[str] | None = None,
                  prompt_keys: list[str] | None = None) -> None:
@@ -105,31 +135,19 @@ class RecordedAcceptance:
         for r, key in zip(records, prompt_keys, strict=True):
             if key and r.position >= 0:
                 self.traces.setdefault(key, {})[r.position] = r
-        self._cut: dict[tuple[str, int, int], DrawnOffer] = {}  # trace records cut to a top-k
+        self._sources: dict[tuple[str, str], _RecordedSource] = {}
 
-    def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
-               on_path: dict[int, int]) -> list[DrawnOffer]:
-        replayed = {}  # node index -> its position's record
-        trace = self.traces.get(prompt_key) if on_path else None  # (hot: no lookups off the path)
-        if trace is not None:
-            for i, position in on_path.items():
-                if position in trace:
-                    key = (prompt_key, position, top_k)
-                    if key not in self._cut:
-                        self._cut[key] = DrawnOffer.of(_truncate(trace[position], top_k))
-                    replayed[i] = self._cut[key]
-        pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
-        bucket, random = pool.bucket(depth, top_k), rng.random
-        size = len(bucket)
-        drawn = [bucket[int(random() * size)] for _ in range(num_nodes - len(replayed))]
-        for i in sorted(replayed):  # (the other nodes draw in order, as if one by one)
-            drawn.insert(i, replayed[i])
-        return drawn
+    def source(self, category: str, prompt_key: str) -> _RecordedSource:
+        key = (category, prompt_key)
+        if key not in self._sources:
+            pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
+            self._sources[key] = _RecordedSource(pool, self.traces.get(prompt_key, {}))
+        return self._sources[key]
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
               position: int = -1) -> DrawnOffer:
-        """One node's offer (offers() for a frontier of one)."""
-        return self.offers(depth, top_k, rng, category, prompt_key, 1, {0: position} if position >= 0 else {})[0]
+        """One node's offer (position >= 0: the node is on the target's path and predicts it)."""
+        return self.source(category, prompt_key).offers(depth, top_k, rng, 1, {0: position} if position >= 0 else {})[0]
 
     @property
     def per_prompt(self) -> bool:
@@ -177,7 +195,10 @@ class ParametricAcceptance:
         if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
             raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
 
-    def offers(self, depth: int, top_k: int, rng: random.Random, category: str, prompt_key: str, num_nodes: int,
+    def source(self, category: str, prompt_key: str) -> "ParametricAcceptance":
+        return self  # the same for every request
+
+    def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
                on_path: dict[int, int]) -> list[DrawnOffer]:
         return [self.offer(depth, top_k, rng) for _ in range(num_nodes)]
 
