@@ -37,9 +37,11 @@ def pass_record(model: str, shapes: list[tuple[int, int]], num_logit_rows: int, 
     its earlier layers' nodes count as cached), in the cost model's terms. Worked example: a decode
     after 300 cached tokens and a 4-node layer after 200 tokens + 3 earlier nodes -> 5 tokens, 2
     sequences, 503 context tokens, 3 x 203 = 609 pairs, KV padded as attention groups pad it."""
-    return PassRecord(model, sum(n for n, _ in shapes), len(shapes), sum(c for _, c in shapes),
-                      sum((n - 1) * c for n, c in shapes), num_padded_kv([(n, c + n) for n, c in shapes]),
-                      num_logit_rows, forward_ms)
+    num_tokens = num_context = num_pairs = 0
+    for n, c in shapes:  # (one loop: the simulator describes every draft layer's pass with this)
+        num_tokens, num_context, num_pairs = num_tokens + n, num_context + c, num_pairs + (n - 1) * c
+    return PassRecord(model, num_tokens, len(shapes), num_context, num_pairs,
+                      num_padded_kv([(n, c + n) for n, c in shapes]), num_logit_rows, forward_ms)
 
 
 @dataclass

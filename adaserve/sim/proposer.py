@@ -34,6 +34,8 @@ class _Drafting:
     # This step: node on the target's path -> the token the target picks after it. Only the path
     # matters: the greedy acceptance walk never leaves it.
     choices: dict[int, int] = field(default_factory=dict)
+    frontier: list[int] = field(default_factory=list)  # this step: the nodes the next layer grows from
+    num_fed: int = 0  # this step: tree nodes already fed to the draft (in its cache)
 
 
 class SimProposer:
@@ -65,23 +67,19 @@ class SimProposer:
             # The root predicts output token num_output_tokens; the target's path starts there.
             state = self._drafting[r.request_id]
             state.root_position, state.path_node, state.choices = r.num_output_tokens, 0, {}
+            state.frontier, state.num_fed = [0], 0
         ready, sync = self._sync(requests)
         self.draft_passes = [sync] if sync.num_seqs else []
-        frontier = {r.request_id: [0] for r in requests if r.request_id in ready}
-        num_fed = dict.fromkeys(frontier, 0)  # per request: tree nodes already in the draft's cache
+        growing = [(r, tree, self._drafting[r.request_id]) for r, tree in zip(requests, trees) if r.request_id in ready]
         for layer in range(1, policy.depth + 1):
-            new_nodes = {}
-            for tree in trees:
-                if tree.request_id in frontier:
-                    new_nodes[tree.request_id] = self._grow(tree, frontier[tree.request_id], policy, layer)
-            frontier = {rid: nodes for rid, nodes in new_nodes.items() if nodes}
-            if layer == policy.depth or not frontier:
+            # Each request grows its frontier by a layer; those that got new nodes go on.
+            growing = [(r, tree, state) for r, tree, state in growing if self._grow(tree, state, policy, layer)]
+            if layer == policy.depth or not growing:
                 break
             # The layer is fed after each request's committed tokens and its earlier layers' nodes.
-            shapes = [(len(frontier[r.request_id]), r.num_tokens + num_fed[r.request_id]) for r in requests
-                      if r.request_id in frontier]
-            for rid, nodes in frontier.items():
-                num_fed[rid] += len(nodes)
+            shapes = [(len(state.frontier), r.num_tokens + state.num_fed) for r, _, state in growing]
+            for _, _, state in growing:
+                state.num_fed += len(state.frontier)
             self.draft_passes.append(pass_record("draft", shapes, sum(n for n, _ in shapes)))
         return trees
 
@@ -100,9 +98,9 @@ class SimProposer:
                 ready.add(r.request_id)
         return ready, pass_record("draft", shapes, len(ready))
 
-    def _grow(self, tree: CandidateTree, parents: list[int], policy: SpecPolicy, layer: int) -> list[int]:
-        state = self._drafting[tree.request_id]
-        path_node, depth = state.path_node, layer - 1  # (the frontier's depth)
+    def _grow(self, tree: CandidateTree, state: _Drafting, policy: SpecPolicy, layer: int) -> list[int]:
+        """Grow the request's frontier by a layer; the new nodes become its frontier."""
+        parents, path_node, depth = state.frontier, state.path_node, layer - 1  # (the frontier's depth)
         # The frontier's node on the path predicts output position root + depth; the rest draw any record.
         index = parents.index(path_node) if path_node >= 0 else -1
         on_path = {index: state.root_position + depth} if index >= 0 else {}
@@ -115,6 +113,7 @@ class SimProposer:
                 if tree.parents[node] == path_node and tree.token_ids[node] == choice:
                     state.path_node = node
                     break
+        state.frontier = new_nodes
         return new_nodes
 
     def target_choices(self, request_id: str, layout: TreeLayout) -> list[int]:
