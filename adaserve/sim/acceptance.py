@@ -14,10 +14,10 @@ first) and which child the target will pick there (-1: none of them), as the dra
                as greedy decoding makes a prompt's output and the draft's offers along it fixed,
                a node on the path the target takes is given the record of the very output
                position it predicts (`position`), where one was recorded.
-  parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
-               geometrically (ratio `ratio`), offered most likely first; the target picks child i
-               with probability min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
-               draft's probabilities are exact acceptance probabilities.
+  parametric   one child's draft probability ~ Beta with mean `top1`; the others share the rest
+               geometrically (ratio `ratio`); offered most likely first. The target picks child i
+               with probability min(1, `calibration` x q_i), scaled down if those sum past 1.
+               calibration 1 = the draft's probabilities are exact acceptance probabilities.
 Spec strings: "recorded:PATH" or "parametric:top1=0.7,calibration=1.0,ratio=0.5,concentration=4".
 """
 

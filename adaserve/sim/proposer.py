@@ -3,9 +3,10 @@ proposer grows them (the same `grow_layer` and the policy's `expand`), with each
 offer drawn from the acceptance model instead of computed by a draft model.
 
 The target's choice at each node on its path is kept aside (`target_choices`), so verification
-can run the engine's own greedy acceptance walk (which never leaves that path). It also lists the draft passes a real draft model
-would run (the sync of newly committed tokens, then one pass per fed layer) with the shapes the
-engine would log for them (adaserve.engine.step_log.pass_record), for the cost model.
+can run the engine's own greedy acceptance walk (which never leaves that path). It also lists the
+draft passes a real draft model would run (the sync of newly committed tokens, then one pass per
+fed layer) with the shapes the engine would log for them (adaserve.engine.step_log.pass_record),
+for the cost model.
 Synthetic token ids (adaserve.sim.acceptance.DrawnOffer): child i of a node is token i + 1;
 -1 (NO_MATCH) means "no drafted child matches".
 Nodes on the target's path (the root, then each such node's picked child) ask the acceptance model
