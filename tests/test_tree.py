@@ -126,5 +126,8 @@ def test_grow_layer_adds_kept_children_grouped_by_parent_most_likely_first():
     assert [tree.token_ids[n] for n in new] == [10, 11, 13]
     assert [tree.parents[n] for n in new] == [1, 1, 2] and [tree.depths[n] for n in new] == [2, 2, 2]
     assert tree.path_logprobs[new[0]] == pytest.approx(-0.3) and tree.offers[1] is offers[0]
-    ruled_out = grow_layer(tree, [new[0]], [Offer([20], [-math.inf])], DynamicTreePolicy(8, 3, 3), layer=3)
-    assert ruled_out == []  # a token the draft rules out is never offered
+    ruled_out = grow_layer(tree, [new[0]], [Offer([20, 21, 22], [-0.5, -math.inf, math.nan])], DynamicTreePolicy(8, 3, 3),
+                           layer=3)
+    assert [tree.token_ids[n] for n in ruled_out] == [20]  # a token the draft rules out is never offered
+    with pytest.raises(ValueError, match="one log-prob per token"):
+        Offer([1, 2], [-0.1])

@@ -85,8 +85,9 @@ class LatencyCurve:
         return self._curve(num_tokens) + self._batch_ms(num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
 
     def at(self, num_context_tokens: int = 0, num_seqs: int = 1) -> Callable[[int], float]:
-        """The latency as a function of num_tokens alone, for one batch's context (the same values as
-        __call__, without recomputing the batch terms: the policies' inner loop calls it per node)."""
+        """The latency as a function of num_tokens alone, for one batch's context: the same values as
+        __call__(num_tokens, num_context_tokens, num_seqs) (no pairs or extra logit rows), without
+        recomputing the batch terms: the policies' inner loop calls it per node."""
         batch_ms, curve = self._batch_ms(num_context_tokens, num_seqs, 0, 0), self._curve
         return lambda num_tokens: curve(num_tokens) + batch_ms
 

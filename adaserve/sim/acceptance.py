@@ -14,10 +14,10 @@ first) and which child the target will pick there (-1: none of them), as the dra
                as greedy decoding makes a prompt's output and the draft's offers along it fixed,
                a node on the path the target takes is given the record of the very output
                position it predicts (`position`), where one was recorded.
-  parametric   one child's draft probability ~ Beta with mean `top1`; the others share the rest
-               geometrically (ratio `ratio`); offered most likely first. The target picks child i
-               with probability min(1, `calibration` x q_i), scaled down if those sum past 1.
-               calibration 1 = the draft's probabilities are exact acceptance probabilities.
+  parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
+               geometrically (ratio `ratio`); the target picks child i with probability
+               min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
+               draft's probabilities are exact acceptance probabilities.
 Spec strings: "recorded:PATH" or "parametric:top1=0.7,calibration=1.0,ratio=0.5,concentration=4".
 """
 
@@ -41,14 +41,17 @@ NO_MATCH = -1  # a target choice that is none of the offered children
 
 @dataclass
 class DrawnOffer(Offer):
-    """A record as the draft's offer at a node: child i is token i + 1, with log-prob log q_i."""
+    """A record as the draft's offer at a node: the record's child i is token i + 1, with log-prob
+    log q_i, offered most likely first (as a draft's top-k is)."""
 
     target_choice: int = NO_MATCH  # the token the target picks after the node
     record: OfferRecord | None = None  # what it was made from
 
     @classmethod
     def of(cls, record: OfferRecord) -> "DrawnOffer":
-        return cls(list(range(1, len(record.draft_probs) + 1)), [math.log(max(p, 1e-12)) for p in record.draft_probs],
+        logprobs = [math.log(max(p, 1e-12)) for p in record.draft_probs]
+        order = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)  # (recorded: already so)
+        return cls([i + 1 for i in order], [logprobs[i] for i in order],
                    record.hit + 1 if record.hit >= 0 else NO_MATCH, record)
 
 
@@ -110,9 +113,9 @@ class _RecordedSource:
                     if (position, top_k) not in self._cut:
                         self._cut[(position, top_k)] = DrawnOffer.of(_truncate(self.trace[position], top_k))
                     replayed[i] = self._cut[(position, top_k)]
-        bucket, random = self.pool.bucket(depth, top_k), rng.random
+        bucket, draw = self.pool.bucket(depth, top_k), rng.random
         size = len(bucket)
-        drawn = [bucket[int(random() * size)] for _ in range(num_nodes - len(replayed))]
+        drawn = [bucket[int(draw() * size)] for _ in range(num_nodes - len(replayed))]
         for i in sorted(replayed):  # (the other nodes draw in order, as if one by one)
             drawn.insert(i, replayed[i])
         return drawn
@@ -146,7 +149,8 @@ class RecordedAcceptance:
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
               position: int = -1) -> DrawnOffer:
-        """One node's offer (position >= 0: the node is on the target's path and predicts it)."""
+        """One node's offer (position >= 0: the node is on the target's path and predicts it): the
+        source's offers() for a frontier of one, for tests and tools."""
         return self.source(category, prompt_key).offers(depth, top_k, rng, 1, {0: position} if position >= 0 else {})[0]
 
     @property
@@ -204,10 +208,11 @@ class ParametricAcceptance:
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
               position: int = -1) -> DrawnOffer:
+        """One node's offer (the same for every category, prompt and position)."""
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).
         rest = [(1 - q1) * (1 - self.ratio) * self.ratio**i for i in range(top_k - 1)]
-        probs = sorted([q1] + rest, reverse=True)  # most likely first, as a draft's top-k
+        probs = [q1] + rest
         picks = [min(1.0, self.calibration * q) for q in probs]
         total = sum(picks)
         if total > 1:

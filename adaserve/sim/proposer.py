@@ -73,8 +73,11 @@ class SimProposer:
         self.draft_passes = [sync] if sync.num_seqs else []
         growing = [(r, tree, self._drafting[r.request_id]) for r, tree in zip(requests, trees) if r.request_id in ready]
         for layer in range(1, policy.depth + 1):
-            # Each request grows its frontier by a layer; those that got new nodes go on.
-            growing = [(r, tree, state) for r, tree, state in growing if self._grow(tree, state, policy, layer)]
+            grown = []
+            for r, tree, state in growing:
+                if self._grow(tree, state, policy, layer):  # its frontier is now the new nodes
+                    grown.append((r, tree, state))
+            growing = grown
             if layer == policy.depth or not growing:
                 break
             # The layer is fed after each request's committed tokens and its earlier layers' nodes.
@@ -118,7 +121,8 @@ class SimProposer:
         return new_nodes
 
     def target_choices(self, request_id: str, layout: TreeLayout) -> list[int]:
-        """Per layout node, the token the target picks after it (what its argmax would be)."""
+        """Per layout node, the token the target picks after it (what its argmax would be): known on
+        the target's path, NO_MATCH elsewhere (the greedy walk never reads those)."""
         state = self._drafting.get(request_id)
         choices = state.choices if state is not None else {}
         return [choices.get(node, NO_MATCH) for node in layout.source_nodes]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from adaserve.spec.tree import CandidateTree, Offer
 
@@ -96,16 +96,19 @@ class FixedPolicy:
         pass
 
 
-def grow_layer(tree: CandidateTree, parents: list[int], offers: list[Offer], policy: SpecPolicy, layer: int) -> list[int]:
-    """Offer each frontier node's children (offers[i] belongs to parents[i], most likely first);
-    add the ones the policy keeps to the tree, grouped by parent and most likely first (the
-    candidates' order). Returns the new nodes."""
+def grow_layer(tree: CandidateTree, parents: list[int], offers: Sequence[Offer], policy: SpecPolicy,
+               layer: int) -> list[int]:
+    """Offer each frontier node's children (offers[i] belongs to parents[i]); add the ones the
+    policy keeps to the tree in the candidates' order. With the frontier in tree order and each
+    offer most likely first (a draft's top-k; the simulator's offers), that is grouped by parent
+    and most likely first. Returns the new nodes."""
     tree.offers.update(zip(parents, offers))
     base = tree.path_logprobs
     children = LayerCandidates([p for p, o in zip(parents, offers) for _ in o.token_ids],
                                [t for o in offers for t in o.token_ids],
                                [base[p] + lp for p, o in zip(parents, offers) for lp in o.logprobs])
-    if -math.inf in children.path_logprobs:  # a token the draft rules out is never offered
+    if not math.isfinite(sum(children.path_logprobs)):  # (one C-level pass: this is the simulator's hot path)
+        # A token the draft rules out (-inf) is never offered; nor one it gave no number (NaN).
         children = children.subset([i for i, lp in enumerate(children.path_logprobs) if lp > -math.inf])
     kept = children.subset(sorted(policy.expand(layer, children)))
     return tree.add_children(kept.parents, kept.token_ids, kept.path_logprobs)

@@ -25,6 +25,10 @@ class Offer:
     token_ids: list[int]
     logprobs: list[float]
 
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError("an offer needs one log-prob per token")
+
 
 @dataclass
 class CandidateTree:
