@@ -165,3 +165,17 @@ def test_a_second_recording_policy_fills_the_positions_the_first_missed(tmp_path
     both, num_records = traces("dynamic-tree:3:3:1,dynamic-tree:4:4:1")
     assert set(range(1, 16)) - set(one)  # the first policy alone leaves gaps
     assert set(both) == set(range(1, 16)) and num_records == 15  # the second fills exactly those
+
+
+def test_nodes_off_the_targets_path_draw_from_the_records_made_off_a_path(tmp_path):
+    on = [OfferRecord(d, [0.9, 0.05], 0, position=d + 1) for d in range(3)] * 2
+    off = [OfferRecord(d, [0.3, 0.2], -1, off_path=True) for d in range(3)] * 2
+    save_records(tmp_path / "r.jsonl", on + off, ["chat"] * 12, ["p"] * 12)
+    model = parse_acceptance(f"recorded:{tmp_path / 'r.jsonl'}")
+    source, rng = model.source("chat", "p"), random.Random(0)
+    assert {o.record.draft_probs[0] for o in source.offers(1, 2, rng, 20, {})} == {0.3}
+    path = source.offers(1, 2, rng, 3, {1: 40})  # an unrecorded position: the on-path pool
+    assert [o.record.draft_probs[0] for o in path] == [0.3, 0.9, 0.3]
+    assert model.top1_acceptance("chat") == {0: 1.0, 1: 1.0, 2: 1.0}  # off-path records have no hit
+    only_on = RecordedAcceptance(on, ["chat"] * 6, ["p"] * 6).source("chat", "p")
+    assert {o.record.draft_probs[0] for o in only_on.offers(1, 2, rng, 20, {})} == {0.9}  # none recorded: the pool

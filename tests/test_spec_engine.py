@@ -142,6 +142,8 @@ def test_offer_records_of_a_self_draft_always_hit_the_top_child(smollm2_dir):
     assert len(offers) > 10
     assert sum(o.hit == 0 for o in offers) >= 0.95 * len(offers)
     assert {o.depth for o in offers} > {0}
+    off = llm.engine.spec.stats.off_path_offers  # below the children the target did not pick
+    assert len(off) > 0 and all(o.off_path and o.hit == -1 and o.position == -1 and o.depth >= 1 for o in off)
 
 
 def exact_three_token_distribution(model_dir, prompt_ids, top_k):

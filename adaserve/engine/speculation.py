@@ -134,6 +134,11 @@ class SpecDecoder:
                 probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
                 depth = tree.depths[node]
                 self.stats.offers.append(OfferRecord(depth, probs, hit, num_output_tokens + depth))
+        picks = dict(zip(path, chosen))  # path node -> the token the target picks after it
+        for node, offer in tree.offers.items():
+            if node not in picks and _off_path(tree, node, picks):
+                probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
+                self.stats.off_path_offers.append(OfferRecord(tree.depths[node], probs, -1, off_path=True))
 
     def record_step(self, step: SchedulerOutput, verify_seconds: float, now: float) -> None:
         trees = [c.tree for c in step.chunks if c.tree is not None]
@@ -153,3 +158,15 @@ class SpecDecoder:
     def free(self, request_id: str) -> None:
         self.proposer.free(request_id)
         self._candidates.pop(request_id, None)
+
+
+def _off_path(tree: CandidateTree, node: int, picks: dict[int, int]) -> bool:
+    """True if the node lies below a child the target did not pick. Its branch leaves the path at
+    the child of a path node; below the path's last node the target's pick is the bonus token, and
+    a drafted child with that token is on the target's path though unverified (nor off: False).
+    Worked example: path 0 -> 2 (the target picked 2's token, then token 7 after node 2);
+    node 5 under node 1 (a sibling of 2): off; node 6 under 2 with token 7: not off."""
+    branch = node
+    while tree.parents[branch] not in picks:
+        branch = tree.parents[branch]
+    return tree.token_ids[branch] != picks[tree.parents[branch]]

@@ -13,7 +13,9 @@ first) and which child the target will pick there (-1: none of them), as the dra
                of a measured run) are drawn for requests of that prompt, replaying that run; and
                as greedy decoding makes a prompt's output and the draft's offers along it fixed,
                a node on the path the target takes is given the record of the very output
-               position it predicts (`position`), where one was recorded.
+               position it predicts (`position`), where one was recorded. Records made off the
+               target's path (off_path: the draft's offer below a child the target did not pick)
+               serve the simulator's nodes off its path, where recorded (else the pool above).
   parametric   draft top-1 probability ~ Beta with mean `top1`; the other children share the rest
                geometrically (ratio `ratio`); the target picks child i with probability
                min(1, `calibration` x q_i), scaled down if those sum past 1. calibration 1 = the
@@ -98,45 +100,57 @@ class _DepthPool:
 
 
 class _RecordedSource:
-    """A prompt's records: its trace replays the path's positions, the rest draw from its pool."""
+    """A prompt's records: its trace replays the path's positions, nodes off the path draw from the
+    records made off a path (where recorded; else, as unrecorded path positions, from the pool)."""
 
-    def __init__(self, pool: _DepthPool, trace: dict[int, OfferRecord]) -> None:
-        self.pool, self.trace = pool, trace
+    def __init__(self, pool: _DepthPool, off_pool: _DepthPool, trace: dict[int, OfferRecord]) -> None:
+        self.pool, self.off_pool, self.trace = pool, off_pool, trace
         self._cut: dict[tuple[int, int], DrawnOffer] = {}  # trace records cut to a top-k, per (position, top_k)
 
     def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
                on_path: dict[int, int]) -> list[DrawnOffer]:
-        replayed = {}  # node index -> its position's record
-        if on_path and self.trace:
-            for i, position in on_path.items():
-                if position in self.trace:
-                    if (position, top_k) not in self._cut:
-                        self._cut[(position, top_k)] = DrawnOffer.of(_truncate(self.trace[position], top_k))
-                    replayed[i] = self._cut[(position, top_k)]
-        bucket, draw = self.pool.bucket(depth, top_k), rng.random
-        size = len(bucket)
-        drawn = [bucket[int(draw() * size)] for _ in range(num_nodes - len(replayed))]
-        for i in sorted(replayed):  # (the other nodes draw in order, as if one by one)
-            drawn.insert(i, replayed[i])
-        return drawn
+        off, draw = self.off_pool.bucket(depth, top_k), rng.random
+        size = len(off)
+        if not on_path:  # (the common case, one C-level loop)
+            return [off[int(draw() * size)] for _ in range(num_nodes)]
+        return [self._on_path(on_path[i], depth, top_k, draw) if i in on_path else off[int(draw() * size)]
+                for i in range(num_nodes)]
+
+    def _on_path(self, position: int, depth: int, top_k: int, draw) -> DrawnOffer:
+        """The trace's record of the position (no draw), or one drawn from the pool."""
+        if position in self.trace:
+            if (position, top_k) not in self._cut:
+                self._cut[(position, top_k)] = DrawnOffer.of(_truncate(self.trace[position], top_k))
+            return self._cut[(position, top_k)]
+        bucket = self.pool.bucket(depth, top_k)
+        return bucket[int(draw() * len(bucket))]
+
+
+def _pools(records: list[OfferRecord], categories: list[str], prompt_keys: list[str]):
+    """(pool of all records and of each category, pool of each named prompt)."""
+    pools = {"": _DepthPool(records)}  # all records: for categories without their own
+    for category in sorted(set(categories) - {""}):
+        pools[category] = _DepthPool([r for r, c in zip(records, categories, strict=True) if c == category])
+    prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys, strict=True) if k == key],
+                                    MIN_PROMPT_RECORDS_PER_DEPTH) for key in sorted(set(prompt_keys) - {""})}
+    return pools, prompt_pools
 
 
 class RecordedAcceptance:
     def __init__(self, records: list[OfferRecord], categories: list[str] | None = None,
                  prompt_keys: list[str] | None = None) -> None:
         """categories[i], prompt_keys[i]: the workload category and prompt record i came from ("" = unknown)."""
-        if not records:
-            raise ValueError("no acceptance records")
         categories = categories or [""] * len(records)
         prompt_keys = prompt_keys or [""] * len(records)
-        self.pools = {"": _DepthPool(records)}  # all records: for categories without their own
-        for category in sorted(set(categories) - {""}):
-            self.pools[category] = _DepthPool([r for r, c in zip(records, categories, strict=True) if c == category])
-        self.prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys, strict=True) if k == key],
-                                             MIN_PROMPT_RECORDS_PER_DEPTH) for key in sorted(set(prompt_keys) - {""})}
+        on, off = ([i for i, r in enumerate(records) if r.off_path == flag] for flag in (False, True))
+        if not on:
+            raise ValueError("no acceptance records (on a verified path)")
+        self.pools, self.prompt_pools = _pools(*([column[i] for i in on] for column in (records, categories, prompt_keys)))
+        self.off_pools, self.off_prompt_pools = (
+            _pools(*([column[i] for i in off] for column in (records, categories, prompt_keys))) if off else ({}, {}))
         self.traces: dict[str, dict[int, OfferRecord]] = {}  # per prompt: output position -> its record
         for r, key in zip(records, prompt_keys, strict=True):
-            if key and r.position >= 0:
+            if key and r.position >= 0 and not r.off_path:
                 self.traces.setdefault(key, {})[r.position] = r
         self._sources: dict[tuple[str, str], _RecordedSource] = {}
 
@@ -144,7 +158,9 @@ class RecordedAcceptance:
         key = (category, prompt_key)
         if key not in self._sources:
             pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
-            self._sources[key] = _RecordedSource(pool, self.traces.get(prompt_key, {}))
+            off_pool = (self.off_prompt_pools.get(prompt_key) or self.off_pools.get(category) or self.off_pools.get("")
+                        or pool)
+            self._sources[key] = _RecordedSource(pool, off_pool, self.traces.get(prompt_key, {}))
         return self._sources[key]
 
     def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
@@ -165,7 +181,8 @@ class RecordedAcceptance:
     @classmethod
     def load(cls, path: Path) -> "RecordedAcceptance":
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return cls([OfferRecord(row["depth"], row["draft_probs"], row["hit"], row.get("position", -1)) for row in rows],
+        return cls([OfferRecord(row["depth"], row["draft_probs"], row["hit"], row.get("position", -1),
+                                row.get("off_path", False)) for row in rows],
                    [row.get("category", "") for row in rows], [row.get("prompt", "") for row in rows])
 
 
@@ -182,7 +199,7 @@ def save_records(path: Path, records: list[OfferRecord], categories: list[str] |
     with open(path, "w") as f:
         for r, category, key in zip(records, categories or [""] * len(records), prompt_keys or [""] * len(records),
                                     strict=True):
-            row = {k: v for k, v in asdict(r).items() if k != "position" or v >= 0}
+            row = {k: v for k, v in asdict(r).items() if (k != "position" or v >= 0) and (k != "off_path" or v)}
             row |= ({"category": category} if category else {}) | ({"prompt": key} if key else {})
             f.write(json.dumps(row) + "\n")
 

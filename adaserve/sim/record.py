@@ -1,6 +1,7 @@
 """`adaserve simulate record`: run a real draft/target pair over workload prompts (greedy, fixed
 output length, as the benchmark sends them) and save the engine's offer records: at every expanded
-node on a verified path, the draft's top-k probabilities and which child the target chose.
+node on a verified path, the draft's top-k probabilities and which child the target chose; at every
+expanded node off the target's path, the draft's offer alone (what the simulator's off-path nodes draw).
 
   default       `--num-prompts` prompts of each workload category, tagged with their category
   --from-bench  the prompts a measured bench run sent (its result JSONs), each run alone and its
@@ -30,20 +31,24 @@ def record(args) -> Path:
 
     policies = args.record_policy.split(",")
     llm = LLM(args.model, draft=args.draft, spec_policy=policies[0], num_threads=2)
-    offers = llm.engine.spec.stats.offers
+    stats = llm.engine.spec.stats
     records, categories, prompt_keys = [], [], []
     for k, policy in enumerate(policies):
         llm.engine.set_spec_policy(policy)
         covered = {(key, r.position) for r, key in zip(records, prompt_keys) if key}  # by the policies before
         num_before = len(records)
         for batch, category, key, max_tokens in _batches(args):
-            offers.clear()
+            stats.offers.clear()
+            stats.off_path_offers.clear()
             llm.chat(batch, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
-            new = [r for r in offers if not key or (key, r.position) not in covered]
+            new = [r for r in stats.offers if not key or (key, r.position) not in covered]
+            new += list(stats.off_path_offers) if k == 0 else []  # (one policy's trees off the path)
             records += new
             categories += [category] * len(new)
             prompt_keys += [key] * len(new)
-        print(f"{policy}: {len(records) - num_before} offer records" + (" (positions the policies before it missed)" if k else ""))
+        num_off = sum(r.off_path for r in records[num_before:])
+        print(f"{policy}: {len(records) - num_before - num_off} offer records on the target's path"
+              + (" (positions the policies before it missed)" if k else f", {num_off} off it"))
     out = Path(args.out)
     save_records(out, records, categories, prompt_keys)
     model = RecordedAcceptance(records, categories, prompt_keys)

@@ -67,12 +67,14 @@ class StepStats:
 @dataclass
 class OfferRecord:
     """At one node on a verified path: the draft's top-k child probabilities (most likely first)
-    and which of them the target chose, -1 for none. What the simulator replays."""
+    and which of them the target chose, -1 for none. What the simulator replays.
+    Off the target's path (off_path): the draft's offer alone (hit -1, position -1)."""
 
     depth: int
     draft_probs: list[float]
     hit: int
     position: int = -1  # which output token (0-based) the offer predicts; -1: unknown
+    off_path: bool = False
 
 
 class EngineSpecStats:
@@ -82,5 +84,6 @@ class EngineSpecStats:
     def __init__(self, max_records: int = 200_000) -> None:
         self.totals = SpecStats()
         self.calibration: deque[tuple[float, bool]] = deque(maxlen=max_records)
-        self.offers: deque[OfferRecord] = deque(maxlen=max_records)
+        self.offers: deque[OfferRecord] = deque(maxlen=max_records)  # on the target's path
+        self.off_path_offers: deque[OfferRecord] = deque(maxlen=max_records)
         self.steps: deque[StepStats] = deque(maxlen=10_000)
