@@ -132,7 +132,7 @@ def cmd_serve(args) -> None:
         model=model, draft=draft, spec_policy=policy, device=args.device, num_threads=args.threads,
         kv_cache_memory=parse_memory(args.kv_cache_memory), max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        cost_model=args.cost_model, step_log=args.step_log,
+        cost_model=args.cost_model, step_log=args.step_log, record_traces=False,
     ))
     unloaded_ms = None
     if any(c.tpot_scale is not None for c in specs):

@@ -36,6 +36,9 @@ class EngineConfig:
     cost_model: str | None = None
     # Append a JSON line per step (its passes' shapes and times) to this file: adaserve.engine.step_log.
     step_log: str | None = None
+    # Keep speculation traces (calibration pairs, offer records for `simulate record`) in bounded
+    # in-memory queues. Offline tools read them; a server has no reader and turns them off.
+    record_traces: bool = True
     ngram_min: int = 1
     ngram_max: int = 4
 

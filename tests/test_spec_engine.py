@@ -146,6 +146,15 @@ def test_offer_records_of_a_self_draft_always_hit_the_top_child(smollm2_dir):
     assert len(off) > 0 and all(o.off_path and o.hit == -1 and o.position == -1 and o.depth >= 1 for o in off)
 
 
+def test_an_engine_without_traces_keeps_no_records(smollm2_dir):
+    """What `adaserve serve` runs: nothing reads the traces there, so nothing fills their queues."""
+    llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3", record_traces=False)
+    llm.generate(PROMPTS[:1], SamplingParams(max_tokens=8))
+    stats = llm.engine.spec.stats
+    assert stats.totals.num_verifications > 0
+    assert not stats.offers and not stats.off_path_offers and not stats.calibration
+
+
 def exact_three_token_distribution(model_dir, prompt_ids, top_k):
     """P(t1, t2, t3) of the target with temperature 1 and top_k, from transformers' logits."""
     from transformers import AutoModelForCausalLM

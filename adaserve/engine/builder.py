@@ -91,7 +91,8 @@ def build_spec_decoder(
         proposer: Proposer = NgramProposer(config.ngram_min, config.ngram_max)
     else:
         proposer = DraftModelProposer(draft)
-    return SpecDecoder(proposer, policy or ChainPolicy(1), target.executor, sampler, clock, MAX_TREE_TOKENS)
+    return SpecDecoder(proposer, policy or ChainPolicy(1), target.executor, sampler, clock, MAX_TREE_TOKENS,
+                       config.record_traces)
 
 
 def check_same_vocabulary(target: Target, draft_dir: Path, draft_config: ModelConfig) -> None:

@@ -28,6 +28,7 @@ class SpecDecoder:
     def __init__(
         self, proposer: Proposer, policy: SpecPolicy, target: ModelExecutor, sampler: Sampler,
         clock: Callable[[], float] = time.perf_counter, max_tree_tokens: int | None = None,
+        record_traces: bool = True,
     ) -> None:
         self.proposer = proposer
         self.clock = clock
@@ -38,8 +39,8 @@ class SpecDecoder:
         self.sampler = sampler
         self.stats = EngineSpecStats()
         # Per verified node (path probability, accepted?) for calibration curves, and offer records
-        # (the simulator's input): the simulator, which replays them, turns this off.
-        self.record_traces = True
+        # (the simulator's input): the server and the simulator (which replays them) keep none.
+        self.record_traces = record_traces
         self._candidates: dict[str, CandidateTree] = {}
         self._draft_seconds = 0.0
         self._step_accepted = 0

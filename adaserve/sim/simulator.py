@@ -70,8 +70,7 @@ class Simulator:
                 raise ValueError(f"policy {config.policy!r} speculates: it needs an acceptance model and a draft cost curve")
             self.proposer = SimProposer(acceptance, random.Random(config.seed))
             target = _SimTarget(self.kv, _NullKVCache())
-            self.spec = SpecDecoder(self.proposer, self.choice.spec, target, None, self.clock)
-            self.spec.record_traces = False
+            self.spec = SpecDecoder(self.proposer, self.choice.spec, target, None, self.clock, record_traces=False)
         num_spec = self.choice.spec.max_tokens_per_seq if self.choice.spec else 0
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, num_spec)
         self.num_steps = 0
