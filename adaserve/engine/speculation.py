@@ -125,21 +125,23 @@ class SpecDecoder:
                        num_output_tokens: int) -> None:
         """Every expanded node on the accepted path (root included) with the target's next token
         there: the accepted child's token, or the bonus token at the end of the path. The root
-        predicts output token num_output_tokens (this step's tokens are not appended yet)."""
+        predicts output token num_output_tokens (this step's tokens are not appended yet). And every
+        expanded node off the target's path, with the draft's offer alone. (Offers are kept in the
+        order nodes were expanded, parents first: the path's records come by depth.)"""
         path = [0] + [layout.source_nodes[i] for i in acceptance.accepted_nodes]
         chosen = [layout.token_ids[i] for i in acceptance.accepted_nodes] + [acceptance.bonus_token_id]
-        for node, token_id in zip(path, chosen):
-            offer = tree.offers.get(node)
-            if offer is not None:
-                hit = offer.token_ids.index(token_id) if token_id in offer.token_ids else -1
-                probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
-                depth = tree.depths[node]
-                self.stats.offers.append(OfferRecord(depth, probs, hit, num_output_tokens + depth))
         picks = dict(zip(path, chosen))  # path node -> the token the target picks after it
         for node, offer in tree.offers.items():
-            if node not in picks and _off_path(tree, node, picks):
-                probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
-                self.stats.off_path_offers.append(OfferRecord(tree.depths[node], probs, -1, off_path=True))
+            on_path = node in picks
+            if not on_path and not _off_path(tree, node, picks):
+                continue  # below the target's unverified pick: neither
+            probs = [round(math.exp(lp), 5) for lp in offer.logprobs]
+            depth = tree.depths[node]
+            if on_path:
+                hit = offer.token_ids.index(picks[node]) if picks[node] in offer.token_ids else -1
+                self.stats.offers.append(OfferRecord(depth, probs, hit, num_output_tokens + depth))
+            else:
+                self.stats.off_path_offers.append(OfferRecord(depth, probs, -1, off_path=True))
 
     def record_step(self, step: SchedulerOutput, verify_seconds: float, now: float) -> None:
         trees = [c.tree for c in step.chunks if c.tree is not None]

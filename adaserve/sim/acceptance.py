@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -189,8 +189,7 @@ class RecordedAcceptance:
 def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
     if len(record.draft_probs) <= top_k:
         return record
-    return OfferRecord(record.depth, record.draft_probs[:top_k], record.hit if record.hit < top_k else -1,
-                       record.position)
+    return replace(record, draft_probs=record.draft_probs[:top_k], hit=record.hit if record.hit < top_k else -1)
 
 
 def save_records(path: Path, records: list[OfferRecord], categories: list[str] | None = None,
