@@ -1,7 +1,7 @@
 """adaserve: LLM serving with per-request SLOs and SLO-customized speculative decoding."""
 
-from adaserve.sampling import SamplingParams
 from adaserve.config import EngineConfig
+from adaserve.sampling import SamplingParams
 
 __all__ = ["SamplingParams", "EngineConfig", "LLM"]
 __version__ = "0.1.0"

@@ -16,7 +16,9 @@ DEMO_PROMPTS = [
 ]
 
 
-def _engine_args(p: argparse.ArgumentParser, default_model: str = "smollm2-135m", default_policy: str | None = "none") -> None:
+def _engine_args(
+    p: argparse.ArgumentParser, default_model: str = "smollm2-135m", default_policy: str | None = "none"
+) -> None:
     p.add_argument("--model", default=default_model, help="preset, local HF dir, .gguf file or hub id")
     p.add_argument("--device", default="cpu")
     p.add_argument("--kv-cache-memory", default="512MiB", help="bytes for the KV cache, e.g. 512MiB, 2GiB")
@@ -26,8 +28,11 @@ def _engine_args(p: argparse.ArgumentParser, default_model: str = "smollm2-135m"
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--draft", default=None, help="draft model (preset, dir, .gguf) or 'ngram'")
-    p.add_argument("--policy", default=default_policy, help="none, chunked, chain:K, static-tree, dynamic-tree, "
-                   "smartspec, adaserve, adaserve-equal")
+    p.add_argument(
+        "--policy",
+        default=default_policy,
+        help="none, chunked, chain:K, static-tree, dynamic-tree, smartspec, adaserve, adaserve-equal",
+    )
     p.add_argument("--cost-model", default=None, help="profile JSON (default: cached per model pair)")
 
 
@@ -70,14 +75,23 @@ def cmd_profile(args) -> None:
     from adaserve.config import EngineConfig
     from adaserve.engine.core import EngineCore
 
-    engine = EngineCore(EngineConfig(
-        model=args.model, draft=args.draft, device=args.device, num_threads=args.threads,
-        kv_cache_memory=parse_memory(args.kv_cache_memory), max_num_batched_tokens=args.max_num_batched_tokens,
-    ))
+    engine = EngineCore(
+        EngineConfig(
+            model=args.model,
+            draft=args.draft,
+            device=args.device,
+            num_threads=args.threads,
+            kv_cache_memory=parse_memory(args.kv_cache_memory),
+            max_num_batched_tokens=args.max_num_batched_tokens,
+        )
+    )
     cost = engine.load_cost_model(refresh=args.refresh)
     print(cost.to_json())
-    print(f"verify budget (2x one-token latency): {cost.verify_budget()} tokens; "
-          f"draft budget: {cost.draft_budget()} tokens", file=sys.stderr)
+    print(
+        f"verify budget (2x one-token latency): {cost.verify_budget()} tokens; "
+        f"draft budget: {cost.draft_budget()} tokens",
+        file=sys.stderr,
+    )
     if args.out:
         cost.save(Path(args.out))
 
@@ -103,8 +117,13 @@ def cmd_generate(args) -> None:
         print(f"\n### {conv[0]['content']}\n{out.text.strip()}")
         decode = (out.token_times[-1] - out.first_token_time) / max(1, len(out.token_ids) - 1)
         ttft = out.first_token_time - out.arrival_time
-        print(f"[{len(out.token_ids)} tokens, {out.finish_reason.value}, TTFT {ttft*1e3:.0f} ms, TPOT {decode*1e3:.1f} ms]")
-    print(f"\n{len(outs)} requests batched, {num_tokens} tokens in {elapsed:.2f} s: {num_tokens / elapsed:.1f} tokens/s")
+        print(
+            f"[{len(out.token_ids)} tokens, {out.finish_reason.value}, "
+            f"TTFT {ttft * 1e3:.0f} ms, TPOT {decode * 1e3:.1f} ms]"
+        )
+    print(
+        f"\n{len(outs)} requests batched, {num_tokens} tokens in {elapsed:.2f} s: {num_tokens / elapsed:.1f} tokens/s"
+    )
 
 
 DEFAULT_SLO_CLASSES = ["coding=tpot:1.2x", "chat=tpot:2x", "summarization=tpot:6x"]  # the paper's ratios
@@ -128,12 +147,22 @@ def cmd_serve(args) -> None:
         draft = "qwen2.5-coder-0.5b"  # the default pair
     policy = args.policy or ("adaserve" if draft else "none")
     specs = [parse_slo_class(c) for c in (args.slo_class or DEFAULT_SLO_CLASSES)]
-    engine = EngineCore(EngineConfig(
-        model=model, draft=draft, spec_policy=policy, device=args.device, num_threads=args.threads,
-        kv_cache_memory=parse_memory(args.kv_cache_memory), max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-        cost_model=args.cost_model, step_log=args.step_log, record_traces=False,
-    ))
+    engine = EngineCore(
+        EngineConfig(
+            model=model,
+            draft=draft,
+            spec_policy=policy,
+            device=args.device,
+            num_threads=args.threads,
+            kv_cache_memory=parse_memory(args.kv_cache_memory),
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=args.max_model_len,
+            cost_model=args.cost_model,
+            step_log=args.step_log,
+            record_traces=False,
+        )
+    )
     unloaded_ms = None
     if any(c.tpot_scale is not None for c in specs):
         cost = engine.cost_model or engine.load_cost_model()
@@ -182,8 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     from adaserve.bench.run import add_bench_args
     from adaserve.bench.sweep import add_sweep_args
 
-    p.add_argument("action", nargs="?", default="run", choices=["run", "sweep"],
-                   help="run: one workload against --url; sweep: start a server per policy and sweep a variable")
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "sweep"],
+        help="run: one workload against --url; sweep: start a server per policy and sweep a variable",
+    )
     add_bench_args(p)
     add_sweep_args(p)
     p.set_defaults(func=cmd_bench)
@@ -194,8 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None)
     p.add_argument("--served-model-name", default=None)
-    p.add_argument("--slo-class", action="append", help="NAME=tpot:<N>ms|<N>x[,ttft:<N>ms] (repeatable); "
-                   f"default {' '.join(DEFAULT_SLO_CLASSES)}")
+    p.add_argument(
+        "--slo-class",
+        action="append",
+        help=f"NAME=tpot:<N>ms|<N>x[,ttft:<N>ms] (repeatable); default {' '.join(DEFAULT_SLO_CLASSES)}",
+    )
     p.add_argument("--default-slo-class", default=None, help="class of requests that name none")
     p.add_argument("--step-log", default=None, help="append a JSON line per engine step (passes, shapes, times) here")
     p.add_argument("--max-pending-requests", type=int, default=256, help="beyond this, 429")

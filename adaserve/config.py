@@ -25,7 +25,7 @@ class EngineConfig:
     num_threads: int | None = None
     seed: int = 0
     # Speculative decoding: a draft model (preset, path...) or "ngram"; and the policy
-    # (adaserve.sched.registry: none, chunked, chain:K, static-tree, dynamic-tree, smartspec,
+    # (adaserve.spec.registry: none, chunked, chain:K, static-tree, dynamic-tree, smartspec,
     # adaserve, adaserve-equal).
     draft: str | None = None
     spec_policy: str = "none"

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from adaserve.slo import SLO
 
-
 GREEDY_TEMPERATURE = 1e-5
 
 

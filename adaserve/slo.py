@@ -53,7 +53,9 @@ class SLOClassSpec:
         tpot = self.tpot_ms
         if self.tpot_scale is not None:
             if unloaded_tpot_ms is None:
-                raise ValueError(f"SLO class {self.name!r} is relative ({self.tpot_scale}x); it needs a measured latency")
+                raise ValueError(
+                    f"SLO class {self.name!r} is relative ({self.tpot_scale}x); it needs a measured latency"
+                )
             tpot = self.tpot_scale * unloaded_tpot_ms
         return SLO(tpot_ms=tpot, ttft_ms=self.ttft_ms)
 

@@ -27,15 +27,42 @@ def main() -> None:
     args = ap.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "adaserve.cli", "serve", "--model", "smollm2-135m",
-                               "--port", str(port), "--log-level", "warning", "--max-model-len", "96", "--slo-class", "chat=tpot:200ms"])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adaserve.cli",
+            "serve",
+            "--model",
+            "smollm2-135m",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--max-model-len",
+            "96",
+            "--slo-class",
+            "chat=tpot:200ms",
+        ]
+    )
     try:
         wait_healthy(url, server, timeout_s=600)
         start = time.time()
         run = subprocess.run(
-            [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
-             "--max-examples", str(args.max_examples), "--request-timeout", "120", "--no-color"],
-            capture_output=True, text=True,
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "run",
+                f"{url}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                str(args.max_examples),
+                "--request-timeout",
+                "120",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
         )
         report = run.stdout + run.stderr
         alive = server.poll() is None

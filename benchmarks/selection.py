@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.selection import select_nodes
-from adaserve.sched.slo_policies import AdaServePolicy
 from adaserve.spec.policies import SelectionContext, SeqState
+from adaserve.spec.selection import select_nodes
+from adaserve.spec.slo_policies import AdaServePolicy
 from adaserve.spec.tree import CandidateTree
 
 
@@ -57,7 +57,9 @@ def main() -> None:
     rng = random.Random(0)
     trees = [random_tree(rng, f"r{i}", args.nodes) for i in range(args.requests)]
     reqs = [rng.uniform(0.5, 4.0) if i % 2 else None for i in range(args.requests)]
-    cost = CostModel.from_table({1: 30.0, 16: 40.0, 64: 90.0, 256: 300.0, 1024: 1200.0}, {1: 10.0, 64: 20.0, 512: 100.0})
+    cost = CostModel.from_table(
+        {1: 30.0, 16: 40.0, 64: 90.0, 256: 300.0, 1024: 1200.0}, {1: 10.0, 64: 20.0, 512: 100.0}
+    )
     policy = AdaServePolicy(cost)
     policy.begin_step(args.requests, 256 * args.requests)
     seqs = [SeqState(50.0 if r else None, 0.0, 20, 256) for r in reqs]

@@ -24,9 +24,9 @@ from pathlib import Path
 from adaserve.bench.tables import headline, sweep_table
 from adaserve.bench.workload import WorkloadSpec
 from adaserve.sim.acceptance import DEFAULT_RECORDS, parse_acceptance
+from adaserve.sim.config import SimConfig
 from adaserve.sim.roofline import parse_cost_model
 from adaserve.sim.run import generated_workload, simulate, sweep, unloaded_tpot_ms
-from adaserve.sim.config import SimConfig
 
 PAPER = {"attainment_ratio": 2.1, "goodput_ratio": 1.9}  # AdaServe over the best baseline (paper)
 POLICIES = "none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve"
@@ -40,8 +40,11 @@ def time_10k(cost, acceptance, config: SimConfig, spec: WorkloadSpec, unloaded: 
     for policy in policies:
         start = time.process_time()
         result = simulate(replace(config, policy=policy), cost, acceptance, workload)
-        timings[policy] = {"cpu_seconds": time.process_time() - start, "num_steps": result["num_steps"],
-                           "attainment": result["categories"]["all"]["attainment"]}
+        timings[policy] = {
+            "cpu_seconds": time.process_time() - start,
+            "num_steps": result["num_steps"],
+            "attainment": result["categories"]["all"]["attainment"],
+        }
         print(f"10k requests, {policy}: {timings[policy]['cpu_seconds']:.1f} s CPU", flush=True)
     return {"rate": spec.rate, "timings": timings}
 
@@ -58,25 +61,52 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     cost, acceptance = parse_cost_model(args.cost), parse_acceptance(args.acceptance)
     unloaded = unloaded_tpot_ms(cost, A100X4_70B)
-    spec = WorkloadSpec(num_requests=args.num_requests, output_tokens=256,
-                        slo_multiples={"coding": 1.2, "chat": 50.0 / unloaded, "summarization": 150.0 / unloaded})
-    print(f"unloaded per-token latency: {unloaded:.1f} ms; SLOs coding {1.2 * unloaded:.1f} ms, chat 50 ms, "
-          "summarization 150 ms", flush=True)
+    spec = WorkloadSpec(
+        num_requests=args.num_requests,
+        output_tokens=256,
+        slo_multiples={"coding": 1.2, "chat": 50.0 / unloaded, "summarization": 150.0 / unloaded},
+    )
+    print(
+        f"unloaded per-token latency: {unloaded:.1f} ms; SLOs coding {1.2 * unloaded:.1f} ms, chat 50 ms, "
+        "summarization 150 ms",
+        flush=True,
+    )
     out_dir = Path(args.out_dir)
-    summary = sweep(args.policies.split(","), [float(r) for r in args.rates.split(",")],
-                    lambda rate: generated_workload(replace(spec, rate=rate), unloaded), A100X4_70B, cost,
-                    acceptance, "rate", out_dir)
-    report = {"cost_model": cost.meta, "acceptance": args.acceptance, "unloaded_tpot_ms": unloaded,
-              "config": asdict(A100X4_70B), "num_requests_per_point": args.num_requests, "paper": PAPER,
-              "ratios": headline(summary)}
+    summary = sweep(
+        args.policies.split(","),
+        [float(r) for r in args.rates.split(",")],
+        lambda rate: generated_workload(replace(spec, rate=rate), unloaded),
+        A100X4_70B,
+        cost,
+        acceptance,
+        "rate",
+        out_dir,
+    )
+    report = {
+        "cost_model": cost.meta,
+        "acceptance": args.acceptance,
+        "unloaded_tpot_ms": unloaded,
+        "config": asdict(A100X4_70B),
+        "num_requests_per_point": args.num_requests,
+        "paper": PAPER,
+        "ratios": headline(summary),
+    }
     if args.timing_policies:
-        report["simulate_10k"] = time_10k(cost, acceptance, A100X4_70B, replace(spec, rate=max(float(r) for r in args.rates.split(","))),
-                                          unloaded, args.timing_policies.split(","))
+        report["simulate_10k"] = time_10k(
+            cost,
+            acceptance,
+            A100X4_70B,
+            replace(spec, rate=max(float(r) for r in args.rates.split(","))),
+            unloaded,
+            args.timing_policies.split(","),
+        )
     (out_dir / "paper_scale.json").write_text(json.dumps(report, indent=1))
     print(sweep_table(summary))
     for r in report["ratios"]:
-        print(f"rate {r['value']}: attainment x{r['attainment_ratio']:.2f} vs {r['best_other_by_attainment']}, "
-              f"goodput x{r['goodput_ratio']:.2f} vs {r['best_other_by_goodput']}")
+        print(
+            f"rate {r['value']}: attainment x{r['attainment_ratio']:.2f} vs {r['best_other_by_attainment']}, "
+            f"goodput x{r['goodput_ratio']:.2f} vs {r['best_other_by_goodput']}"
+        )
     return report
 
 

@@ -38,8 +38,7 @@ def humaneval_prompts(num_prompts: int) -> list[list[dict]]:
 
     problems = list(read_problems().values())[:num_prompts]
     return [
-        [{"role": "user", "content": f"Complete this Python function.\n```python\n{p['prompt']}```"}]
-        for p in problems
+        [{"role": "user", "content": f"Complete this Python function.\n```python\n{p['prompt']}```"}] for p in problems
     ]
 
 
@@ -117,7 +116,10 @@ def plot(result: dict, path: Path) -> None:
         s = policies[n]
         ax1.annotate(
             f"{s['median_speedup_vs_none']:.2f}x\nacc {s['mean_accepted_tokens']:.2f}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
         )
     ax1.set_ylabel("decode tokens/s (batch 1)")
     ax1.set_title(f"{result['target']} + {result['draft']} draft")
@@ -151,8 +153,13 @@ def main() -> None:
         policies.insert(0, "none")
     largest = max(policies[1:], key=lambda p: make_policy(p).max_tokens_per_seq)
     config = EngineConfig(
-        model=args.target, draft=args.draft, spec_policy=largest, max_num_seqs=1,
-        kv_cache_memory=256 << 20, max_model_len=2048, num_threads=args.threads,
+        model=args.target,
+        draft=args.draft,
+        spec_policy=largest,
+        max_num_seqs=1,
+        kv_cache_memory=256 << 20,
+        max_model_len=2048,
+        num_threads=args.threads,
     )
     engine = EngineCore(config)
     tok = engine.tokenizer
@@ -166,13 +173,16 @@ def main() -> None:
         run_one(engine, prompts[0], SamplingParams(max_tokens=8))
     runs: dict[str, list[dict]] = {p: [] for p in policies}
     for i, prompt in enumerate(prompts):
-        order = policies[i % len(policies):] + policies[: i % len(policies)]
+        order = policies[i % len(policies) :] + policies[: i % len(policies)]
         for policy in order:
             engine.set_spec_policy(policy)
             runs[policy].append(run_one(engine, prompt, params))
             r = runs[policy][-1]
-            print(f"prompt {i} {policy:14s} {r['num_decode_tokens'] / r['decode_seconds']:6.2f} tok/s "
-                  f"accepted/verify {r['spec']['mean_accepted_tokens']:.2f}", flush=True)
+            print(
+                f"prompt {i} {policy:14s} {r['num_decode_tokens'] / r['decode_seconds']:6.2f} tok/s "
+                f"accepted/verify {r['spec']['mean_accepted_tokens']:.2f}",
+                flush=True,
+            )
     result = {
         "target": args.target,
         "draft": args.draft,
@@ -182,7 +192,9 @@ def main() -> None:
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
         "policies": {p: summarize(runs[p], runs["none"]) for p in policies},
     }
     out = Path(args.out)
@@ -190,8 +202,10 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=1))
     plot(result, out.with_suffix(".png"))
     for p, s in result["policies"].items():
-        print(f"{p:14s} {s['decode_tokens_per_s']:6.2f} tok/s  median x{s['median_speedup_vs_none']:.2f}  "
-              f"accepted/verify {s['mean_accepted_tokens']:.2f}  identical {s['identical_to_none']}")
+        print(
+            f"{p:14s} {s['decode_tokens_per_s']:6.2f} tok/s  median x{s['median_speedup_vs_none']:.2f}  "
+            f"accepted/verify {s['mean_accepted_tokens']:.2f}  identical {s['identical_to_none']}"
+        )
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

@@ -35,10 +35,14 @@ def step_kind(step: StepRecord) -> str:
 
 def summarize(steps: list[StepRecord], cost: CostModel) -> dict:
     timing = run_timing(steps, cost)
-    out = {"num_steps": len(steps), "measured_step_ms_p50": statistics.median(s.step_ms for s in steps),
-           "predicted_passes_ms_p50": statistics.median(sum(predicted_pass_ms(cost, p) for p in s.passes) for s in steps),
-           "passes_measured_over_predicted": timing.speed_factor, "host_ms_per_step_mean": timing.host_ms_per_step,
-           "host_ms_per_step_p50": statistics.median(s.step_ms - sum(map(measured_pass_ms, s.passes)) for s in steps)}
+    out = {
+        "num_steps": len(steps),
+        "measured_step_ms_p50": statistics.median(s.step_ms for s in steps),
+        "predicted_passes_ms_p50": statistics.median(sum(predicted_pass_ms(cost, p) for p in s.passes) for s in steps),
+        "passes_measured_over_predicted": timing.speed_factor,
+        "host_ms_per_step_mean": timing.host_ms_per_step,
+        "host_ms_per_step_p50": statistics.median(s.step_ms - sum(map(measured_pass_ms, s.passes)) for s in steps),
+    }
     for model in ("target", "draft"):
         passes = [p for s in steps for p in s.passes if p.model == model]
         if passes:
@@ -65,17 +69,24 @@ def main() -> None:
         results[policy] = {kind: summarize(group, cost) for kind, group in sorted(by_kind.items())}
         results[policy]["all"] = summarize(steps, cost)
         for kind, r in results[policy].items():
-            print(f"{policy:14s} {kind:8s} {r['num_steps']:5d} steps: step p50 {r['measured_step_ms_p50']:7.1f} ms, "
-                  f"passes predicted p50 {r['predicted_passes_ms_p50']:7.1f}; passes measured/predicted "
-                  f"{r['passes_measured_over_predicted']:.3f} (target {r.get('target_measured_over_predicted', 0):.3f}, "
-                  f"draft {r.get('draft_measured_over_predicted', 0):.3f}); host {r['host_ms_per_step_p50']:.1f} ms p50, "
-                  f"{r['host_ms_per_step_mean']:.1f} mean")
+            print(
+                f"{policy:14s} {kind:8s} {r['num_steps']:5d} steps: step p50 {r['measured_step_ms_p50']:7.1f} ms, "
+                f"passes predicted p50 {r['predicted_passes_ms_p50']:7.1f}; passes measured/predicted "
+                f"{r['passes_measured_over_predicted']:.3f} (target {r.get('target_measured_over_predicted', 0):.3f}, "
+                f"draft {r.get('draft_measured_over_predicted', 0):.3f}); host {r['host_ms_per_step_p50']:.1f} ms p50, "
+                f"{r['host_ms_per_step_mean']:.1f} mean"
+            )
     host = fit_host_model(every_step)
-    print(f"host time per step, fitted over all {len(every_step)} steps: {host.ms_per_step:.2f} ms + "
-          f"{host.ms_per_target_row:.3f} ms per target logits row + {host.ms_per_draft_row:.3f} ms per draft row")
+    print(
+        f"host time per step, fitted over all {len(every_step)} steps: {host.ms_per_step:.2f} ms + "
+        f"{host.ms_per_target_row:.3f} ms per target logits row + {host.ms_per_draft_row:.3f} ms per draft row"
+    )
     if args.out:
-        Path(args.out).write_text(json.dumps({"profile": args.profile, "logs": args.logs, "host_model": asdict(host),
-                                              "results": results}, indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                {"profile": args.profile, "logs": args.logs, "host_model": asdict(host), "results": results}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

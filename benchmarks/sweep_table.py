@@ -13,7 +13,10 @@ if __name__ == "__main__":
     summary = json.load(open(sys.argv[1]))
     print(sweep_table(summary))
     for h in headline(summary):
-        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-        print(f"{summary['variable']} {h['value']}: adaserve attainment {h['attainment']:.0%}, "
-              f"{fmt(h['attainment_ratio'])} of {h['best_other_by_attainment']} (violations {fmt(h['violations_ratio'])}); "
-              f"goodput {fmt(h['goodput_ratio'])} of {h['best_other_by_goodput']}")
+        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"
+        print(
+            f"{summary['variable']} {h['value']}: adaserve attainment {h['attainment']:.0%}, "
+            f"{fmt(h['attainment_ratio'])} of {h['best_other_by_attainment']} "
+            f"(violations {fmt(h['violations_ratio'])}); "
+            f"goodput {fmt(h['goodput_ratio'])} of {h['best_other_by_goodput']}"
+        )

@@ -19,9 +19,16 @@ def make_tiny_model(out: Path, arch: str, tokenizer_dir: Path, seed: int = 0, nu
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     common = dict(
-        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     if arch == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=True, rope_theta=10000.0)

@@ -48,6 +48,9 @@ def test_num_padded_kv(shapes, expected):
 def test_num_padded_kv_is_the_padding_of_group_sequences_groups():
     rng = random.Random(0)
     for _ in range(200):
-        shapes = [(q, q + rng.randrange(0, 3000)) for q in (rng.choice([1, 1, 4, 16, 300]) for _ in range(rng.randrange(1, 30)))]
+        shapes = [
+            (q, q + rng.randrange(0, 3000))
+            for q in (rng.choice([1, 1, 4, 16, 300]) for _ in range(rng.randrange(1, 30)))
+        ]
         groups = [[shapes[i][1] for i in g] for g in group_sequences(shapes)]
         assert num_padded_kv(shapes) == sum(max(kvs) * len(kvs) - sum(kvs) for kvs in groups)

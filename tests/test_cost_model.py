@@ -3,7 +3,7 @@
 import pytest
 
 from adaserve.sched.cost_model import CostModel, LatencyCurve
-from adaserve.sched.registry import choose_policy, slo_step_budget
+from adaserve.spec.registry import choose_policy, slo_step_budget
 
 CURVE = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), ms_per_context_token=0.001)
 
@@ -25,11 +25,18 @@ def test_context_pair_term_worked_example():
 
 
 def test_terms_split_the_worked_example_and_sum_to_the_latency():
-    curve = LatencyCurve((1, 8, 16), (30.0, 40.0, 60.0), 0.001, ms_per_seq=2.0, ms_per_context_pair=1e-5,
-                         ms_per_logit_row=0.5)
+    curve = LatencyCurve(
+        (1, 8, 16), (30.0, 40.0, 60.0), 0.001, ms_per_seq=2.0, ms_per_context_pair=1e-5, ms_per_logit_row=0.5
+    )
     terms = curve.terms(12, 1000, num_seqs=1, num_context_pairs=11 * 1000, num_extra_logit_rows=11)
-    assert (terms.base_ms, terms.tokens_ms, terms.context_ms, terms.pairs_ms, terms.rows_ms, terms.seqs_ms) == \
-        pytest.approx((30.0, 20.0, 1.0, 0.11, 5.5, 0.0))
+    assert (
+        terms.base_ms,
+        terms.tokens_ms,
+        terms.context_ms,
+        terms.pairs_ms,
+        terms.rows_ms,
+        terms.seqs_ms,
+    ) == pytest.approx((30.0, 20.0, 1.0, 0.11, 5.5, 0.0))
     assert terms.total_ms == pytest.approx(56.61)
     for shape in [(1, 0, 1, 0, 0), (4, 300, 3, 0, 2), (24, 5000, 2, 900, 30), (0, 0, 1, 0, 0)]:
         assert curve.terms(*shape).total_ms == pytest.approx(curve(*shape))

@@ -31,7 +31,9 @@ def test_sampling_with_top_k_1_is_greedy(llm):
 def test_batched_sampling_equals_sampling_alone(llm):
     params = SamplingParams(max_tokens=12, temperature=1.0, seed=7, ignore_eos=True)
     alone = llm.generate(["one two"], params)[0].token_ids
-    batched = llm.generate(["x", "one two", "y z"], [params.__class__(**{**params.__dict__, "seed": s}) for s in (1, 7, 2)])
+    batched = llm.generate(
+        ["x", "one two", "y z"], [params.__class__(**{**params.__dict__, "seed": s}) for s in (1, 7, 2)]
+    )
     assert batched[1].token_ids == alone
 
 
@@ -57,7 +59,9 @@ def test_stop_token_ids_and_stop_strings(llm):
     assert stop_str
     out = llm.generate(["abc"], SamplingParams(max_tokens=20, stop=[stop_str], ignore_eos=True))[0]
     assert out.text == free.text[: free.text.index(stop_str)] and out.finish_reason is FinishReason.STOP
-    out = llm.generate(["abc"], SamplingParams(max_tokens=20, stop=stop_str, include_stop_str_in_output=True, ignore_eos=True))[0]
+    out = llm.generate(
+        ["abc"], SamplingParams(max_tokens=20, stop=stop_str, include_stop_str_in_output=True, ignore_eos=True)
+    )[0]
     assert out.text == free.text[: free.text.index(stop_str) + len(stop_str)]
 
 
@@ -76,7 +80,8 @@ def test_invalid_prompts_are_rejected(llm, prompt):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(stop=[""])]
+    "kwargs",
+    [dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1), dict(stop=[""])],
 )
 def test_invalid_sampling_params_are_rejected(kwargs):
     with pytest.raises(ValueError):

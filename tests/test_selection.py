@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaserve.sched.selection import expected_tokens, select_nodes, slo_phase, throughput_phase
+from adaserve.spec.selection import expected_tokens, select_nodes, slo_phase, throughput_phase
 from adaserve.spec.tree import CandidateTree, layout_tree
 
 
@@ -150,4 +150,3 @@ def test_equals_brute_force_optimum_when_f_is_exact(instance):
     if best is None:  # quotas can't all be met within the budget: no optimum to compare against
         return
     assert sum(expected_tokens(t, c) - 1.0 for t, c in zip(trees, chosen)) == pytest.approx(best, abs=1e-9)
-

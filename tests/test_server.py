@@ -12,9 +12,9 @@ import openai
 import pytest
 import uvicorn
 
+from adaserve.bench.server_process import free_port
 from adaserve.config import EngineConfig
 from adaserve.engine.async_engine import AsyncEngine
-from adaserve.bench.server_process import free_port
 from adaserve.engine.core import EngineCore
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.server.app import ServerConfig, create_app
@@ -42,14 +42,23 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def engine(smollm2_dir, tmp_path_factory):
-    cost = CostModel(LatencyCurve((1, 8, 16, 32, 64), (35.0, 40.0, 52.0, 84.0, 141.0)),
-                     LatencyCurve((1, 16, 64), (5.0, 7.0, 16.0)))
+    cost = CostModel(
+        LatencyCurve((1, 8, 16, 32, 64), (35.0, 40.0, 52.0, 84.0, 141.0)), LatencyCurve((1, 16, 64), (5.0, 7.0, 16.0))
+    )
     path = tmp_path_factory.mktemp("cost") / "cost.json"
     cost.save(path)
-    core = EngineCore(EngineConfig(
-        model=str(smollm2_dir), draft=str(smollm2_dir), draft_num_layers=3, spec_policy="adaserve",
-        cost_model=str(path), max_num_seqs=40, max_num_batched_tokens=256, max_model_len=512,
-    ))
+    core = EngineCore(
+        EngineConfig(
+            model=str(smollm2_dir),
+            draft=str(smollm2_dir),
+            draft_num_layers=3,
+            spec_policy="adaserve",
+            cost_model=str(path),
+            max_num_seqs=40,
+            max_num_batched_tokens=256,
+            max_model_len=512,
+        )
+    )
     eng = AsyncEngine(core, max_pending_requests=64)
     eng.start()
     yield eng
@@ -73,15 +82,24 @@ def wait_idle(engine, timeout=30.0) -> None:
     kv = engine.engine.kv
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not engine.engine.scheduler.has_work and kv.num_free_blocks == kv.pool.num_blocks and engine.num_in_flight == 0:
+        if (
+            not engine.engine.scheduler.has_work
+            and kv.num_free_blocks == kv.pool.num_blocks
+            and engine.num_in_flight == 0
+        ):
             return
         time.sleep(0.05)
     raise AssertionError(f"engine not idle: {kv.num_free_blocks}/{kv.pool.num_blocks} blocks free")
 
 
 def test_completion_stream_equals_non_stream_with_slo(client, engine):
-    kwargs = dict(model=MODEL, prompt="def fibonacci(n):", max_tokens=24, temperature=0,
-                  extra_body={"slo": {"tpot_ms": 400, "ttft_ms": 10000}})
+    kwargs = dict(
+        model=MODEL,
+        prompt="def fibonacci(n):",
+        max_tokens=24,
+        temperature=0,
+        extra_body={"slo": {"tpot_ms": 400, "ttft_ms": 10000}},
+    )
     whole = client.completions.create(**kwargs)
     assert whole.choices[0].finish_reason in ("length", "stop") and whole.usage.completion_tokens > 0
     extras = whole.usage.model_extra
@@ -94,8 +112,13 @@ def test_completion_stream_equals_non_stream_with_slo(client, engine):
 
 
 def test_chat_stream_equals_non_stream_with_slo_class(client):
-    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Name three colors."}], max_tokens=20,
-                  temperature=0, extra_body={"slo_class": "chat"})
+    kwargs = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name three colors."}],
+        max_tokens=20,
+        temperature=0,
+        extra_body={"slo_class": "chat"},
+    )
     whole = client.chat.completions.create(**kwargs)
     assert whole.choices[0].message.role == "assistant"
     assert whole.usage.model_extra["slo_class"] == "chat" and whole.usage.model_extra["slo"]["tpot_ms"] == 500.0
@@ -113,8 +136,11 @@ def test_slo_by_header_and_stop_strings(server):
     assert out["usage"]["slo"]["tpot_ms"] == 250.0 and " 9" not in out["choices"][0]["text"]
     assert out["choices"][0]["finish_reason"] == "stop"
     with httpx.stream("POST", server.url + "/v1/completions", json={**body, "stream": True}, timeout=60) as s:
-        text = "".join(json.loads(line[6:])["choices"][0]["text"] for line in s.iter_lines()
-                       if line.startswith("data: {") and json.loads(line[6:])["choices"])
+        text = "".join(
+            json.loads(line[6:])["choices"][0]["text"]
+            for line in s.iter_lines()
+            if line.startswith("data: {") and json.loads(line[6:])["choices"]
+        )
     assert text == out["choices"][0]["text"]
 
 
@@ -148,7 +174,9 @@ def test_invalid_json_and_chat_errors(server):
     assert r.status_code == 400 and "error" in r.json()
     r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": []})
     assert r.status_code == 400
-    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]})
+    r = httpx.post(
+        server.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}
+    )
     assert r.status_code == 400
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # still alive
 
@@ -178,9 +206,12 @@ def test_api_key(engine):
 def test_overload_is_429_with_retry_after(server, engine):
     engine.max_pending_requests = 1
     try:
-        with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
-                          json={"model": MODEL, "prompt": "Tell a story.", "max_tokens": 200, "stream": True,
-                                "ignore_eos": True}) as s:
+        with httpx.stream(
+            "POST",
+            server.url + "/v1/completions",
+            timeout=60,
+            json={"model": MODEL, "prompt": "Tell a story.", "max_tokens": 200, "stream": True, "ignore_eos": True},
+        ) as s:
             next(s.iter_lines())
             r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "hi"})
             assert r.status_code == 429 and r.headers["retry-after"] == "1"
@@ -201,9 +232,15 @@ def test_disconnect_mid_stream_frees_blocks(server, engine):
 
 def test_32_concurrent_streams_finish(server, engine):
     async def one(client, i):
-        stream = await client.completions.create(model=MODEL, prompt=f"Count to {i}:", max_tokens=12,
-                                                 temperature=0.7, seed=i, stream=True,
-                                                 extra_body={"slo_class": "coding" if i % 2 else "chat"})
+        stream = await client.completions.create(
+            model=MODEL,
+            prompt=f"Count to {i}:",
+            max_tokens=12,
+            temperature=0.7,
+            seed=i,
+            stream=True,
+            extra_body={"slo_class": "coding" if i % 2 else "chat"},
+        )
         reasons = [c.choices[0].finish_reason async for c in stream if c.choices]
         return reasons[-1]
 
@@ -243,8 +280,25 @@ def test_bench_cli_writes_metrics_json(server, engine, tmp_path):
     from adaserve.cli import main
 
     out = tmp_path / "bench.json"
-    main(["bench", "--url", server.url, "--num-requests", "3", "--rate", "5", "--output-tokens", "6",
-          "--unloaded-tpot-ms", "100", "--out", str(out), "--save-workload", str(tmp_path / "w.jsonl")])
+    main(
+        [
+            "bench",
+            "--url",
+            server.url,
+            "--num-requests",
+            "3",
+            "--rate",
+            "5",
+            "--output-tokens",
+            "6",
+            "--unloaded-tpot-ms",
+            "100",
+            "--out",
+            str(out),
+            "--save-workload",
+            str(tmp_path / "w.jsonl"),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["categories"]["all"]["num_requests"] == 3 and len(result["records"]) == 3
     assert result["args"]["rate"] == 5.0 and (tmp_path / "w.jsonl").exists()

@@ -61,11 +61,16 @@ def test_the_simulator_charges_each_pass_its_correction():
 def test_validate_fits_the_corrections_over_the_sweeps_logs(tmp_path):
     (tmp_path / "step_logs").mkdir()
     for policy in ("chain-4", "adaserve"):  # one fit over every server of the sweep
-        steps = [StepRecord(0.0, policy, 1.0 + measured(s, t, 2.0, 2.0, 5.0), [target_pass(s, t, measured(s, t, 2.0, 2.0, 5.0))])
-                 for s, t in SHAPES]
+        steps = [
+            StepRecord(
+                0.0, policy, 1.0 + measured(s, t, 2.0, 2.0, 5.0), [target_pass(s, t, measured(s, t, 2.0, 2.0, 5.0))]
+            )
+            for s, t in SHAPES
+        ]
         (tmp_path / "step_logs" / f"{policy}.jsonl").write_text("".join(json.dumps(asdict(s)) + "\n" for s in steps))
     config, info = calibrated("passes", SimConfig(), "chain:4", tmp_path, {}, COST)
-    assert (config.target_pass.base, config.target_pass.tokens, config.target_pass.ms_per_extra_seq) == \
-        pytest.approx((2.0, 2.0, 5.0))
+    assert (config.target_pass.base, config.target_pass.tokens, config.target_pass.ms_per_extra_seq) == pytest.approx(
+        (2.0, 2.0, 5.0)
+    )
     assert config.draft_pass == PassCorrection() and config.time_scale == 1.0  # no draft passes logged
     assert config.step_overhead_ms == pytest.approx(1.0) and info["target_pass"]["base"] == pytest.approx(2.0)

@@ -65,14 +65,35 @@ def test_the_simulator_draws_acceptance_per_prompt():
 def _bench_result(tmp_path, monkeypatch, with_keys: bool):
     """A bench result as run_bench writes it, for a workload built from fake prompts."""
     monkeypatch.setattr(bench_run, "category_prompts", lambda c: FAKE_PROMPTS[c])
-    spec_args = {"rate": 2.0, "num_requests": 6, "duration": None, "arrival": "poisson", "cv": 2.0,
-                 "pieces": "30:0.25,30:1.0", "urgent_share": None, "output_tokens": 16, "slo_scale": 1.0,
-                 "seed": 3, "workload_file": None}
-    requests = bench_run.build_workload(bench_run.workload_spec(Namespace(**spec_args)), 100.0,
-                                        {c: FAKE_PROMPTS[c] for c in FAKE_PROMPTS})
-    records = [BenchRecord(q.category, q.slo, 50.0 + q.arrival_s, 50.5 + q.arrival_s, [50.5 + q.arrival_s], 16,
-                           server_usage={"prompt_tokens": len(q.messages[0]["content"])}, prompt_key=q.prompt_key if with_keys else "")
-               for q in requests]
+    spec_args = {
+        "rate": 2.0,
+        "num_requests": 6,
+        "duration": None,
+        "arrival": "poisson",
+        "cv": 2.0,
+        "pieces": "30:0.25,30:1.0",
+        "urgent_share": None,
+        "output_tokens": 16,
+        "slo_scale": 1.0,
+        "seed": 3,
+        "workload_file": None,
+    }
+    requests = bench_run.build_workload(
+        bench_run.workload_spec(Namespace(**spec_args)), 100.0, {c: FAKE_PROMPTS[c] for c in FAKE_PROMPTS}
+    )
+    records = [
+        BenchRecord(
+            q.category,
+            q.slo,
+            50.0 + q.arrival_s,
+            50.5 + q.arrival_s,
+            [50.5 + q.arrival_s],
+            16,
+            server_usage={"prompt_tokens": len(q.messages[0]["content"])},
+            prompt_key=q.prompt_key if with_keys else "",
+        )
+        for q in requests
+    ]
     result = {"unloaded_tpot_ms": 100.0, "args": spec_args, "records": [asdict(r) for r in records]}
     path = tmp_path / "point.json"
     path.write_text(json.dumps(result))
@@ -84,8 +105,9 @@ def test_bench_results_name_their_prompts_or_have_them_rebuilt(tmp_path, monkeyp
     path, requests = _bench_result(tmp_path, monkeypatch, with_keys)
     workload = from_bench_result(path, name_prompts=True)
     assert [w.prompt_key for w in workload] == [prompt_key(q.messages) for q in requests]
-    assert {w.prompt_key for w in workload} <= {prompt_key([{"role": "user", "content": p}])
-                                                for ps in FAKE_PROMPTS.values() for p in ps}
+    assert {w.prompt_key for w in workload} <= {
+        prompt_key([{"role": "user", "content": p}]) for ps in FAKE_PROMPTS.values() for p in ps
+    }
     if not with_keys:
         assert {w.prompt_key for w in from_bench_result(path)} == {""}  # not asked: not rebuilt
 
@@ -140,8 +162,11 @@ def test_the_simulator_replays_a_prompts_trace_whatever_the_seed(seed, miss):
     4..7 plus the bonus 8; step 3 has room for one draft (9) plus the bonus (10)."""
     trace = [OfferRecord(0, [0.9, 0.05], miss if p == 3 else 0, position=p) for p in range(1, 11)]
     acceptance = RecordedAcceptance(trace, ["coding"] * len(trace), ["p"] * len(trace))
-    sim = Simulator(SimConfig(policy="chain:4", seed=seed), CostModel(LatencyCurve((1,), (10.0,)),
-                                                                      LatencyCurve((1,), (5.0,))), acceptance)
+    sim = Simulator(
+        SimConfig(policy="chain:4", seed=seed),
+        CostModel(LatencyCurve((1,), (10.0,)), LatencyCurve((1,), (5.0,))),
+        acceptance,
+    )
     record = sim.run([SimRequest(0.0, "coding", 32, 11, SLO(), "p")])[0]
     tokens_per_step = [record.chunk_times.count(t) for t in sorted(set(record.chunk_times))]
     assert tokens_per_step == [1, 3, 5, 2]
@@ -157,7 +182,9 @@ def test_a_second_recording_policy_fills_the_positions_the_first_missed(tmp_path
 
     def traces(policies: str) -> dict[int, OfferRecord]:
         out = tmp_path / f"{policies}.jsonl"
-        record_module.record(Namespace(model=str(smollm2_dir), draft="smollm2-135m", record_policy=policies, out=str(out)))
+        record_module.record(
+            Namespace(model=str(smollm2_dir), draft="smollm2-135m", record_policy=policies, out=str(out))
+        )
         model = RecordedAcceptance.load(out)
         return model.traces["p"], sum(1 for line in out.read_text().splitlines() if line)
 

@@ -8,9 +8,9 @@ import pytest
 
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.sim.acceptance import DrawnOffer, ParametricAcceptance, RecordedAcceptance, parse_acceptance, save_records
+from adaserve.sim.config import SimConfig
 from adaserve.sim.roofline import ADASERVE_A100_70B_TABLE, parse_cost_model
 from adaserve.sim.run import simulate, unloaded_tpot_ms
-from adaserve.sim.config import SimConfig
 from adaserve.sim.simulator import Simulator
 from adaserve.sim.validate import _row
 from adaserve.sim.workloads import SimRequest, from_bench_result
@@ -37,8 +37,8 @@ def flat_cost(verify_ms=10.0, draft_ms=5.0) -> CostModel:
     return CostModel(LatencyCurve((1,), (verify_ms,)), LatencyCurve((1,), (draft_ms,)) if draft_ms else None)
 
 
-def one_request(max_tokens, prompt=32, slo=SLO()):
-    return [SimRequest(0.0, "coding", prompt, max_tokens, slo)]
+def one_request(max_tokens, prompt=32, slo=None):
+    return [SimRequest(0.0, "coding", prompt, max_tokens, slo or SLO())]
 
 
 def token_times(policy, acceptance, max_tokens, cost=None):
@@ -86,7 +86,9 @@ def slo_cost() -> CostModel:
 
 def mixed_slo_workload():
     tight, loose = SLO(tpot_ms=40.0), SLO(tpot_ms=1e6)
-    return [SimRequest(0.0, "coding" if i % 2 else "summarization", 64, 40, tight if i % 2 else loose) for i in range(8)]
+    return [
+        SimRequest(0.0, "coding" if i % 2 else "summarization", 64, 40, tight if i % 2 else loose) for i in range(8)
+    ]
 
 
 def test_adaserve_gives_tight_slo_requests_more_drafted_tokens():
@@ -102,8 +104,10 @@ def test_adaserve_gives_tight_slo_requests_more_drafted_tokens():
 
 def test_same_seed_same_result_different_seed_differs():
     acceptance = ParametricAcceptance(top1=0.6)
-    runs = [simulate(SimConfig(policy="dynamic-tree", seed=s), slo_cost(), acceptance, mixed_slo_workload())
-            for s in (0, 0, 1)]
+    runs = [
+        simulate(SimConfig(policy="dynamic-tree", seed=s), slo_cost(), acceptance, mixed_slo_workload())
+        for s in (0, 0, 1)
+    ]
     assert runs[0]["categories"] == runs[1]["categories"]
     assert runs[0]["categories"] != runs[2]["categories"]
 
@@ -188,17 +192,29 @@ def test_roofline_worked_example_and_published_table():
 
 
 def test_bench_result_replay(tmp_path):
-    rec = lambda t, cat, n: {"arrival_time": t, "category": cat, "slo": {"tpot_ms": 300.0, "ttft_ms": None},  # noqa: E731
-                             "server_usage": {"prompt_tokens": n}}
+    rec = lambda t, cat, n: {
+        "arrival_time": t,
+        "category": cat,
+        "slo": {"tpot_ms": 300.0, "ttft_ms": None},
+        "server_usage": {"prompt_tokens": n},
+    }
     path = tmp_path / "point.json"
-    path.write_text(json.dumps({"args": {"output_tokens": 48}, "records": [rec(105.5, "chat", 80), rec(100.0, "coding", 200)]}))
-    assert from_bench_result(path) == [SimRequest(0.0, "coding", 200, 48, SLO(tpot_ms=300.0)),
-                                       SimRequest(5.5, "chat", 80, 48, SLO(tpot_ms=300.0))]
+    path.write_text(
+        json.dumps({"args": {"output_tokens": 48}, "records": [rec(105.5, "chat", 80), rec(100.0, "coding", 200)]})
+    )
+    assert from_bench_result(path) == [
+        SimRequest(0.0, "coding", 200, 48, SLO(tpot_ms=300.0)),
+        SimRequest(5.5, "chat", 80, 48, SLO(tpot_ms=300.0)),
+    ]
 
 
 def test_validation_row_tolerances():
-    row = _row("adaserve", 0.5, {"attainment": 0.8, "goodput_tokens_per_s": 10.0, "tpot_ms": None},
-               {"attainment": 0.75, "goodput_tokens_per_s": 12.5, "tpot_ms": None})
+    row = _row(
+        "adaserve",
+        0.5,
+        {"attainment": 0.8, "goodput_tokens_per_s": 10.0, "tpot_ms": None},
+        {"attainment": 0.75, "goodput_tokens_per_s": 12.5, "tpot_ms": None},
+    )
     assert row["attainment_diff_pp"] == pytest.approx(-5.0) and row["attainment_ok"]
     assert row["goodput_rel_diff"] == pytest.approx(0.25) and not row["goodput_ok"]
 
@@ -212,23 +228,46 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
 
     cost = slo_cost()
     (tmp_path / "cost.json").write_text(cost.to_json())
-    workload = [SimRequest(0.3 * i, "coding" if i % 3 else "chat", 50 + 10 * i, 24, SLO(tpot_ms=60.0 if i % 3 else 200.0))
-                for i in range(9)]
+    workload = [
+        SimRequest(0.3 * i, "coding" if i % 3 else "chat", 50 + 10 * i, 24, SLO(tpot_ms=60.0 if i % 3 else 200.0))
+        for i in range(9)
+    ]
     results = {}
     for policy in ("none", "adaserve"):
         sim = Simulator(SimConfig(policy=policy), cost, ParametricAcceptance(top1=0.7))
         records = sim.run(workload)
-        rows = [dict(r.to_dict(), slo={"tpot_ms": r.slo.tpot_ms, "ttft_ms": None},
-                     server_usage={"prompt_tokens": item.num_prompt_tokens}) for r, (item, _) in zip(records, sim.requests)]
+        rows = [
+            dict(
+                r.to_dict(),
+                slo={"tpot_ms": r.slo.tpot_ms, "ttft_ms": None},
+                server_usage={"prompt_tokens": item.num_prompt_tokens},
+            )
+            for r, (item, _) in zip(records, sim.requests)
+        ]
         wall = max(r.chunk_times[-1] for r in records)
         report = bench_report(records, wall)
-        (tmp_path / f"{policy}_rate_1.0.json").write_text(json.dumps({"args": {"output_tokens": 24}, "records": rows, **report}))
+        (tmp_path / f"{policy}_rate_1.0.json").write_text(
+            json.dumps({"args": {"output_tokens": 24}, "records": rows, **report})
+        )
         results[policy] = [{"policy": policy, "value": 1.0, **report}]
-    (tmp_path / "sweep_rate.json").write_text(json.dumps({"variable": "rate", "unloaded_tpot_ms": 100.0, "results": results}))
-    args = Namespace(bench_dir=[str(tmp_path)], cost=f"profile:{tmp_path / 'cost.json'}", acceptance="parametric:top1=0.7",
-                     model=None, draft=None, max_num_seqs=32, max_num_batched_tokens=512, kv_capacity_tokens=9360,
-                     step_overhead_ms=0.0, seed=0, out_dir=str(tmp_path / "out"), sim_runs=1,
-                     calibration="none")
+    (tmp_path / "sweep_rate.json").write_text(
+        json.dumps({"variable": "rate", "unloaded_tpot_ms": 100.0, "results": results})
+    )
+    args = Namespace(
+        bench_dir=[str(tmp_path)],
+        cost=f"profile:{tmp_path / 'cost.json'}",
+        acceptance="parametric:top1=0.7",
+        model=None,
+        draft=None,
+        max_num_seqs=32,
+        max_num_batched_tokens=512,
+        kv_capacity_tokens=9360,
+        step_overhead_ms=0.0,
+        seed=0,
+        out_dir=str(tmp_path / "out"),
+        sim_runs=1,
+        calibration="none",
+    )
     out = validate(args)
     assert out["num_points"] == 2 and out["num_within_targets"] == 2
     assert all(abs(r["attainment_diff_pp"]) < 1e-9 and abs(r["goodput_rel_diff"]) < 0.01 for r in out["rows"])
@@ -256,7 +295,11 @@ def test_run_timing_from_a_step_log():
     tree = PassRecord("target", 9, 3, 0, 0, num_logit_rows=9, forward_ms=40.0, logits_ms=2.0)
     layer = PassRecord("draft", 2, 2, 0, 0, num_logit_rows=2, forward_ms=8.0)
     decode = PassRecord("target", 1, 1, 0, 0, num_logit_rows=1, forward_ms=20.0)
-    assert (predicted_pass_ms(cost, tree), predicted_pass_ms(cost, layer), predicted_pass_ms(cost, decode)) == (21.0, 4.0, 10.0)
+    assert (predicted_pass_ms(cost, tree), predicted_pass_ms(cost, layer), predicted_pass_ms(cost, decode)) == (
+        21.0,
+        4.0,
+        10.0,
+    )
     steps = [StepRecord(0.0, "adaserve", 53.0, [layer, tree]), StepRecord(1.0, "adaserve", 25.0, [decode])]
     timing = run_timing(steps, cost)
     assert timing.num_steps == 2 and timing.host_ms_per_step == pytest.approx(4.0)
@@ -272,7 +315,9 @@ def logged_steps(rows_and_host: list[tuple[int, int, float]], policy: str = "cha
     for target_rows, draft_rows, host_ms in rows_and_host:
         passes = [PassRecord("target", target_rows, target_rows, 0, 0, num_logit_rows=target_rows, forward_ms=20.0)]
         if draft_rows:
-            passes.insert(0, PassRecord("draft", draft_rows, draft_rows, 0, 0, num_logit_rows=draft_rows, forward_ms=10.0))
+            passes.insert(
+                0, PassRecord("draft", draft_rows, draft_rows, 0, 0, num_logit_rows=draft_rows, forward_ms=10.0)
+            )
         steps.append(StepRecord(0.0, policy, host_ms + sum(p.forward_ms for p in passes), passes))
     return steps
 
@@ -306,7 +351,8 @@ def test_validate_calibrates_each_policy_from_the_step_logs(tmp_path, how, scale
         (tmp_path / "step_logs" / f"{policy.replace(':', '-')}.jsonl").write_text("".join(lines))
     config, info = calibrated(how, SimConfig(step_overhead_ms=7.0), "chain:4", tmp_path, {}, cost)
     assert (config.step_overhead_ms, config.host_ms_per_target_row, config.host_ms_per_draft_row) == pytest.approx(
-        (1.0, 0.5, 0.25))
+        (1.0, 0.5, 0.25)
+    )
     assert config.time_scale == pytest.approx(scale) and info["time_scale"] == pytest.approx(scale)
     assert calibrated("none", SimConfig(step_overhead_ms=7.0), "chain:4", tmp_path, {}, cost)[0].step_overhead_ms == 7.0
     with pytest.raises(ValueError, match="step logs"):
@@ -348,6 +394,8 @@ def test_simulated_draft_passes_have_the_shapes_the_engine_logs():
     proposer.add("r", "coding")
     proposer.synced["r"] = 37
     proposer.propose([request], make_policy("dynamic-tree:4:3:2"))
-    shapes = [(p.num_tokens, p.num_seqs, p.num_context_tokens, p.num_context_pairs, p.num_logit_rows)
-              for p in proposer.draft_passes]
+    shapes = [
+        (p.num_tokens, p.num_seqs, p.num_context_tokens, p.num_context_pairs, p.num_logit_rows)
+        for p in proposer.draft_passes
+    ]
     assert shapes == [(3, 1, 37, 2 * 37, 1), (2, 1, 40, 40, 2), (2, 1, 42, 42, 2)]

@@ -72,7 +72,9 @@ def test_relative_class_resolves_against_measured_latency():
         parse_slo_class("coding=tpot:1.5x").resolve(None)
 
 
-@pytest.mark.parametrize("text", ["coding", "=tpot:1x", "a=tpot:", "a=tpot:-5ms", "a=ttft:2x", "a=speed:5ms", "a=tpot:5h"])
+@pytest.mark.parametrize(
+    "text", ["coding", "=tpot:1x", "a=tpot:", "a=tpot:-5ms", "a=ttft:2x", "a=speed:5ms", "a=tpot:5h"]
+)
 def test_bad_slo_classes_are_clear_errors(text):
     with pytest.raises(ValueError):
         parse_slo_class(text)

@@ -29,8 +29,14 @@ def plain(smollm2_dir):
 
 
 def make_llm(smollm2_dir, cost_path, policy):
-    return LLM(str(smollm2_dir), draft=str(smollm2_dir), draft_num_layers=3, spec_policy=policy,
-               cost_model=cost_path, max_num_batched_tokens=256)
+    return LLM(
+        str(smollm2_dir),
+        draft=str(smollm2_dir),
+        draft_num_layers=3,
+        spec_policy=policy,
+        cost_model=cost_path,
+        max_num_batched_tokens=256,
+    )
 
 
 def test_tight_slo_gets_more_tokens_verified_than_loose(smollm2_dir, cost_path, plain):

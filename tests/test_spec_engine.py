@@ -72,15 +72,17 @@ def test_speculation_survives_preemption(smollm2_dir, smollm2_plain):
     from adaserve.models.loader import read_model_config
 
     per_token = read_model_config(smollm2_dir).kv_bytes_per_token()
-    llm = LLM(str(smollm2_dir), block_size=4, kv_cache_memory=40 * 4 * per_token, draft="smollm2-135m", spec_policy="chain:4")
+    llm = LLM(
+        str(smollm2_dir), block_size=4, kv_cache_memory=40 * 4 * per_token, draft="smollm2-135m", spec_policy="chain:4"
+    )
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=48))
     assert [o.token_ids for o in outs] == smollm2_plain
     assert sum(o.num_preemptions for o in outs) > 0
 
 
 def test_mismatched_draft_vocabulary_is_a_clear_error(tmp_path, smollm2_dir):
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -183,8 +185,12 @@ def test_sampled_speculation_keeps_the_target_distribution(tiny_model_dirs):
     prompt_ids, top_k, n = [500, 600, 700], 3, 3000
     exact = exact_three_token_distribution(target, prompt_ids, top_k)
     llm = LLM(
-        str(target), draft=str(target), draft_num_layers=1, spec_policy="static-tree:2,2",
-        max_num_seqs=128, max_num_batched_tokens=2048,
+        str(target),
+        draft=str(target),
+        draft_num_layers=1,
+        spec_policy="static-tree:2,2",
+        max_num_seqs=128,
+        max_num_batched_tokens=2048,
     )
     params = [SamplingParams(max_tokens=3, temperature=1.0, top_k=top_k, seed=s, ignore_eos=True) for s in range(n)]
     outs = llm.generate([prompt_ids] * n, params)
@@ -216,8 +222,9 @@ def test_step_log_traces_every_pass_in_the_cost_models_terms(smollm2_dir, tmp_pa
     from adaserve.engine.step_log import read_step_log
 
     path = tmp_path / "steps.jsonl"
-    llm = LLM(str(smollm2_dir), draft="smollm2-135m", draft_num_layers=6, spec_policy="dynamic-tree:8:4:2",
-              step_log=str(path))
+    llm = LLM(
+        str(smollm2_dir), draft="smollm2-135m", draft_num_layers=6, spec_policy="dynamic-tree:8:4:2", step_log=str(path)
+    )
     engine = llm.engine
     for p in PROMPTS:
         engine.add_request(p, SamplingParams(max_tokens=16))

@@ -16,8 +16,14 @@ PROMPTS = [
 
 
 def test_qwen_pair_greedy_speculation_equals_plain_greedy():
-    llm = LLM("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b", spec_policy="static-tree",
-              max_num_batched_tokens=256, kv_cache_memory=256 << 20, max_model_len=1024)
+    llm = LLM(
+        "qwen2.5-coder-1.5b",
+        draft="qwen2.5-coder-0.5b",
+        spec_policy="static-tree",
+        max_num_batched_tokens=256,
+        kv_cache_memory=256 << 20,
+        max_model_len=1024,
+    )
     params = SamplingParams(max_tokens=48)
     results = {}
     for policy in ["none", "chain:4", "static-tree", "dynamic-tree"]:
@@ -33,8 +39,14 @@ def test_qwen_pair_greedy_speculation_equals_plain_greedy():
 def test_qwen_pair_tight_slo_gets_more_tokens_verified():
     """AdaServe on the real pair with its profiled cost model: a tight and a loose request run
     together; the tight one gets more drafted tokens verified per iteration; output = plain greedy."""
-    llm = LLM("qwen2.5-coder-1.5b", draft="qwen2.5-coder-0.5b", spec_policy="adaserve",
-              max_num_batched_tokens=256, kv_cache_memory=256 << 20, max_model_len=1024)
+    llm = LLM(
+        "qwen2.5-coder-1.5b",
+        draft="qwen2.5-coder-0.5b",
+        spec_policy="adaserve",
+        max_num_batched_tokens=256,
+        kv_cache_memory=256 << 20,
+        max_model_len=1024,
+    )
     prompt = PROMPTS[1]
     engine = llm.engine
     tight = engine.add_request(prompt, SamplingParams(max_tokens=40, slo={"tpot_ms": 1.0}))

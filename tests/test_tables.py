@@ -6,15 +6,20 @@ from adaserve.bench.tables import headline, sweep_table
 
 
 def point(value, attainment, violations, goodput):
-    return {"value": value, "categories": {"all": {"attainment": attainment, "violations": violations,
-                                                   "goodput_tokens_per_s": goodput}}}
+    return {
+        "value": value,
+        "categories": {"all": {"attainment": attainment, "violations": violations, "goodput_tokens_per_s": goodput}},
+    }
 
 
-SUMMARY = {"variable": "rate", "results": {
-    "none": [point(0.1, 0.9, 1, 5.0), point(0.4, 0.2, 8, 2.0)],
-    "chain:4": [point(0.1, 0.8, 2, 6.0), point(0.4, 0.3, 7, 1.5)],
-    "adaserve": [point(0.1, 1.0, 0, 6.5), point(0.4, 0.9, 1, 4.5)],
-}}
+SUMMARY = {
+    "variable": "rate",
+    "results": {
+        "none": [point(0.1, 0.9, 1, 5.0), point(0.4, 0.2, 8, 2.0)],
+        "chain:4": [point(0.1, 0.8, 2, 6.0), point(0.4, 0.3, 7, 1.5)],
+        "adaserve": [point(0.1, 1.0, 0, 6.5), point(0.4, 0.9, 1, 4.5)],
+    },
+}
 
 
 def test_headline_compares_with_the_best_other_policy():

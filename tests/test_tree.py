@@ -5,8 +5,15 @@ import math
 import pytest
 
 from adaserve.spec.policies import (
-    ChainPolicy, DynamicTreePolicy, LayerCandidates, StaticTreePolicy, best_nodes, grow_layer, make_policy, split_budget,
+    ChainPolicy,
+    DynamicTreePolicy,
+    LayerCandidates,
     SelectionContext,
+    StaticTreePolicy,
+    best_nodes,
+    grow_layer,
+    make_policy,
+    split_budget,
 )
 from adaserve.spec.proposers import NgramProposer
 from adaserve.spec.tree import CandidateTree, Offer, layout_tree
@@ -55,7 +62,13 @@ def test_best_nodes_take_highest_path_probability_and_stay_connected():
 
 @pytest.mark.parametrize(
     "budget, want, quota",
-    [(10, [3, 3, 3], [3, 3, 3]), (6, [5, 5, 5], [2, 2, 2]), (7, [1, 8, 8], [1, 3, 3]), (0, [4, 4], [0, 0]), (5, [0, 9], [0, 5])],
+    [
+        (10, [3, 3, 3], [3, 3, 3]),
+        (6, [5, 5, 5], [2, 2, 2]),
+        (7, [1, 8, 8], [1, 3, 3]),
+        (0, [4, 4], [0, 0]),
+        (5, [0, 9], [0, 5]),
+    ],
 )
 def test_split_budget(budget, want, quota):
     trees = [CandidateTree.root_only(str(i), 0) for i in range(len(want))]
@@ -90,7 +103,13 @@ def test_chain_select_respects_the_budget():
 
 
 @pytest.mark.parametrize(
-    "spec, name", [("chain:6", "chain:6"), ("static-tree", "static-tree"), ("static-tree:1,2", "static-tree"), ("dynamic-tree:8:4:2", "dynamic-tree")]
+    "spec, name",
+    [
+        ("chain:6", "chain:6"),
+        ("static-tree", "static-tree"),
+        ("static-tree:1,2", "static-tree"),
+        ("dynamic-tree:8:4:2", "dynamic-tree"),
+    ],
 )
 def test_make_policy(spec, name):
     assert make_policy(spec).name == name
@@ -126,8 +145,9 @@ def test_grow_layer_adds_kept_children_grouped_by_parent_most_likely_first():
     assert [tree.token_ids[n] for n in new] == [10, 11, 13]
     assert [tree.parents[n] for n in new] == [1, 1, 2] and [tree.depths[n] for n in new] == [2, 2, 2]
     assert tree.path_logprobs[new[0]] == pytest.approx(-0.3) and tree.offers[1] is offers[0]
-    ruled_out = grow_layer(tree, [new[0]], [Offer([20, 21, 22], [-0.5, -math.inf, math.nan])], DynamicTreePolicy(8, 3, 3),
-                           layer=3)
+    ruled_out = grow_layer(
+        tree, [new[0]], [Offer([20, 21, 22], [-0.5, -math.inf, math.nan])], DynamicTreePolicy(8, 3, 3), layer=3
+    )
     assert [tree.token_ids[n] for n in ruled_out] == [20]  # a token the draft rules out is never offered
     with pytest.raises(ValueError, match="one log-prob per token"):
         Offer([1, 2], [-0.1])

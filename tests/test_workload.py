@@ -7,7 +7,12 @@ import statistics
 import pytest
 
 from adaserve.bench.workload import (
-    WorkloadSpec, arrival_times, build_workload, load_workload, parse_pieces, save_workload,
+    WorkloadSpec,
+    arrival_times,
+    build_workload,
+    load_workload,
+    parse_pieces,
+    save_workload,
 )
 
 PROMPTS = {"coding": ["def f():"], "chat": ["hi", "hello"], "summarization": ["long text"]}
@@ -59,8 +64,10 @@ def test_duration_limit_and_save_replay(tmp_path):
     assert load_workload(tmp_path / "w.jsonl") == reqs
 
 
-@pytest.mark.parametrize("bad", [dict(rate=0), dict(arrival="uniform"), dict(urgent_share=1.5),
-                                 dict(num_requests=None), dict(mix={"coding": 0})])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(rate=0), dict(arrival="uniform"), dict(urgent_share=1.5), dict(num_requests=None), dict(mix={"coding": 0})],
+)
 def test_bad_specs(bad):
     with pytest.raises(ValueError):
         WorkloadSpec(**bad)

@@ -50,20 +50,32 @@ class BenchRecord:
     @property
     def timing(self) -> RequestTiming:
         last = self.chunk_times[-1] if self.chunk_times else None
-        return RequestTiming(self.arrival_time, self.first_token_time, last, self.num_output_tokens, self.slo, self.category)
+        return RequestTiming(
+            self.arrival_time, self.first_token_time, last, self.num_output_tokens, self.slo, self.category
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-async def _one(client: httpx.AsyncClient, url: str, model: str, req: BenchRequest, send_slo: bool,
-               headers: dict) -> BenchRecord:
-    body = {"model": model, "messages": req.messages, "max_tokens": req.max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": req.ignore_eos}
+async def _one(
+    client: httpx.AsyncClient, url: str, model: str, req: BenchRequest, send_slo: bool, headers: dict
+) -> BenchRecord:
+    body = {
+        "model": model,
+        "messages": req.messages,
+        "max_tokens": req.max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": req.ignore_eos,
+    }
     if send_slo:  # an explicit SLO, or the server's class of that name
         body["slo_class"] = req.category
         if req.slo.is_set:
-            body["slo"] = {k: v for k, v in (("tpot_ms", req.slo.tpot_ms), ("ttft_ms", req.slo.ttft_ms)) if v is not None}
+            body["slo"] = {
+                k: v for k, v in (("tpot_ms", req.slo.tpot_ms), ("ttft_ms", req.slo.ttft_ms)) if v is not None
+            }
     record = BenchRecord(req.category, req.slo, time.perf_counter(), prompt_key=req.prompt_key)
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
@@ -95,8 +107,15 @@ def _on_chunk(record: BenchRecord, chunk: dict, now: float) -> None:
             record.chunk_times.append(now)
 
 
-async def run_load(base_url: str, model: str, requests: list[BenchRequest], send_slo: bool = True,
-                   api_key: str | None = None, progress: bool = True, timeout_s: float = 3600.0) -> list[BenchRecord]:
+async def run_load(
+    base_url: str,
+    model: str,
+    requests: list[BenchRequest],
+    send_slo: bool = True,
+    api_key: str | None = None,
+    progress: bool = True,
+    timeout_s: float = 3600.0,
+) -> list[BenchRecord]:
     """Send each request at its arrival offset; returns records in request order."""
     from tqdm.auto import tqdm
 

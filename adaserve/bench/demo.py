@@ -55,14 +55,21 @@ def demo_requests(num_requests: int, rate: float, max_tokens: int, seed: int = 0
 
 def print_report(records, wall_s: float) -> None:
     categories = bench_report(records, wall_s)["categories"]
-    print(f"\n{'class':<14} {'requests':>8} {'TPOT SLO':>9} {'attained':>9} {'goodput':>12} {'mean TTFT':>10} {'mean TPOT':>10}")
+    print(
+        f"\n{'class':<14} {'requests':>8} {'TPOT SLO':>9} {'attained':>9} {'goodput':>12} "
+        f"{'mean TTFT':>10} {'mean TPOT':>10}"
+    )
     for name, c in categories.items():
         slos = [r.slo.tpot_ms for r in records if r.category == name and r.slo.tpot_ms]
-        mean = lambda d: f"{d['mean']:.0f} ms" if d else "-"  # noqa: E731
-        print(f"{name:<14} {c['num_requests']:>8} {(f'{slos[0]:.0f} ms' if slos else '-'):>9} {c['attainment']:>8.0%} "
-              f"{c['goodput_tokens_per_s']:>8.2f} t/s {mean(c['ttft_ms']):>10} {mean(c['tpot_ms']):>10}")
-    print(f"\n{len(records)} requests in {wall_s:.1f} s, {categories['all']['num_errors']} errors; goodput = output "
-          "tokens/s of requests that met their SLO")
+        mean = lambda d: f"{d['mean']:.0f} ms" if d else "-"
+        print(
+            f"{name:<14} {c['num_requests']:>8} {(f'{slos[0]:.0f} ms' if slos else '-'):>9} {c['attainment']:>8.0%} "
+            f"{c['goodput_tokens_per_s']:>8.2f} t/s {mean(c['ttft_ms']):>10} {mean(c['tpot_ms']):>10}"
+        )
+    print(
+        f"\n{len(records)} requests in {wall_s:.1f} s, {categories['all']['num_errors']} errors; goodput = output "
+        "tokens/s of requests that met their SLO"
+    )
 
 
 def run(args) -> None:
@@ -84,4 +91,3 @@ def run(args) -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-

@@ -24,8 +24,12 @@ def latency_stats(seconds: list[float]) -> dict | None:
     if not seconds:
         return None
     ms = [s * 1000.0 for s in seconds]
-    return {"mean": statistics.fmean(ms), "median": percentile(ms, 50), "p90": percentile(ms, 90),
-            "p99": percentile(ms, 99)}
+    return {
+        "mean": statistics.fmean(ms),
+        "median": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+    }
 
 
 def bench_report(records: list[BenchRecord], wall_time_s: float) -> dict:

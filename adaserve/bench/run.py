@@ -54,8 +54,14 @@ def run_bench(args) -> dict:
     records = asyncio.run(run_load(url, model, requests, send_slo=not args.no_slo, api_key=args.api_key))
     wall = time.perf_counter() - start
     plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-    result = {"url": url, "model": model, "unloaded_tpot_ms": unloaded, "args": plain_args,
-              **bench_report(records, wall), "records": [r.to_dict() for r in records]}
+    result = {
+        "url": url,
+        "model": model,
+        "unloaded_tpot_ms": unloaded,
+        "args": plain_args,
+        **bench_report(records, wall),
+        "records": [r.to_dict() for r in records],
+    }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1, default=asdict))
@@ -75,7 +81,8 @@ def sent_requests(result: dict) -> list[BenchRequest]:
         requests = build_workload(spec, result["unloaded_tpot_ms"], prompts)
     records = result["records"]
     same = len(requests) == len(records) and all(
-        q.category == r["category"] and asdict(q.slo) == r["slo"] for q, r in zip(requests, records))
+        q.category == r["category"] and asdict(q.slo) == r["slo"] for q, r in zip(requests, records)
+    )
     # One prompt, one length: a prompt source that changed since the run would show here too.
     lengths: dict[str, set[int]] = {}
     for q, r in zip(requests, records):
@@ -113,16 +120,28 @@ def add_workload_args(p) -> None:
 
 def workload_spec(args) -> WorkloadSpec:
     return WorkloadSpec(
-        rate=args.rate, num_requests=args.num_requests, duration_s=args.duration, arrival=args.arrival,
-        cv=args.cv, pieces=args.pieces, urgent_share=args.urgent_share, output_tokens=args.output_tokens,
-        slo_scale=args.slo_scale, seed=args.seed,
+        rate=args.rate,
+        num_requests=args.num_requests,
+        duration_s=args.duration,
+        arrival=args.arrival,
+        cv=args.cv,
+        pieces=args.pieces,
+        urgent_share=args.urgent_share,
+        output_tokens=args.output_tokens,
+        slo_scale=args.slo_scale,
+        seed=args.seed,
     )
 
 
 def print_summary(result: dict) -> None:
-    print(f"\n{'category':<14} {'requests':>8} {'attained':>9} {'goodput':>12} {'TTFT p50':>9} {'TPOT p50':>9} {'TPOT p90':>9}")
+    print(
+        f"\n{'category':<14} {'requests':>8} {'attained':>9} {'goodput':>12} "
+        f"{'TTFT p50':>9} {'TPOT p50':>9} {'TPOT p90':>9}"
+    )
     for name, c in result["categories"].items():
         ttft, tpot = c["ttft_ms"] or {}, c["tpot_ms"] or {}
-        fmt = lambda d, k: f"{d[k]:.0f} ms" if d else "-"  # noqa: E731
-        print(f"{name:<14} {c['num_requests']:>8} {c['attainment']:>8.0%} {c['goodput_tokens_per_s']:>8.2f} t/s "
-              f"{fmt(ttft, 'median'):>9} {fmt(tpot, 'median'):>9} {fmt(tpot, 'p90'):>9}")
+        fmt = lambda d, k: f"{d[k]:.0f} ms" if d else "-"
+        print(
+            f"{name:<14} {c['num_requests']:>8} {c['attainment']:>8.0%} {c['goodput_tokens_per_s']:>8.2f} t/s "
+            f"{fmt(ttft, 'median'):>9} {fmt(tpot, 'median'):>9} {fmt(tpot, 'p90'):>9}"
+        )

@@ -19,8 +19,8 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
-from adaserve.bench.server_process import free_port, wait_healthy
 from adaserve.bench.run import calibrate, run_bench, served_model
+from adaserve.bench.server_process import free_port, wait_healthy
 
 VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_scale", "fluctuating": None}
 
@@ -37,8 +37,20 @@ def start_server(args, policy: str, port: int) -> subprocess.Popen:
         if not Path(PEER_SCRIPT).exists():
             raise SystemExit(f"{policy} needs {PEER_SCRIPT}: run the sweep from the repository root")
         return subprocess.Popen(["bash", PEER_SCRIPT, policy.partition(":")[2], str(port)])
-    cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port), "--log-level", "warning",
-           "--model", args.server_model, "--policy", policy]
+    cmd = [
+        sys.executable,
+        "-m",
+        "adaserve.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--model",
+        args.server_model,
+        "--policy",
+        policy,
+    ]
     if args.draft and policy not in ("none", "chunked"):
         cmd += ["--draft", args.draft]
     if getattr(args, "step_log_dir", None):
@@ -64,13 +76,24 @@ def sweep(args) -> dict:
                 unloaded = calibrate(url, model)
                 print(f"unloaded per-token latency ({policy}): {unloaded:.1f} ms", flush=True)
             for value in values:
-                point = _point_args(args, policy, url, model, unloaded, value, out_dir / f"{policy.replace(':', '-')}_{args.variable}_{value}.json")
+                point = _point_args(
+                    args,
+                    policy,
+                    url,
+                    model,
+                    unloaded,
+                    value,
+                    out_dir / f"{policy.replace(':', '-')}_{args.variable}_{value}.json",
+                )
                 result = run_bench(point)
                 summary = {"policy": policy, "value": value, **{k: result[k] for k in ("wall_time_s", "categories")}}
                 results.setdefault(policy, []).append(summary)
                 c = result["categories"]["all"]
-                print(f"{policy:14s} {args.variable}={value}: attainment {c['attainment']:.0%}, "
-                      f"goodput {c['goodput_tokens_per_s']:.2f} tok/s", flush=True)
+                print(
+                    f"{policy:14s} {args.variable}={value}: attainment {c['attainment']:.0%}, "
+                    f"goodput {c['goodput_tokens_per_s']:.2f} tok/s",
+                    flush=True,
+                )
         finally:
             server.terminate()
             server.wait(timeout=120)
@@ -89,15 +112,26 @@ def merge_into(path: Path, summary: dict) -> dict:
         return summary
     old = json.loads(path.read_text())
     if old["variable"] != summary["variable"] or old["unloaded_tpot_ms"] != summary["unloaded_tpot_ms"]:
-        raise ValueError(f"{path} is a sweep of another variable or SLO calibration: pass --unloaded-tpot-ms "
-                         f"{old['unloaded_tpot_ms']} to extend it")
+        raise ValueError(
+            f"{path} is a sweep of another variable or SLO calibration: pass --unloaded-tpot-ms "
+            f"{old['unloaded_tpot_ms']} to extend it"
+        )
     return {**old, "results": {**old["results"], **summary["results"]}}
 
 
 def _point_args(args, policy: str, url: str, model: str, unloaded: float, value: float | None, out: Path) -> Namespace:
     """The sweep's own bench arguments, pointed at this server, with the swept variable set."""
-    point = dict(vars(args), url=url, model=model, api_key=None, unloaded_tpot_ms=unloaded, no_slo=is_peer(policy),
-                 workload_file=None, save_workload=None, out=str(out))
+    point = dict(
+        vars(args),
+        url=url,
+        model=model,
+        api_key=None,
+        unloaded_tpot_ms=unloaded,
+        no_slo=is_peer(policy),
+        workload_file=None,
+        save_workload=None,
+        out=str(out),
+    )
     if args.variable == "fluctuating":
         point["arrival"] = "fluctuating"
     else:

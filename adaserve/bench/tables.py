@@ -12,7 +12,7 @@ def _all(point: dict) -> dict:
 def sweep_table(summary: dict) -> str:
     results = summary["results"]
     values = [p["value"] for p in next(iter(results.values()))]
-    head = f"| policy | " + " | ".join(f"{summary['variable']} {v}" for v in values) + " |"
+    head = "| policy | " + " | ".join(f"{summary['variable']} {v}" for v in values) + " |"
     lines = [head, "|---" * (len(values) + 1) + "|"]
     for policy, points in results.items():
         cells = [f"{_all(p)['attainment']:.0%} / {_all(p)['goodput_tokens_per_s']:.2f}" for p in points]
@@ -31,15 +31,17 @@ def headline(summary: dict, ours: str = "adaserve") -> list[dict]:
         mine = _all(point)
         by_att = max(others, key=lambda p: (others[p]["attainment"], others[p]["goodput_tokens_per_s"]))
         by_good = max(others, key=lambda p: others[p]["goodput_tokens_per_s"])
-        out.append({
-            "value": point["value"],
-            "attainment": mine["attainment"],
-            "best_other_by_attainment": by_att,
-            "attainment_ratio": _ratio(mine["attainment"], others[by_att]["attainment"]),
-            "violations_ratio": _ratio(mine["violations"], others[by_att]["violations"]),
-            "best_other_by_goodput": by_good,
-            "goodput_ratio": _ratio(mine["goodput_tokens_per_s"], others[by_good]["goodput_tokens_per_s"]),
-        })
+        out.append(
+            {
+                "value": point["value"],
+                "attainment": mine["attainment"],
+                "best_other_by_attainment": by_att,
+                "attainment_ratio": _ratio(mine["attainment"], others[by_att]["attainment"]),
+                "violations_ratio": _ratio(mine["violations"], others[by_att]["violations"]),
+                "best_other_by_goodput": by_good,
+                "goodput_ratio": _ratio(mine["goodput_tokens_per_s"], others[by_good]["goodput_tokens_per_s"]),
+            }
+        )
     return out
 
 

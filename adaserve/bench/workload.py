@@ -113,8 +113,15 @@ def build_workload(spec: WorkloadSpec, unloaded_tpot_ms: float, prompts: dict[st
         category = rng.choices(categories, probs)[0]
         tpot = spec.slo_multiples[category] * unloaded_tpot_ms * spec.slo_scale
         text = rng.choice(prompts[category])
-        requests.append(BenchRequest(round(t, 6), category, [{"role": "user", "content": text}],
-                                     spec.output_tokens, SLO(tpot_ms=round(tpot, 3))))
+        requests.append(
+            BenchRequest(
+                round(t, 6),
+                category,
+                [{"role": "user", "content": text}],
+                spec.output_tokens,
+                SLO(tpot_ms=round(tpot, 3)),
+            )
+        )
     return requests
 
 

@@ -14,8 +14,8 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from adaserve.engine.core import EngineCore
 from adaserve.outputs import RequestOutput
@@ -69,15 +69,20 @@ class AsyncEngine:
         return len(self._streams)
 
     # -- front end (event loop thread) -----------------------------------------------------------
-    async def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
-        """Yields each step's output (new tokens, text so far) until the request finishes. Validation errors raise before anything runs."""
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Yields each step's output (new tokens, text so far) until the request finishes.
+        Validation errors raise before anything runs."""
         if not self.is_alive:
             raise EngineDeadError(f"the engine loop is not running: {self.error!r}")
         self.engine.validate(prompt_ids, params)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if len(self._streams) >= self.max_pending_requests:
-                raise EngineOverloadedError(f"{len(self._streams)} requests in flight (limit {self.max_pending_requests})")
+                raise EngineOverloadedError(
+                    f"{len(self._streams)} requests in flight (limit {self.max_pending_requests})"
+                )
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already in use")
             self._streams[request_id] = stream
@@ -118,7 +123,7 @@ class AsyncEngine:
                     continue  # aborted before it was added
                 try:
                     self.engine.add_request(prompt_ids, params, request_id)
-                except Exception as e:  # noqa: BLE001 -- reported to its caller, the loop goes on
+                except Exception as e:  # reported to its caller, the loop goes on
                     self._deliver(RequestOutput(request_id, [], "", True, FinishReason.ERROR, error=str(e)))
             else:
                 request_id = command[1]
@@ -129,7 +134,7 @@ class AsyncEngine:
     def _step(self) -> None:
         try:
             outputs = self.engine.step()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.exception("engine step failed; failing its requests")
             self._fail_all(f"internal error in the engine step: {e}")
             return
@@ -144,7 +149,9 @@ class AsyncEngine:
             if not request.is_finished:
                 self.engine.abort(request_id)
             self.engine.requests.pop(request_id, None)
-            self._deliver(RequestOutput(request_id, [], request.output_text, True, FinishReason.ERROR, message, request))
+            self._deliver(
+                RequestOutput(request_id, [], request.output_text, True, FinishReason.ERROR, message, request)
+            )
 
     def _loop(self) -> None:
         try:
@@ -155,14 +162,16 @@ class AsyncEngine:
                 else:
                     self._wake.wait(timeout=0.5)
                     self._wake.clear()
-        except BaseException as e:  # noqa: BLE001 -- a dead loop must not leave callers hanging
+        except BaseException as e:  # a dead loop must not leave callers hanging
             self.error = e
             log.exception("engine loop died")
             self._fail_all(f"engine loop died: {e}")
             with self._lock:
                 streams, self._streams = self._streams, {}
             for request_id in streams:
-                self._deliver_to(streams[request_id], RequestOutput(request_id, [], "", True, FinishReason.ERROR, str(e)))
+                self._deliver_to(
+                    streams[request_id], RequestOutput(request_id, [], "", True, FinishReason.ERROR, str(e))
+                )
 
     @staticmethod
     def _deliver_to(stream: _Stream, delta: RequestOutput) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -54,7 +54,9 @@ def build_target(config: EngineConfig) -> Target:
     if max_model_len < model_max:
         log.warning("max_model_len %d capped to the KV cache capacity %d", model_max, max_model_len)
     model = load_model(model_dir, device, dtype, max_model_len + MAX_TREE_DEPTH, config.cpu_packed_linear)
-    return Target(model_dir, model_config, _load_tokenizer(model_dir), max_model_len, ModelExecutor(model, kv, dtype, device))
+    return Target(
+        model_dir, model_config, _load_tokenizer(model_dir), max_model_len, ModelExecutor(model, kv, dtype, device)
+    )
 
 
 def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor | None:
@@ -71,15 +73,23 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     else:  # everything the target holds, plus every request's largest draft tree
         num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
     model = load_model(
-        draft_dir, device, dtype, target.max_model_len + MAX_TREE_DEPTH, config.cpu_packed_linear,
+        draft_dir,
+        device,
+        dtype,
+        target.max_model_len + MAX_TREE_DEPTH,
+        config.cpu_packed_linear,
         num_layers=config.draft_num_layers,
     )
     return ModelExecutor(model, KVCacheManager(num_blocks, bs), dtype, device)
 
 
 def build_spec_decoder(
-    config: EngineConfig, target: Target, sampler: Sampler, policy: SpecPolicy | None,
-    draft: ModelExecutor | None, clock: Callable[[], float],
+    config: EngineConfig,
+    target: Target,
+    sampler: Sampler,
+    policy: SpecPolicy | None,
+    draft: ModelExecutor | None,
+    clock: Callable[[], float],
 ) -> SpecDecoder | None:
     """A speculative decoder when a draft is configured. `policy` None (speculation off for now)
     parks a placeholder policy until the engine switches one on."""
@@ -91,8 +101,9 @@ def build_spec_decoder(
         proposer: Proposer = NgramProposer(config.ngram_min, config.ngram_max)
     else:
         proposer = DraftModelProposer(draft)
-    return SpecDecoder(proposer, policy or ChainPolicy(1), target.executor, sampler, clock, MAX_TREE_TOKENS,
-                       config.record_traces)
+    return SpecDecoder(
+        proposer, policy or ChainPolicy(1), target.executor, sampler, clock, MAX_TREE_TOKENS, config.record_traces
+    )
 
 
 def check_same_vocabulary(target: Target, draft_dir: Path, draft_config: ModelConfig) -> None:

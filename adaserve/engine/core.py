@@ -1,7 +1,7 @@
 """The engine: requests in, one scheduled step at a time, tokens out.
 
-    step = schedule -> speculate + select (if a policy is set) -> target forward
-           -> sample or verify -> update requests (stop checks, finish, free KV)
+step = schedule -> speculate + select (if a policy is set) -> target forward
+       -> sample or verify -> update requests (stop checks, finish, free KV)
 """
 
 from __future__ import annotations
@@ -9,25 +9,25 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from adaserve.config import EngineConfig
 from adaserve.engine.builder import build_draft_executor, build_spec_decoder, build_target
-from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.model_runner import ModelRunner
+from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.sampler import Sampler
 from adaserve.engine.step_log import StepLog
 from adaserve.engine.stop import StopChecker
+from adaserve.models.sources import resolve_model
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
-from adaserve.sched.scheduler import Scheduler
-from adaserve.models.sources import resolve_model
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
+from adaserve.sched.scheduler import Scheduler
+from adaserve.spec.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,7 @@ class EngineCore:
             raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
         return prompt_ids
 
-    def add_request(
-        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
-    ) -> Request:
+    def add_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
         prompt_ids = self.validate(prompt, params)
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
@@ -126,8 +124,14 @@ class EngineCore:
         if self.config.cost_model:
             return CostModel.load(Path(self.config.cost_model))
         draft_dir = resolve_model(self.config.draft) if self._draft is not None else None
-        key = profile_key(self.model_dir, draft_dir, self.config.draft_num_layers, self.config.device,
-                          self.config.dtype, self.config.cpu_packed_linear)
+        key = profile_key(
+            self.model_dir,
+            draft_dir,
+            self.config.draft_num_layers,
+            self.config.device,
+            self.config.dtype,
+            self.config.cpu_packed_linear,
+        )
         meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
         max_tokens = self.config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
         return load_or_profile(self.executor, self._draft, key, max_tokens, meta, refresh)
@@ -153,8 +157,9 @@ class EngineCore:
 
     def _max_prefill_tokens(self) -> int | None:
         tpots = [r.params.slo.tpot_ms for r in self.scheduler.running]
-        return prefill_token_cap(self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens,
-                                 self.config.block_size)
+        return prefill_token_cap(
+            self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
+        )
 
     @property
     def has_unfinished(self) -> bool:
@@ -193,7 +198,7 @@ class EngineCore:
                     if logits is None:
                         continue
                     new_tokens = [self.sampler.sample(logits[0], request.request_id, request.params)]
-            except Exception as e:  # noqa: BLE001 -- one request's failure must not take the batch down
+            except Exception as e:  # one request's failure must not take the batch down
                 log.exception("request %s failed", request.request_id)
                 outputs.append(self._fail(request, f"{type(e).__name__}: {e}"))
                 continue
@@ -227,9 +232,14 @@ class EngineCore:
         request.finish_time = self.clock()
         stats = request.spec_stats
         log.info(
-            "finished %s (%s): %d tokens, tpot target %s ms, %d verifications, %.2f drafted and %.2f accepted per verification",
-            request.request_id, reason.value, request.num_output_tokens, request.params.slo.tpot_ms,
-            stats.num_verifications, stats.num_proposed / max(1, stats.num_verifications),
+            "finished %s (%s): %d tokens, tpot target %s ms, %d verifications, "
+            "%.2f drafted and %.2f accepted per verification",
+            request.request_id,
+            reason.value,
+            request.num_output_tokens,
+            request.params.slo.tpot_ms,
+            stats.num_verifications,
+            stats.num_proposed / max(1, stats.num_verifications),
             stats.num_accepted / max(1, stats.num_verifications),
         )
         self.sampler.forget(request.request_id)

@@ -35,8 +35,13 @@ class ModelExecutor:
         return self.model.rotary.cos.shape[0]
 
     def seq_input(
-        self, request_id: str, token_ids: list[int], positions: list[int], slot_ids: list[int],
-        num_cached: int, tree_mask: torch.Tensor | None = None,
+        self,
+        request_id: str,
+        token_ids: list[int],
+        positions: list[int],
+        slot_ids: list[int],
+        num_cached: int,
+        tree_mask: torch.Tensor | None = None,
     ) -> SeqInput:
         spec = SeqSpec(self.kv.block_tables[request_id], slot_ids, num_cached, tree_mask)
         return SeqInput(token_ids, positions, spec)
@@ -57,7 +62,9 @@ class ModelExecutor:
 
     def _pass_record(self, seqs: list[SeqInput], forward_ms: float) -> PassRecord:
         """The pass in the cost model's terms (its logits rows are added as they are computed)."""
-        return pass_record(self.name, [(s.spec.num_new, s.spec.num_cached + s.spec.num_prior) for s in seqs], 0, forward_ms)
+        return pass_record(
+            self.name, [(s.spec.num_new, s.spec.num_cached + s.spec.num_prior) for s in seqs], 0, forward_ms
+        )
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:

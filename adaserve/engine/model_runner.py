@@ -39,7 +39,9 @@ class ModelRunner:
             )
         n = chunk.num_new_tokens
         token_ids = request.all_ids[start : start + n]
-        return self.executor.seq_input(request.request_id, token_ids, list(range(start, start + n)), chunk.slot_ids, start)
+        return self.executor.seq_input(
+            request.request_id, token_ids, list(range(start, start + n)), chunk.slot_ids, start
+        )
 
     def run(self, step: SchedulerOutput) -> ForwardOutput:
         seqs = [self._seq_input(c) for c in step.chunks]
@@ -49,7 +51,11 @@ class ModelRunner:
         offset = 0
         for chunk in step.chunks:
             n = chunk.num_new_tokens
-            wanted = list(range(offset, offset + n)) if chunk.tree is not None else ([offset + n - 1] if chunk.samples else [])
+            wanted = (
+                list(range(offset, offset + n))
+                if chunk.tree is not None
+                else ([offset + n - 1] if chunk.samples else [])
+            )
             rows += wanted
             row_counts.append(len(wanted))
             offset += n

@@ -104,7 +104,9 @@ def profile_curve(
 
 def logit_row_ms(executor: ModelExecutor, num_rows: int = 64, reps: int = 3) -> float:
     """ms per logits row beyond the first: the lm_head over num_rows hidden states vs over one."""
-    hidden = torch.randn(num_rows, executor.model.cfg.hidden_size, device=executor.device, dtype=executor.kv_cache.k.dtype)
+    hidden = torch.randn(
+        num_rows, executor.model.cfg.hidden_size, device=executor.device, dtype=executor.kv_cache.k.dtype
+    )
     rows = list(range(num_rows))
 
     def timed(wanted: list[int]) -> float:
@@ -118,8 +120,9 @@ def logit_row_ms(executor: ModelExecutor, num_rows: int = 64, reps: int = 3) -> 
     return max(0.0, (many - one) / (num_rows - 1))
 
 
-def _context_terms(executor: ModelExecutor, grid: tuple[int, ...], medians: list[float], context: int,
-                   long_context: int, reps: int) -> tuple[float, float]:
+def _context_terms(
+    executor: ModelExecutor, grid: tuple[int, ...], medians: list[float], context: int, long_context: int, reps: int
+) -> tuple[float, float]:
     """(beta, delta): ms per cached token read, from a 1-token pass over `long_context` vs `context`
     cached tokens, and ms per further query x cached-token pair, from a PAIR_TOKENS-token pass
     (what beta does not explain, spread over its (q - 1) x extra-context pairs)."""
@@ -150,11 +153,21 @@ def profile_key(
     cpu = platform.processor() or platform.machine()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(l.split(":", 1)[1].strip() for l in lines if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    parts = [str(target_dir), str(draft_dir), str(draft_num_layers), device, dtype, str(packed), cpu,
-             str(torch.get_num_threads()), torch.__version__, str(os.cpu_count())]
+    parts = [
+        str(target_dir),
+        str(draft_dir),
+        str(draft_num_layers),
+        device,
+        dtype,
+        str(packed),
+        cpu,
+        str(torch.get_num_threads()),
+        torch.__version__,
+        str(os.cpu_count()),
+    ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -169,13 +182,22 @@ def profile_models(
     start = time.perf_counter()
     target_curve = profile_curve(target, grid, reps=reps)
     draft_curve = profile_curve(draft, grid, reps=reps) if draft is not None else None
-    meta = dict(meta or {}, seconds=round(time.perf_counter() - start, 1), threads=torch.get_num_threads(),
-                torch=torch.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    meta = dict(
+        meta or {},
+        seconds=round(time.perf_counter() - start, 1),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
     return CostModel(target_curve, draft_curve, meta)
 
 
 def load_or_profile(
-    target: ModelExecutor, draft: ModelExecutor | None, key: str, max_tokens: int, meta: dict | None = None,
+    target: ModelExecutor,
+    draft: ModelExecutor | None,
+    key: str,
+    max_tokens: int,
+    meta: dict | None = None,
     refresh: bool = False,
 ) -> CostModel:
     path = profile_path(key)

@@ -1,16 +1,16 @@
 """Speculate -> select -> verify for one engine step, around the target's forward pass.
 
-    attach_trees: draft candidate trees for decoding requests, let the policy select nodes within
-                  the step's spare token budget, reserve their KV slots, hang them on the chunks;
-    verify:       after the target pass, accept a path per tree, move the accepted tokens' KV into
-                  place and drop the rest, in the target cache (the draft rolls itself back).
+attach_trees: draft candidate trees for decoding requests, let the policy select nodes within
+              the step's spare token budget, reserve their KV slots, hang them on the chunks;
+verify:       after the target pass, accept a path per tree, move the accepted tokens' KV into
+              place and drop the rest, in the target cache (the draft rolls itself back).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -26,8 +26,13 @@ from adaserve.spec.verify import Acceptance, accept_greedy, accept_sampled
 
 class SpecDecoder:
     def __init__(
-        self, proposer: Proposer, policy: SpecPolicy, target: ModelExecutor, sampler: Sampler,
-        clock: Callable[[], float] = time.perf_counter, max_tree_tokens: int | None = None,
+        self,
+        proposer: Proposer,
+        policy: SpecPolicy,
+        target: ModelExecutor,
+        sampler: Sampler,
+        clock: Callable[[], float] = time.perf_counter,
+        max_tree_tokens: int | None = None,
         record_traces: bool = True,
     ) -> None:
         self.proposer = proposer
@@ -61,8 +66,10 @@ class SpecDecoder:
             budget=step.spare_tokens,
             num_batched_tokens=step.num_batched_tokens,
             now=self.clock(),
-            seqs=[SeqState(r.params.slo.tpot_ms, r.first_token_time, r.num_output_tokens, r.num_computed_tokens)
-                  for r in requests],
+            seqs=[
+                SeqState(r.params.slo.tpot_ms, r.first_token_time, r.num_output_tokens, r.num_computed_tokens)
+                for r in requests
+            ],
         )
         selections = self.policy.select(trees, ctx)
         for chunk, tree, selected in zip(chunks, trees, selections):
@@ -121,8 +128,9 @@ class SpecDecoder:
                 self.stats.calibration.append((tree.path_prob(layout.source_nodes[i]), i in on_path))
             self._record_offers(tree, layout, acceptance, chunk.request.num_output_tokens)
 
-    def _record_offers(self, tree: CandidateTree, layout: TreeLayout, acceptance: Acceptance,
-                       num_output_tokens: int) -> None:
+    def _record_offers(
+        self, tree: CandidateTree, layout: TreeLayout, acceptance: Acceptance, num_output_tokens: int
+    ) -> None:
         """Every expanded node on the accepted path (root included) with the target's next token
         there: the accepted child's token, or the bonus token at the end of the path. The root
         predicts output token num_output_tokens (this step's tokens are not appended yet). And every

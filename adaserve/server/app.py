@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -61,8 +60,9 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
     async def _validation_error(_, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
         loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        message = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body')}: {err.get('msg')}"
-                            for err in e.errors()[:5])
+        message = "; ".join(
+            f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body')}: {err.get('msg')}" for err in e.errors()[:5]
+        )
         return error_response(400, message or "invalid request", "invalid_request_error", loc or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -95,9 +95,18 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [
-            {"id": config.served_model_name, "object": "model", "created": 0, "owned_by": "adaserve",
-             "max_model_len": core.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": config.served_model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "adaserve",
+                    "max_model_len": core.max_model_len,
+                }
+            ],
+        }
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -108,7 +117,7 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         try:
             text = core.tokenizer.apply_chat_template(body.conversation(), add_generation_prompt=True, tokenize=False)
-        except Exception as e:  # noqa: BLE001 -- a template that rejects the conversation is the client's 400
+        except Exception as e:  # a template that rejects the conversation is the client's 400
             raise APIError(400, f"cannot apply the chat template: {e}", "invalid_request_error", "messages") from e
         return await _serve(body, _tokenize(core, text), request, chat=True)
 
@@ -141,14 +150,18 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 def _tokenize(core, prompt) -> list[int]:
     try:
         return core.tokenize(prompt)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise APIError(400, f"cannot tokenize the prompt: {e}", "invalid_request_error", "prompt") from e
 
 
 def _check_model(model: str | None, config: ServerConfig) -> None:
     if model is not None and model not in (config.served_model_name, *config.model_aliases):
-        raise APIError(404, f"the model {model!r} does not exist; this server serves {config.served_model_name!r}",
-                       "not_found_error", "model")
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist; this server serves {config.served_model_name!r}",
+            "not_found_error",
+            "model",
+        )
 
 
 def _resolve_slo(body, request: Request, config: ServerConfig) -> tuple[SLO, str | None]:
@@ -174,15 +187,24 @@ def _resolve_slo(body, request: Request, config: ServerConfig) -> tuple[SLO, str
 def _max_tokens(body, num_prompt_tokens: int, max_model_len: int) -> int:
     room = max_model_len - num_prompt_tokens
     if room < 1:
-        raise APIError(400, f"this model's maximum context length is {max_model_len} tokens; the prompt has "
-                       f"{num_prompt_tokens} tokens", "invalid_request_error", "messages")
+        raise APIError(
+            400,
+            f"this model's maximum context length is {max_model_len} tokens; the prompt has {num_prompt_tokens} tokens",
+            "invalid_request_error",
+            "messages",
+        )
     asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
     if asked is None:
         return room
     if asked > room:
-        raise APIError(400, f"this model's maximum context length is {max_model_len} tokens; you requested "
-                       f"{num_prompt_tokens + asked} tokens ({num_prompt_tokens} in the prompt, {asked} in the "
-                       "completion)", "invalid_request_error", "max_tokens")
+        raise APIError(
+            400,
+            f"this model's maximum context length is {max_model_len} tokens; you requested "
+            f"{num_prompt_tokens + asked} tokens ({num_prompt_tokens} in the prompt, {asked} in the "
+            "completion)",
+            "invalid_request_error",
+            "max_tokens",
+        )
     return asked
 
 
@@ -190,22 +212,26 @@ async def _first_delta(deltas: AsyncIterator[RequestOutput]) -> RequestOutput:
     try:
         return await deltas.__anext__()
     except EngineOverloadedError as e:
-        raise APIError(429, f"server overloaded: {e}; retry later", "rate_limit_error", headers={"Retry-After": "1"}) from e
+        raise APIError(
+            429, f"server overloaded: {e}; retry later", "rate_limit_error", headers={"Retry-After": "1"}
+        ) from e
     except EngineDeadError as e:
         raise APIError(503, str(e), "service_unavailable") from e
     except ValueError as e:
         raise APIError(400, str(e), "invalid_request_error", "prompt") from e
 
 
-async def _collect(first: RequestOutput, deltas: AsyncIterator[RequestOutput], request: Request) -> RequestOutput | None:
+async def _collect(
+    first: RequestOutput, deltas: AsyncIterator[RequestOutput], request: Request
+) -> RequestOutput | None:
     """Run to the end; None if the client disconnects first (the request is then aborted)."""
     if first.finished:
         return first
 
     async def drain() -> RequestOutput:
         last = first
-        async for last in deltas:
-            pass
+        async for delta in deltas:
+            last = delta
         return last
 
     task = asyncio.ensure_future(drain())
@@ -223,16 +249,23 @@ def _finisher(metrics: ServerMetrics, num_prompt_tokens: int, slo_class: str | N
         request = final.request
         if request is None:
             return usage(num_prompt_tokens, 0, None, None)
-        timing = RequestTiming(request.arrival_time, request.first_token_time,
-                               request.token_times[-1] if request.token_times else None,
-                               request.num_output_tokens, request.params.slo, slo_class or "none")
+        timing = RequestTiming(
+            request.arrival_time,
+            request.first_token_time,
+            request.token_times[-1] if request.token_times else None,
+            request.num_output_tokens,
+            request.params.slo,
+            slo_class or "none",
+        )
         metrics.observe_finished(request, timing)
         return usage(num_prompt_tokens, request.num_output_tokens, timing, request)
 
     return on_finish
 
 
-async def _sse(first: RequestOutput, deltas: AsyncIterator[RequestOutput], fmt: StreamFormatter, include_usage: bool, on_finish):
+async def _sse(
+    first: RequestOutput, deltas: AsyncIterator[RequestOutput], fmt: StreamFormatter, include_usage: bool, on_finish
+):
     def event(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 

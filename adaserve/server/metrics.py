@@ -21,20 +21,36 @@ class ServerMetrics:
         cls = ["slo_class"]
         self.requests = Counter("adaserve_requests", "Finished requests", cls + ["finish_reason"], registry=r)
         self.ttft = Histogram("adaserve_ttft_seconds", "Time to first token", cls, buckets=LATENCY_BUCKETS, registry=r)
-        self.tpot = Histogram("adaserve_tpot_seconds", "Decode time per output token", cls, buckets=LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram(
+            "adaserve_tpot_seconds", "Decode time per output token", cls, buckets=LATENCY_BUCKETS, registry=r
+        )
         self.attained = Counter("adaserve_slo_attained_requests", "Requests that met their SLO", cls, registry=r)
         self.attainment = Gauge("adaserve_slo_attainment", "Attained / finished requests", cls, registry=r)
         self.output_tokens = Counter("adaserve_output_tokens", "Output tokens", cls, registry=r)
-        self.attained_tokens = Counter("adaserve_attained_output_tokens", "Output tokens of attained requests", cls, registry=r)
-        self.goodput = Gauge("adaserve_goodput_tokens_per_second",
-                             "Output tokens of attained requests per second since the server started", cls, registry=r)
+        self.attained_tokens = Counter(
+            "adaserve_attained_output_tokens", "Output tokens of attained requests", cls, registry=r
+        )
+        self.goodput = Gauge(
+            "adaserve_goodput_tokens_per_second",
+            "Output tokens of attained requests per second since the server started",
+            cls,
+            registry=r,
+        )
         self.prompt_tokens = Counter("adaserve_prompt_tokens", "Prompt tokens", registry=r)
         self.proposed = Counter("adaserve_spec_proposed_tokens", "Drafted tokens verified", registry=r)
         self.accepted = Counter("adaserve_spec_accepted_tokens", "Drafted tokens accepted", registry=r)
-        self.rejected_requests = Counter("adaserve_rejected_requests", "Requests refused before running", ["reason"], registry=r)
-        Gauge("adaserve_running_requests", "Running requests", registry=r).set_function(lambda: len(engine.scheduler.running))
-        Gauge("adaserve_waiting_requests", "Waiting requests", registry=r).set_function(lambda: len(engine.scheduler.waiting))
-        Gauge("adaserve_kv_cache_usage", "Fraction of KV blocks in use", registry=r).set_function(lambda: engine.kv.usage)
+        self.rejected_requests = Counter(
+            "adaserve_rejected_requests", "Requests refused before running", ["reason"], registry=r
+        )
+        Gauge("adaserve_running_requests", "Running requests", registry=r).set_function(
+            lambda: len(engine.scheduler.running)
+        )
+        Gauge("adaserve_waiting_requests", "Waiting requests", registry=r).set_function(
+            lambda: len(engine.scheduler.waiting)
+        )
+        Gauge("adaserve_kv_cache_usage", "Fraction of KV blocks in use", registry=r).set_function(
+            lambda: engine.kv.usage
+        )
         self._finished: dict[str, int] = {}
         self._attained: dict[str, int] = {}
         self._attained_tokens: dict[str, int] = {}

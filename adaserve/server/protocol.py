@@ -69,7 +69,11 @@ class _Common(BaseModel):
 
 
 class CompletionRequest(_Common):
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1, max_length=1)]
+    )
     echo: Literal[False] = False
     logprobs: None = None
     suffix: None = None

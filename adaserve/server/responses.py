@@ -10,21 +10,28 @@ from adaserve.request import FinishReason, Request
 from adaserve.slo import RequestTiming
 
 
-def usage(num_prompt_tokens: int, num_output_tokens: int, timing: RequestTiming | None, request: Request | None) -> dict:
-    u = {"prompt_tokens": num_prompt_tokens, "completion_tokens": num_output_tokens,
-         "total_tokens": num_prompt_tokens + num_output_tokens}
+def usage(
+    num_prompt_tokens: int, num_output_tokens: int, timing: RequestTiming | None, request: Request | None
+) -> dict:
+    u = {
+        "prompt_tokens": num_prompt_tokens,
+        "completion_tokens": num_output_tokens,
+        "total_tokens": num_prompt_tokens + num_output_tokens,
+    }
     if timing is not None and request is not None:
         stats = request.spec_stats
-        u.update({
-            "ttft_ms": None if timing.ttft_s is None else round(timing.ttft_s * 1000.0, 3),
-            "tpot_ms": None if timing.tpot_s is None else round(timing.tpot_s * 1000.0, 3),
-            "slo_class": timing.category,
-            "slo": {"tpot_ms": timing.slo.tpot_ms, "ttft_ms": timing.slo.ttft_ms},
-            "slo_attained": timing.attained,
-            "spec_verifications": stats.num_verifications,
-            "spec_proposed_tokens": stats.num_proposed,
-            "spec_accepted_tokens": stats.num_accepted,
-        })
+        u.update(
+            {
+                "ttft_ms": None if timing.ttft_s is None else round(timing.ttft_s * 1000.0, 3),
+                "tpot_ms": None if timing.tpot_s is None else round(timing.tpot_s * 1000.0, 3),
+                "slo_class": timing.category,
+                "slo": {"tpot_ms": timing.slo.tpot_ms, "ttft_ms": timing.slo.ttft_ms},
+                "slo_attained": timing.attained,
+                "spec_verifications": stats.num_verifications,
+                "spec_proposed_tokens": stats.num_proposed,
+                "spec_accepted_tokens": stats.num_accepted,
+            }
+        )
     return u
 
 
@@ -44,8 +51,12 @@ class StreamFormatter:
 
     def _chunk(self, choice: dict | None, **extra) -> dict:
         return {
-            "id": self.request_id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-            "created": self.created, "model": self.model, "choices": [choice] if choice else [], **extra,
+            "id": self.request_id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice] if choice else [],
+            **extra,
         }
 
     def _choice(self, text: str | None, finish_reason: str | None, role: str | None = None) -> dict:
@@ -63,7 +74,7 @@ class StreamFormatter:
         end = len(delta.text) if delta.finished else len(delta.text) - self.holdback
         out = []
         if end > self.num_sent_chars:
-            out.append(self._chunk(self._choice(delta.text[self.num_sent_chars:end], None)))
+            out.append(self._chunk(self._choice(delta.text[self.num_sent_chars : end], None)))
             self.num_sent_chars = end
         if delta.finished:
             out.append(self._chunk(self._choice(None, _finish_reason(delta.finish_reason))))
@@ -76,9 +87,19 @@ class StreamFormatter:
 def final_body(fmt: StreamFormatter, final: RequestOutput, u: dict) -> dict:
     reason = _finish_reason(final.finish_reason)
     if fmt.chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": final.text}, "logprobs": None,
-                  "finish_reason": reason}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": final.text},
+            "logprobs": None,
+            "finish_reason": reason,
+        }
     else:
         choice = {"index": 0, "text": final.text, "logprobs": None, "finish_reason": reason}
-    return {"id": fmt.request_id, "object": "chat.completion" if fmt.chat else "text_completion",
-            "created": fmt.created, "model": fmt.model, "choices": [choice], "usage": u}
+    return {
+        "id": fmt.request_id,
+        "object": "chat.completion" if fmt.chat else "text_completion",
+        "created": fmt.created,
+        "model": fmt.model,
+        "choices": [choice],
+        "usage": u,
+    }

@@ -50,16 +50,21 @@ class DrawnOffer(Offer):
     record: OfferRecord | None = None  # what it was made from
 
     @classmethod
-    def of(cls, record: OfferRecord) -> "DrawnOffer":
+    def of(cls, record: OfferRecord) -> DrawnOffer:
         logprobs = [math.log(max(p, 1e-12)) for p in record.draft_probs]
         order = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)  # (recorded: already so)
-        return cls([i + 1 for i in order], [logprobs[i] for i in order],
-                   record.hit + 1 if record.hit >= 0 else NO_MATCH, record)
+        return cls(
+            [i + 1 for i in order],
+            [logprobs[i] for i in order],
+            record.hit + 1 if record.hit >= 0 else NO_MATCH,
+            record,
+        )
 
 
 class OfferSource(Protocol):
-    def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
-               on_path: dict[int, int]) -> list[DrawnOffer]:
+    def offers(
+        self, depth: int, top_k: int, rng: random.Random, num_nodes: int, on_path: dict[int, int]
+    ) -> list[DrawnOffer]:
         """One offer per node of a frontier at `depth`, in order. on_path: for the nodes on the
         target's path, their index among the num_nodes -> the output position they predict."""
         ...
@@ -107,14 +112,17 @@ class _RecordedSource:
         self.pool, self.off_pool, self.trace = pool, off_pool, trace
         self._cut: dict[tuple[int, int], DrawnOffer] = {}  # trace records cut to a top-k, per (position, top_k)
 
-    def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
-               on_path: dict[int, int]) -> list[DrawnOffer]:
+    def offers(
+        self, depth: int, top_k: int, rng: random.Random, num_nodes: int, on_path: dict[int, int]
+    ) -> list[DrawnOffer]:
         off, draw = self.off_pool.bucket(depth, top_k), rng.random
         size = len(off)
         if not on_path:  # (the common case, one C-level loop)
             return [off[int(draw() * size)] for _ in range(num_nodes)]
-        return [self._on_path(on_path[i], depth, top_k, draw) if i in on_path else off[int(draw() * size)]
-                for i in range(num_nodes)]
+        return [
+            self._on_path(on_path[i], depth, top_k, draw) if i in on_path else off[int(draw() * size)]
+            for i in range(num_nodes)
+        ]
 
     def _on_path(self, position: int, depth: int, top_k: int, draw) -> DrawnOffer:
         """The trace's record of the position (no draw), or one drawn from the pool."""
@@ -131,23 +139,31 @@ def _pools(records: list[OfferRecord], categories: list[str], prompt_keys: list[
     pools = {"": _DepthPool(records)}  # all records: for categories without their own
     for category in sorted(set(categories) - {""}):
         pools[category] = _DepthPool([r for r, c in zip(records, categories, strict=True) if c == category])
-    prompt_pools = {key: _DepthPool([r for r, k in zip(records, prompt_keys, strict=True) if k == key],
-                                    MIN_PROMPT_RECORDS_PER_DEPTH) for key in sorted(set(prompt_keys) - {""})}
+    prompt_pools = {
+        key: _DepthPool(
+            [r for r, k in zip(records, prompt_keys, strict=True) if k == key], MIN_PROMPT_RECORDS_PER_DEPTH
+        )
+        for key in sorted(set(prompt_keys) - {""})
+    }
     return pools, prompt_pools
 
 
 class RecordedAcceptance:
-    def __init__(self, records: list[OfferRecord], categories: list[str] | None = None,
-                 prompt_keys: list[str] | None = None) -> None:
+    def __init__(
+        self, records: list[OfferRecord], categories: list[str] | None = None, prompt_keys: list[str] | None = None
+    ) -> None:
         """categories[i], prompt_keys[i]: the workload category and prompt record i came from ("" = unknown)."""
         categories = categories or [""] * len(records)
         prompt_keys = prompt_keys or [""] * len(records)
         on, off = ([i for i, r in enumerate(records) if r.off_path == flag] for flag in (False, True))
         if not on:
             raise ValueError("no acceptance records (on a verified path)")
-        self.pools, self.prompt_pools = _pools(*([column[i] for i in on] for column in (records, categories, prompt_keys)))
+        self.pools, self.prompt_pools = _pools(
+            *([column[i] for i in on] for column in (records, categories, prompt_keys))
+        )
         self.off_pools, self.off_prompt_pools = (
-            _pools(*([column[i] for i in off] for column in (records, categories, prompt_keys))) if off else ({}, {}))
+            _pools(*([column[i] for i in off] for column in (records, categories, prompt_keys))) if off else ({}, {})
+        )
         self.traces: dict[str, dict[int, OfferRecord]] = {}  # per prompt: output position -> its record
         for r, key in zip(records, prompt_keys, strict=True):
             if key and r.position >= 0 and not r.off_path:
@@ -158,13 +174,15 @@ class RecordedAcceptance:
         key = (category, prompt_key)
         if key not in self._sources:
             pool = self.prompt_pools.get(prompt_key) or self.pools.get(category) or self.pools[""]
-            off_pool = (self.off_prompt_pools.get(prompt_key) or self.off_pools.get(category) or self.off_pools.get("")
-                        or pool)
+            off_pool = (
+                self.off_prompt_pools.get(prompt_key) or self.off_pools.get(category) or self.off_pools.get("") or pool
+            )
             self._sources[key] = _RecordedSource(pool, off_pool, self.traces.get(prompt_key, {}))
         return self._sources[key]
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
-              position: int = -1) -> DrawnOffer:
+    def offer(
+        self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "", position: int = -1
+    ) -> DrawnOffer:
         """One node's offer (position >= 0: the node is on the target's path and predicts it): the
         source's offers() for a frontier of one, for tests and tools."""
         return self.source(category, prompt_key).offers(depth, top_k, rng, 1, {0: position} if position >= 0 else {})[0]
@@ -179,11 +197,18 @@ class RecordedAcceptance:
         return {d: sum(r.hit == 0 for r in rs) / len(rs) for d, rs in sorted(by_depth.items())}
 
     @classmethod
-    def load(cls, path: Path) -> "RecordedAcceptance":
+    def load(cls, path: Path) -> RecordedAcceptance:
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return cls([OfferRecord(row["depth"], row["draft_probs"], row["hit"], row.get("position", -1),
-                                row.get("off_path", False)) for row in rows],
-                   [row.get("category", "") for row in rows], [row.get("prompt", "") for row in rows])
+        return cls(
+            [
+                OfferRecord(
+                    row["depth"], row["draft_probs"], row["hit"], row.get("position", -1), row.get("off_path", False)
+                )
+                for row in rows
+            ],
+            [row.get("category", "") for row in rows],
+            [row.get("prompt", "") for row in rows],
+        )
 
 
 def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
@@ -192,12 +217,14 @@ def _truncate(record: OfferRecord, top_k: int) -> OfferRecord:
     return replace(record, draft_probs=record.draft_probs[:top_k], hit=record.hit if record.hit < top_k else -1)
 
 
-def save_records(path: Path, records: list[OfferRecord], categories: list[str] | None = None,
-                 prompt_keys: list[str] | None = None) -> None:
+def save_records(
+    path: Path, records: list[OfferRecord], categories: list[str] | None = None, prompt_keys: list[str] | None = None
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        for r, category, key in zip(records, categories or [""] * len(records), prompt_keys or [""] * len(records),
-                                    strict=True):
+        for r, category, key in zip(
+            records, categories or [""] * len(records), prompt_keys or [""] * len(records), strict=True
+        ):
             row = {k: v for k, v in asdict(r).items() if (k != "position" or v >= 0) and (k != "off_path" or v)}
             row |= ({"category": category} if category else {}) | ({"prompt": key} if key else {})
             f.write(json.dumps(row) + "\n")
@@ -213,17 +240,21 @@ class ParametricAcceptance:
 
     def __post_init__(self) -> None:
         if not (0 < self.top1 < 1 and 0 < self.ratio < 1 and self.calibration > 0 and self.concentration > 0):
-            raise ValueError("parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0")
+            raise ValueError(
+                "parametric acceptance needs 0 < top1 < 1, 0 < ratio < 1, calibration > 0, concentration > 0"
+            )
 
-    def source(self, category: str, prompt_key: str) -> "ParametricAcceptance":
+    def source(self, category: str, prompt_key: str) -> ParametricAcceptance:
         return self  # the same for every request
 
-    def offers(self, depth: int, top_k: int, rng: random.Random, num_nodes: int,
-               on_path: dict[int, int]) -> list[DrawnOffer]:
+    def offers(
+        self, depth: int, top_k: int, rng: random.Random, num_nodes: int, on_path: dict[int, int]
+    ) -> list[DrawnOffer]:
         return [self.offer(depth, top_k, rng) for _ in range(num_nodes)]
 
-    def offer(self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "",
-              position: int = -1) -> DrawnOffer:
+    def offer(
+        self, depth: int, top_k: int, rng: random.Random, category: str = "", prompt_key: str = "", position: int = -1
+    ) -> DrawnOffer:
         """One node's offer (the same for every category, prompt and position)."""
         q1 = rng.betavariate(self.top1 * self.concentration, (1 - self.top1) * self.concentration)
         # The rest, 1 - q1, spread geometrically over the next children (a tail is left unoffered).

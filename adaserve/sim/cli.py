@@ -1,9 +1,9 @@
 """`adaserve simulate`: run | record | validate.
 
-  run       simulate policies on a workload (generated, a saved workload file, or a measured bench
-            run's exact requests), sweeping a variable; same JSON/PNG as `adaserve bench sweep`
-  record    run a real draft/target pair on workload prompts and save its acceptance records
-  validate  replay each point of a measured `adaserve bench sweep` and compare
+run       simulate policies on a workload (generated, a saved workload file, or a measured bench
+          run's exact requests), sweeping a variable; same JSON/PNG as `adaserve bench sweep`
+record    run a real draft/target pair on workload prompts and save its acceptance records
+validate  replay each point of a measured `adaserve bench sweep` and compare
 """
 
 from __future__ import annotations
@@ -15,28 +15,58 @@ from adaserve.sim.config import SimConfig
 def add_simulate_parser(sub) -> None:
     p = sub.add_parser("simulate", help="discrete-event simulation of the scheduler and policies at any scale")
     p.add_argument("action", nargs="?", default="run", choices=["run", "record", "validate"])
-    p.add_argument("--cost", default=None, help="profile:PATH | roofline:HW:TARGET[:DRAFT] | table:adaserve-a100-70b "
-                   "(default: the cached profile of --model/--draft)")
+    p.add_argument(
+        "--cost",
+        default=None,
+        help="profile:PATH | roofline:HW:TARGET[:DRAFT] | table:adaserve-a100-70b "
+        "(default: the cached profile of --model/--draft)",
+    )
     p.add_argument("--acceptance", default=None, help="recorded:PATH | parametric:top1=0.7,calibration=1.0,...")
     p.add_argument("--policies", default="none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve")
     p.add_argument("--variable", default="rate", choices=["rate", "urgent_share", "slo_scale"])
     p.add_argument("--values", default="0.5")
-    p.add_argument("--from-bench", nargs="*", default=None,
-                   help="bench result JSONs: run replays their exact requests; record runs their prompts")
-    p.add_argument("--bench-dir", nargs="+", default=["benchmarks/results/sweep_rate"],
-                   help="validate: a bench sweep's output dir, or several repeats of one sweep")
-    p.add_argument("--tokenizer", default=None, help="model whose chat template counts prompt tokens (default ~4 chars/token)")
-    p.add_argument("--slo-class", action="append", default=None,
-                   help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)")
-    p.add_argument("--step-overhead-ms", type=float, default=0.0,
-                   help="per-iteration time beyond the forward passes (validate: with --calibration none)")
-    p.add_argument("--calibration", default="host", choices=["host", "speed", "passes", "unloaded", "none"],
-                   help="validate: host = each server's logged host time per step; speed = also its measured/"
-                   "predicted pass time; passes = host, and each model's passes fitted against the profile "
-                   "(a weight per cost-model term and a cost per extra sequence) over the sweep's logs; unloaded = measured - simulated unloaded "
-                   "TPOT; none = --step-overhead-ms")
-    p.add_argument("--sim-runs", type=int, default=5,
-                   help="validate: simulations per point (seeds --seed, --seed + 1, ...), averaged")
+    p.add_argument(
+        "--from-bench",
+        nargs="*",
+        default=None,
+        help="bench result JSONs: run replays their exact requests; record runs their prompts",
+    )
+    p.add_argument(
+        "--bench-dir",
+        nargs="+",
+        default=["benchmarks/results/sweep_rate"],
+        help="validate: a bench sweep's output dir, or several repeats of one sweep",
+    )
+    p.add_argument(
+        "--tokenizer", default=None, help="model whose chat template counts prompt tokens (default ~4 chars/token)"
+    )
+    p.add_argument(
+        "--slo-class",
+        action="append",
+        default=None,
+        help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)",
+    )
+    p.add_argument(
+        "--step-overhead-ms",
+        type=float,
+        default=0.0,
+        help="per-iteration time beyond the forward passes (validate: with --calibration none)",
+    )
+    p.add_argument(
+        "--calibration",
+        default="host",
+        choices=["host", "speed", "passes", "unloaded", "none"],
+        help="validate: host = each server's logged host time per step; speed = also its measured/"
+        "predicted pass time; passes = host, and each model's passes fitted against the profile "
+        "(a weight per cost-model term and a cost per extra sequence) over the sweep's logs; "
+        "unloaded = measured - simulated unloaded TPOT; none = --step-overhead-ms",
+    )
+    p.add_argument(
+        "--sim-runs",
+        type=int,
+        default=5,
+        help="validate: simulations per point (seeds --seed, --seed + 1, ...), averaged",
+    )
     p.add_argument("--kv-capacity-tokens", type=int, default=SimConfig.kv_capacity_tokens)
     p.add_argument("--max-num-seqs", type=int, default=SimConfig.max_num_seqs)
     p.add_argument("--max-num-batched-tokens", type=int, default=SimConfig.max_num_batched_tokens)
@@ -45,9 +75,12 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--out-dir", default="benchmarks/results/sim", help="run/validate: where JSON and PNG go")
     p.add_argument("--model", default="qwen2.5-coder-1.5b", help="record: target; also the default --cost profile")
     p.add_argument("--draft", default="qwen2.5-coder-0.5b", help="record: draft")
-    p.add_argument("--record-policy", default="dynamic-tree:16:8:8",
-                   help="record: the speculation policy while recording (its width is the top-k recorded); "
-                        "several, comma-separated: the later ones fill the positions the earlier ones missed")
+    p.add_argument(
+        "--record-policy",
+        default="dynamic-tree:16:8:8",
+        help="record: the speculation policy while recording (its width is the top-k recorded); "
+        "several, comma-separated: the later ones fill the positions the earlier ones missed",
+    )
     from adaserve.bench.run import add_workload_args
 
     add_workload_args(p)

@@ -10,11 +10,12 @@ from adaserve.bench.run import workload_spec
 from adaserve.bench.workload import load_workload
 from adaserve.sched.cost_model import CostModel
 from adaserve.sim.acceptance import DEFAULT_RECORDS, AcceptanceModel, parse_acceptance
+from adaserve.sim.config import SimConfig
 from adaserve.sim.roofline import parse_cost_model
 from adaserve.sim.run import generated_workload, sweep, unloaded_tpot_ms
-from adaserve.sim.config import SimConfig
 from adaserve.sim.workloads import from_bench_requests, from_bench_result
 from adaserve.slo import parse_slo_class
+
 
 def find_profile(model: str, draft: str | None) -> Path:
     """The newest cached `adaserve profile` of this model pair (the engine caches one per pair)."""
@@ -27,13 +28,20 @@ def find_profile(model: str, draft: str | None) -> Path:
         if meta.get("model") == want["model"] and meta.get("draft") == want["draft"]:
             found.append((meta.get("created", ""), path))
     if not found:
-        raise ValueError(f"no cached profile of {model} + {draft}: run `adaserve profile --model {model} --draft {draft}`")
+        raise ValueError(
+            f"no cached profile of {model} + {draft}: run `adaserve profile --model {model} --draft {draft}`"
+        )
     return max(found)[1]
 
 
 def sim_config(args) -> SimConfig:
-    return SimConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                     kv_capacity_tokens=args.kv_capacity_tokens, step_overhead_ms=args.step_overhead_ms, seed=args.seed)
+    return SimConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_capacity_tokens=args.kv_capacity_tokens,
+        step_overhead_ms=args.step_overhead_ms,
+        seed=args.seed,
+    )
 
 
 def load_models(args) -> tuple[CostModel, AcceptanceModel | None]:
@@ -62,8 +70,16 @@ def run(args) -> dict:
     if args.from_bench:
         paths = {i: Path(p) for i, p in enumerate(args.from_bench)}
         per_prompt = acceptance is not None and acceptance.per_prompt  # its requests must name their prompts
-        return sweep(policies, list(paths), lambda i: from_bench_result(paths[i], per_prompt), config, cost,
-                     acceptance, "bench file", out_dir)
+        return sweep(
+            policies,
+            list(paths),
+            lambda i: from_bench_result(paths[i], per_prompt),
+            config,
+            cost,
+            acceptance,
+            "bench file",
+            out_dir,
+        )
     if args.workload_file:
         fixed = from_bench_requests(load_workload(Path(args.workload_file)), tokenizer)
         return sweep(policies, [0.0], lambda _: fixed, config, cost, acceptance, "workload file", out_dir)
@@ -80,7 +96,15 @@ def run(args) -> dict:
     def make_workload(value: float):
         return generated_workload(replace(base, **{args.variable: value}), unloaded, tokenizer)
 
-    summary = sweep(policies, [float(v) for v in args.values.split(",")], make_workload, config, cost, acceptance,
-                    args.variable, out_dir)
+    summary = sweep(
+        policies,
+        [float(v) for v in args.values.split(",")],
+        make_workload,
+        config,
+        cost,
+        acceptance,
+        args.variable,
+        out_dir,
+    )
     summary["unloaded_tpot_ms"] = unloaded
     return summary

@@ -28,8 +28,14 @@ class PassCorrection:
 
     def __call__(self, t: PassTerms) -> float:
         seqs_ms = t.seqs_ms if self.ms_per_extra_seq is None else self.ms_per_extra_seq * t.num_extra_seqs
-        return (self.base * t.base_ms + self.tokens * t.tokens_ms + self.context * t.context_ms
-                + self.pairs * t.pairs_ms + self.rows * t.rows_ms + seqs_ms)
+        return (
+            self.base * t.base_ms
+            + self.tokens * t.tokens_ms
+            + self.context * t.context_ms
+            + self.pairs * t.pairs_ms
+            + self.rows * t.rows_ms
+            + seqs_ms
+        )
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,10 @@ def record(args) -> Path:
             categories += [category] * len(new)
             prompt_keys += [key] * len(new)
         num_off = sum(r.off_path for r in records[num_before:])
-        print(f"{policy}: {len(records) - num_before - num_off} offer records on the target's path"
-              + (" (positions the policies before it missed)" if k else f", {num_off} off it"))
+        print(
+            f"{policy}: {len(records) - num_before - num_off} offer records on the target's path"
+            + (" (positions the policies before it missed)" if k else f", {num_off} off it")
+        )
     out = Path(args.out)
     save_records(out, records, categories, prompt_keys)
     model = RecordedAcceptance(records, categories, prompt_keys)

@@ -51,7 +51,16 @@ MODELS = {
     "llama-3.1-8b": ModelShape("Llama-3.1-8B", 8.03e9, 32, 32 * 2 * 8 * 128 * 2),
 }
 # Llama-3.1-70B on 4 x A100, tokens per forward -> ms, from the AdaServe artifact.
-ADASERVE_A100_70B_TABLE = {128: 55.0, 256: 85.0, 384: 105.0, 512: 125.0, 640: 145.0, 768: 165.0, 896: 185.0, 1024: 205.0}
+ADASERVE_A100_70B_TABLE = {
+    128: 55.0,
+    256: 85.0,
+    384: 105.0,
+    512: 125.0,
+    640: 145.0,
+    768: 165.0,
+    896: 185.0,
+    1024: 205.0,
+}
 GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 
 
@@ -66,8 +75,11 @@ def roofline_ms(hw: Hardware, model: ModelShape, num_tokens: int, num_context_to
 
 def roofline_curve(hw: Hardware, model: ModelShape) -> LatencyCurve:
     bandwidth = hw.hbm_gb_per_s * 1e9 * hw.num_gpus * hw.efficiency
-    return LatencyCurve(GRID, tuple(roofline_ms(hw, model, n) for n in GRID),
-                        ms_per_context_token=1000.0 * model.kv_bytes_per_token / bandwidth)
+    return LatencyCurve(
+        GRID,
+        tuple(roofline_ms(hw, model, n) for n in GRID),
+        ms_per_context_token=1000.0 * model.kv_bytes_per_token / bandwidth,
+    )
 
 
 def roofline_cost_model(hw: Hardware, target: ModelShape, draft: ModelShape | None) -> CostModel:
@@ -83,8 +95,12 @@ def table_cost_model(table: dict[int, float], hw: Hardware, target: ModelShape, 
     low = [n for n in GRID if n < min(table)]
     points = {**{n: roofline_ms(hw, target, n) for n in low}, **table}
     curve = LatencyCurve(tuple(sorted(points)), tuple(points[n] for n in sorted(points)), roof.ms_per_context_token)
-    meta = {"kind": "table", "target": f"{target.name} (published table, roofline below {min(table)} tokens)",
-            "hardware": hw.name, "draft": draft.name}
+    meta = {
+        "kind": "table",
+        "target": f"{target.name} (published table, roofline below {min(table)} tokens)",
+        "hardware": hw.name,
+        "draft": draft.name,
+    }
     return CostModel(curve, roofline_curve(hw, draft), meta)
 
 
@@ -100,7 +116,11 @@ def parse_cost_model(spec: str) -> CostModel:
             hw, target, *rest = parts
             return roofline_cost_model(HARDWARE[hw], MODELS[target], MODELS[rest[0]] if rest else None)
         if kind == "table" and parts and parts[0] == "adaserve-a100-70b":
-            hw, draft = (HARDWARE[parts[1]], MODELS[parts[2]]) if len(parts) == 3 else (HARDWARE["a100x4"], MODELS["llama-3.2-1b"])
+            hw, draft = (
+                (HARDWARE[parts[1]], MODELS[parts[2]])
+                if len(parts) == 3
+                else (HARDWARE["a100x4"], MODELS["llama-3.2-1b"])
+            )
             return table_cost_model(ADASERVE_A100_70B_TABLE, hw, MODELS["llama-3.1-70b"], draft)
     except (KeyError, ValueError, OSError) as e:
         raise ValueError(f"bad cost model {spec!r}: {e!r}; hardware {list(HARDWARE)}, models {list(MODELS)}") from e

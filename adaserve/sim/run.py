@@ -19,8 +19,13 @@ from adaserve.sim.workloads import SimRequest, from_bench_requests
 from adaserve.slo import SLO
 
 
-def simulate(config: SimConfig, cost: CostModel, acceptance: AcceptanceModel | None, workload: list[SimRequest],
-             tpots_out: list | None = None) -> dict:
+def simulate(
+    config: SimConfig,
+    cost: CostModel,
+    acceptance: AcceptanceModel | None,
+    workload: list[SimRequest],
+    tpots_out: list | None = None,
+) -> dict:
     """Metrics of one simulated run. Wall time runs from the start of the run (arrival offsets count
     from it) to the last token, as `adaserve bench` measures it. tpots_out: gets the list of every
     request's TPOT (s), in arrival order."""
@@ -31,8 +36,13 @@ def simulate(config: SimConfig, cost: CostModel, acceptance: AcceptanceModel | N
     if tpots_out is not None:
         tpots_out.append([r.timing.tpot_s for r in records])
     wall = max((r.chunk_times[-1] for r in records if r.chunk_times), default=0.0)
-    return {"policy": config.policy, "simulated": True, "num_steps": sim.num_steps, "sim_seconds": elapsed,
-            **bench_report(records, max(wall, 1e-9))}
+    return {
+        "policy": config.policy,
+        "simulated": True,
+        "num_steps": sim.num_steps,
+        "sim_seconds": elapsed,
+        **bench_report(records, max(wall, 1e-9)),
+    }
 
 
 def unloaded_tpot_ms(cost: CostModel, config: SimConfig, num_prompt_tokens: int = 200, max_tokens: int = 64) -> float:
@@ -49,8 +59,16 @@ def generated_workload(spec: WorkloadSpec, unloaded_ms: float, tokenizer=None) -
     return from_bench_requests(build_workload(spec, unloaded_ms, prompts), tokenizer)
 
 
-def sweep(policies: list[str], values: list[float], make_workload, config: SimConfig, cost: CostModel,
-          acceptance: AcceptanceModel | None, variable: str, out_dir: Path | None) -> dict:
+def sweep(
+    policies: list[str],
+    values: list[float],
+    make_workload,
+    config: SimConfig,
+    cost: CostModel,
+    acceptance: AcceptanceModel | None,
+    variable: str,
+    out_dir: Path | None,
+) -> dict:
     """make_workload(value) -> list[SimRequest]. Every policy sees the same workloads."""
     results: dict[str, list[dict]] = {}
     workloads = {v: make_workload(v) for v in values}
@@ -60,9 +78,11 @@ def sweep(policies: list[str], values: list[float], make_workload, config: SimCo
             result["value"] = value
             results.setdefault(policy, []).append(result)
             c = result["categories"]["all"]
-            print(f"{policy:14s} {variable}={value}: attainment {c['attainment']:.0%}, goodput "
-                  f"{c['goodput_tokens_per_s']:.2f} tok/s ({result['num_steps']} steps, {result['sim_seconds']:.1f} s)",
-                  flush=True)
+            print(
+                f"{policy:14s} {variable}={value}: attainment {c['attainment']:.0%}, goodput "
+                f"{c['goodput_tokens_per_s']:.2f} tok/s ({result['num_steps']} steps, {result['sim_seconds']:.1f} s)",
+                flush=True,
+            )
     summary = {"variable": variable, "simulated": True, "cost_model": cost.meta, "results": results}
     if out_dir is not None:
         from adaserve.bench.sweep import plot_sweep

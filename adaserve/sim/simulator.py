@@ -23,13 +23,13 @@ from adaserve.kv.manager import KVCacheManager
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.registry import choose_policy, prefill_token_cap
 from adaserve.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from adaserve.sim.acceptance import AcceptanceModel
 from adaserve.sim.config import SimConfig
 from adaserve.sim.proposer import SimProposer
 from adaserve.sim.step_timing import HostModel, pass_terms
 from adaserve.sim.workloads import SimRequest
+from adaserve.spec.registry import choose_policy, prefill_token_cap
 from adaserve.spec.verify import accept_greedy
 
 SYNTHETIC_TOKEN = 0
@@ -67,7 +67,9 @@ class Simulator:
         self.spec: SpecDecoder | None = None
         if self.choice.spec is not None:
             if acceptance is None or cost.draft is None:
-                raise ValueError(f"policy {config.policy!r} speculates: it needs an acceptance model and a draft cost curve")
+                raise ValueError(
+                    f"policy {config.policy!r} speculates: it needs an acceptance model and a draft cost curve"
+                )
             self.proposer = SimProposer(acceptance, random.Random(config.seed))
             target = _SimTarget(self.kv, _NullKVCache())
             self.spec = SpecDecoder(self.proposer, self.choice.spec, target, None, self.clock, record_traces=False)
@@ -95,7 +97,9 @@ class Simulator:
 
     def _add(self, request_id: str, item: SimRequest) -> Request:
         if item.num_prompt_tokens + item.max_tokens > self.kv.capacity_tokens:
-            raise ValueError(f"a request of {item.num_prompt_tokens} + {item.max_tokens} tokens never fits the KV cache")
+            raise ValueError(
+                f"a request of {item.num_prompt_tokens} + {item.max_tokens} tokens never fits the KV cache"
+            )
         params = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True, slo=item.slo)
         request = Request(request_id, [SYNTHETIC_TOKEN] * item.num_prompt_tokens, params, arrival_time=self.clock.now)
         self.scheduler.add(request)
@@ -105,7 +109,9 @@ class Simulator:
 
     def _step(self) -> bool:
         tpots = [r.params.slo.tpot_ms for r in self.scheduler.running]
-        cap = prefill_token_cap(self.choice, self.cost, tpots, self.config.max_num_batched_tokens, self.config.block_size)
+        cap = prefill_token_cap(
+            self.choice, self.cost, tpots, self.config.max_num_batched_tokens, self.config.block_size
+        )
         step = self.scheduler.schedule(cap)
         for request in step.preempted:
             if self.spec:
@@ -158,5 +164,11 @@ class Simulator:
 
 
 def _record(item: SimRequest, request: Request) -> BenchRecord:
-    return BenchRecord(item.category, item.slo, item.arrival_s, request.first_token_time, list(request.token_times),
-                       request.num_output_tokens)
+    return BenchRecord(
+        item.category,
+        item.slo,
+        item.arrival_s,
+        request.first_token_time,
+        list(request.token_times),
+        request.num_output_tokens,
+    )

@@ -19,8 +19,13 @@ def pass_terms(cost: CostModel, p: PassRecord) -> PassTerms:
     """The cost model's time for one logged pass, term by term: padded KV positions read like cached
     ones, logits rows beyond one per sequence included."""
     curve = cost.draft if p.model == "draft" else cost.target
-    return curve.terms(p.num_tokens, p.num_context_tokens + p.num_padded_kv, p.num_seqs, p.num_context_pairs,
-                       max(0, p.num_logit_rows - p.num_seqs))
+    return curve.terms(
+        p.num_tokens,
+        p.num_context_tokens + p.num_padded_kv,
+        p.num_seqs,
+        p.num_context_pairs,
+        max(0, p.num_logit_rows - p.num_seqs),
+    )
 
 
 def predicted_pass_ms(cost: CostModel, p: PassRecord) -> float:
@@ -100,7 +105,9 @@ def fit_pass_correction(passes: list[PassRecord], cost: CostModel) -> PassCorrec
     measured = np.array([measured_pass_ms(p) for p in passes])  # [num_passes]
     terms = [pass_terms(cost, p) for p in passes]
     names = [f.name for f in fields(PassCorrection)]  # base, tokens, context, pairs, rows, ms_per_extra_seq
-    columns = np.array([[getattr(t, f"{n}_ms") for n in names[:-1]] + [t.num_extra_seqs] for t in terms])  # [num_passes, 6]
+    columns = np.array(
+        [[getattr(t, f"{n}_ms") for n in names[:-1]] + [t.num_extra_seqs] for t in terms]
+    )  # [num_passes, 6]
     fitted = [k for k in range(len(names)) if columns[:, k].any()]
     weights = dict.fromkeys(names, 1.0)
     weights.update(zip([names[k] for k in fitted], _nonnegative_lstsq(columns[:, fitted], measured)))

@@ -39,34 +39,54 @@ def validate(args) -> dict:
         for d, summary in zip(bench_dirs, summaries):
             config, timings[f"{d}:{policy}"] = calibrated(args.calibration, sim_config(args), policy, d, summary, cost)
             configs.append(replace(config, policy=policy))
-            print(f"{policy} ({args.calibration}, {d}): host {config.step_overhead_ms:.2f} ms per step + "
-                  f"{config.host_ms_per_target_row:.3f} per target row + {config.host_ms_per_draft_row:.3f} per draft "
-                  f"row, pass times x{config.time_scale:.3f}, target {config.target_pass}, draft {config.draft_pass}",
-                  flush=True)
+            print(
+                f"{policy} ({args.calibration}, {d}): host {config.step_overhead_ms:.2f} ms per step + "
+                f"{config.host_ms_per_target_row:.3f} per target row + {config.host_ms_per_draft_row:.3f} per draft "
+                f"row, pass times x{config.time_scale:.3f}, target {config.target_pass}, draft {config.draft_pass}",
+                flush=True,
+            )
         for k, point in enumerate(points):
             measured = [_same_point(s, policy, k, point["value"])["categories"]["all"] for s in summaries]
-            simulated, errors, num_own = _replay(bench_dirs, configs, policy, point["value"], cost, acceptance,
-                                                 args.sim_runs)
+            simulated, errors, num_own = _replay(
+                bench_dirs, configs, policy, point["value"], cost, acceptance, args.sim_runs
+            )
             rows.append(_row(policy, point["value"], _mean(measured), simulated))
-            rows[-1]["measured_attainment_range"] = [min(m["attainment"] for m in measured),
-                                                     max(m["attainment"] for m in measured)]
+            rows[-1]["measured_attainment_range"] = [
+                min(m["attainment"] for m in measured),
+                max(m["attainment"] for m in measured),
+            ]
             rows[-1].update(request_tpot_rel_errors=errors, num_requests_with_own_prompt_records=num_own)
             print(_format(rows[-1]), flush=True)
             for r, repeat in enumerate(measured[1:], 1):  # each repeat as if it predicted the first sweep
                 repeat_rows.append(_row(policy, point["value"], measured[0], repeat) | {"repeat": r})
-    out = {"bench_dirs": [str(d) for d in bench_dirs], "cost_model": cost.meta, "calibration": args.calibration,
-           "timings": timings, "sim_runs": args.sim_runs, "first_seed": args.seed, "rows": rows,
-           "num_within_targets": _num_ok(rows), "num_points": len(rows),
-           "request_tpot_abs_rel_error": _spread([abs(e) for r in rows for e in r["request_tpot_rel_errors"]]),
-           "num_requests_with_own_prompt_records": sum(r["num_requests_with_own_prompt_records"] for r in rows)}
+    out = {
+        "bench_dirs": [str(d) for d in bench_dirs],
+        "cost_model": cost.meta,
+        "calibration": args.calibration,
+        "timings": timings,
+        "sim_runs": args.sim_runs,
+        "first_seed": args.seed,
+        "rows": rows,
+        "num_within_targets": _num_ok(rows),
+        "num_points": len(rows),
+        "request_tpot_abs_rel_error": _spread([abs(e) for r in rows for e in r["request_tpot_rel_errors"]]),
+        "num_requests_with_own_prompt_records": sum(r["num_requests_with_own_prompt_records"] for r in rows),
+    }
     if repeat_rows:
         out.update(repeat_rows=repeat_rows, repeat_num_within_targets=_num_ok(repeat_rows))
     _report(out, Path(args.out_dir))
     return out
 
 
-def _replay(bench_dirs: list[Path], configs: list[SimConfig], policy: str, value: float, cost: CostModel,
-            acceptance, sim_runs: int) -> tuple[dict, list[float], int]:
+def _replay(
+    bench_dirs: list[Path],
+    configs: list[SimConfig],
+    policy: str,
+    value: float,
+    cost: CostModel,
+    acceptance,
+    sim_runs: int,
+) -> tuple[dict, list[float], int]:
     """The point's mean outcome over every sweep's exact requests x `sim_runs` seeds; per request
     and sweep, its simulated TPOT (mean over the seeds) / its measured TPOT - 1; and how many of
     those requests found records of their own prompt (the rest draw their category's)."""
@@ -77,8 +97,9 @@ def _replay(bench_dirs: list[Path], configs: list[SimConfig], policy: str, value
         workload, tpots = from_bench_result(path, per_prompt), []
         if per_prompt:
             num_own += sum(1 for w in workload if w.prompt_key in acceptance.prompt_pools)
-        runs += [simulate(replace(config, seed=config.seed + k), cost, acceptance, workload, tpots)
-                 for k in range(sim_runs)]
+        runs += [
+            simulate(replace(config, seed=config.seed + k), cost, acceptance, workload, tpots) for k in range(sim_runs)
+        ]
         for i, measured in enumerate(_measured_tpots(path)):
             simulated = [run[i] for run in tpots if run[i] is not None]
             if measured and simulated:
@@ -96,8 +117,12 @@ def _spread(values: list[float]) -> dict:
     if not values:
         return {}
     ranked = sorted(values)
-    return {"num": len(ranked), "median": ranked[len(ranked) // 2], "p90": ranked[int(0.9 * (len(ranked) - 1))],
-            "max": ranked[-1]}
+    return {
+        "num": len(ranked),
+        "median": ranked[len(ranked) // 2],
+        "p90": ranked[int(0.9 * (len(ranked) - 1))],
+        "max": ranked[-1],
+    }
 
 
 def _report(out: dict, out_dir: Path) -> None:
@@ -107,15 +132,21 @@ def _report(out: dict, out_dir: Path) -> None:
     print(f"{out['num_within_targets']}/{out['num_points']} points within +-10 pp attainment and +-20 % goodput")
     spread = out["request_tpot_abs_rel_error"]
     if spread:
-        print(f"per request, simulated TPOT vs measured ({spread['num']} requests): |error| median "
-              f"{spread['median']:.1%}, p90 {spread['p90']:.1%}, max {spread['max']:.1%}")
+        print(
+            f"per request, simulated TPOT vs measured ({spread['num']} requests): |error| median "
+            f"{spread['median']:.1%}, p90 {spread['p90']:.1%}, max {spread['max']:.1%}"
+        )
     if out["num_requests_with_own_prompt_records"]:
-        print(f"{out['num_requests_with_own_prompt_records']} of {spread['num']} replayed requests drew from their "
-              "own prompt's records")
+        print(
+            f"{out['num_requests_with_own_prompt_records']} of {spread['num']} replayed requests drew from their "
+            "own prompt's records"
+        )
     for k in sorted({r["repeat"] for r in out.get("repeat_rows", [])}):
         rows = [r for r in out["repeat_rows"] if r["repeat"] == k]
-        print(f"repeat {k} vs the first sweep:\n{validation_table(rows)}\n{_num_ok(rows)}/{len(rows)} points of "
-              "the repeat within the same targets of the first sweep")
+        print(
+            f"repeat {k} vs the first sweep:\n{validation_table(rows)}\n{_num_ok(rows)}/{len(rows)} points of "
+            "the repeat within the same targets of the first sweep"
+        )
     print(f"wrote {out_dir}/validation.json")
 
 
@@ -130,8 +161,9 @@ def _num_ok(rows: list[dict]) -> int:
     return sum(1 for r in rows if r["attainment_ok"] and r["goodput_ok"])
 
 
-def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summary: dict, cost: CostModel
-               ) -> tuple[SimConfig, dict]:
+def calibrated(
+    how: str, config: SimConfig, policy: str, bench_dir: Path, summary: dict, cost: CostModel
+) -> tuple[SimConfig, dict]:
     """The simulated server for one policy's replay, and what it was calibrated with.
 
     none:     --step-overhead-ms as given; pass times straight from the cost model
@@ -152,12 +184,18 @@ def calibrated(how: str, config: SimConfig, policy: str, bench_dir: Path, summar
     logs = sorted((bench_dir / "step_logs").glob("*.jsonl*"))  # (.jsonl.gz as committed)
     log_path = next((p for p in logs if p.name.split(".")[0] == policy.replace(":", "-")), None)
     if log_path is None:
-        raise ValueError(f"--calibration {how} needs the servers' step logs (none for {policy} in "
-                         f"{bench_dir}/step_logs): run the sweep with --step-log-dir <out-dir>/step_logs, "
-                         "or use --calibration unloaded")
+        raise ValueError(
+            f"--calibration {how} needs the servers' step logs (none for {policy} in "
+            f"{bench_dir}/step_logs): run the sweep with --step-log-dir <out-dir>/step_logs, "
+            "or use --calibration unloaded"
+        )
     host = _host_model(tuple(logs))
-    config = replace(config, step_overhead_ms=host.ms_per_step, host_ms_per_target_row=host.ms_per_target_row,
-                     host_ms_per_draft_row=host.ms_per_draft_row)
+    config = replace(
+        config,
+        step_overhead_ms=host.ms_per_step,
+        host_ms_per_target_row=host.ms_per_target_row,
+        host_ms_per_draft_row=host.ms_per_draft_row,
+    )
     info = {"host_model": asdict(host), "time_scale": 1.0}
     if how == "passes":
         target, draft = _pass_corrections(tuple(logs), cost)
@@ -201,31 +239,46 @@ def validation_table(rows: list[dict]) -> str:
 
 def _cell(r: dict) -> str:
     mark = "" if r["attainment_ok"] and r["goodput_ok"] else " *"
-    return (f"{r['measured_attainment']:.0%} -> {r['simulated_attainment']:.0%}, "
-            f"{r['measured_goodput']:.2f} -> {r['simulated_goodput']:.2f}{mark}")
+    return (
+        f"{r['measured_attainment']:.0%} -> {r['simulated_attainment']:.0%}, "
+        f"{r['measured_goodput']:.2f} -> {r['simulated_goodput']:.2f}{mark}"
+    )
 
 
 def _mean(summaries: list[dict]) -> dict:
     """The simulated outcome averaged over runs that differ only in the acceptance draws."""
     tpots = [s["tpot_ms"]["median"] for s in summaries if s.get("tpot_ms")]
-    return {"attainment": sum(s["attainment"] for s in summaries) / len(summaries),
-            "goodput_tokens_per_s": sum(s["goodput_tokens_per_s"] for s in summaries) / len(summaries),
-            "tpot_ms": {"median": sum(tpots) / len(tpots)} if tpots else None}
+    return {
+        "attainment": sum(s["attainment"] for s in summaries) / len(summaries),
+        "goodput_tokens_per_s": sum(s["goodput_tokens_per_s"] for s in summaries) / len(summaries),
+        "tpot_ms": {"median": sum(tpots) / len(tpots)} if tpots else None,
+    }
 
 
 def _row(policy: str, rate: float, measured: dict, simulated: dict) -> dict:
     m_good, s_good = measured["goodput_tokens_per_s"], simulated["goodput_tokens_per_s"]
     rel = (s_good - m_good) / m_good if m_good > 0 else (0.0 if s_good == 0 else float("inf"))
     d_att = 100.0 * (simulated["attainment"] - measured["attainment"])
-    return {"policy": policy, "rate": rate, "measured_attainment": measured["attainment"],
-            "simulated_attainment": simulated["attainment"], "attainment_diff_pp": d_att,
-            "measured_goodput": m_good, "simulated_goodput": s_good, "goodput_rel_diff": rel,
-            "measured_tpot_p50_ms": (measured["tpot_ms"] or {}).get("median"),
-            "simulated_tpot_p50_ms": (simulated["tpot_ms"] or {}).get("median"),
-            "attainment_ok": abs(d_att) <= 10.0, "goodput_ok": abs(rel) <= 0.2}
+    return {
+        "policy": policy,
+        "rate": rate,
+        "measured_attainment": measured["attainment"],
+        "simulated_attainment": simulated["attainment"],
+        "attainment_diff_pp": d_att,
+        "measured_goodput": m_good,
+        "simulated_goodput": s_good,
+        "goodput_rel_diff": rel,
+        "measured_tpot_p50_ms": (measured["tpot_ms"] or {}).get("median"),
+        "simulated_tpot_p50_ms": (simulated["tpot_ms"] or {}).get("median"),
+        "attainment_ok": abs(d_att) <= 10.0,
+        "goodput_ok": abs(rel) <= 0.2,
+    }
 
 
 def _format(r: dict) -> str:
-    return (f"{r['policy']:14s} rate={r['rate']}: attainment {r['measured_attainment']:.0%} measured vs "
-            f"{r['simulated_attainment']:.0%} simulated; goodput {r['measured_goodput']:.2f} vs {r['simulated_goodput']:.2f} "
-            f"({r['goodput_rel_diff']:+.0%}); TPOT p50 {r['measured_tpot_p50_ms'] or 0:.0f} vs {r['simulated_tpot_p50_ms'] or 0:.0f} ms")
+    return (
+        f"{r['policy']:14s} rate={r['rate']}: attainment {r['measured_attainment']:.0%} measured vs "
+        f"{r['simulated_attainment']:.0%} simulated; goodput {r['measured_goodput']:.2f} vs "
+        f"{r['simulated_goodput']:.2f} ({r['goodput_rel_diff']:+.0%}); TPOT p50 {r['measured_tpot_p50_ms'] or 0:.0f} "
+        f"vs {r['simulated_tpot_p50_ms'] or 0:.0f} ms"
+    )

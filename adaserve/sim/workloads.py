@@ -1,9 +1,9 @@
 """Simulator workloads in token counts, from the same sources as `adaserve bench`:
-  a bench result JSON    the exact arrivals, categories, SLOs and prompt lengths (from the server's
-                         usage) of a measured run: what validation replays;
-  a workload file        `adaserve bench --save-workload` JSON lines, prompts tokenized with a
-                         tokenizer (or ~4 characters per token without one);
-  a WorkloadSpec         generated like `adaserve bench` does, from the same datasets.
+a bench result JSON    the exact arrivals, categories, SLOs and prompt lengths (from the server's
+                       usage) of a measured run: what validation replays;
+a workload file        `adaserve bench --save-workload` JSON lines, prompts tokenized with a
+                       tokenizer (or ~4 characters per token without one);
+a WorkloadSpec         generated like `adaserve bench` does, from the same datasets.
 """
 
 from __future__ import annotations
@@ -51,9 +51,14 @@ def from_bench_result(path: Path, name_prompts: bool = False) -> list[SimRequest
     for r, key in zip(records, keys):
         usage = r.get("server_usage") or {}
         if "prompt_tokens" not in usage:
-            raise ValueError(f"{path}: a record has no server usage (prompt length unknown); it failed: {r.get('error')}")
-        out.append(SimRequest(r["arrival_time"] - start, r["category"], int(usage["prompt_tokens"]), max_tokens,
-                              SLO(**r["slo"]), key))
+            raise ValueError(
+                f"{path}: a record has no server usage (prompt length unknown); it failed: {r.get('error')}"
+            )
+        out.append(
+            SimRequest(
+                r["arrival_time"] - start, r["category"], int(usage["prompt_tokens"]), max_tokens, SLO(**r["slo"]), key
+            )
+        )
     return sorted(out, key=lambda x: x.arrival_s)
 
 

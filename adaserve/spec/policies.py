@@ -9,8 +9,9 @@ The SLO-aware AdaServe policy implements the same interface in adaserve.sched.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from adaserve.spec.tree import CandidateTree, Offer
 
@@ -35,9 +36,12 @@ class LayerCandidates:
     def __len__(self) -> int:
         return len(self.parents)
 
-    def subset(self, indices: list[int]) -> "LayerCandidates":
-        return LayerCandidates([self.parents[i] for i in indices], [self.token_ids[i] for i in indices],
-                               [self.path_logprobs[i] for i in indices])
+    def subset(self, indices: list[int]) -> LayerCandidates:
+        return LayerCandidates(
+            [self.parents[i] for i in indices],
+            [self.token_ids[i] for i in indices],
+            [self.path_logprobs[i] for i in indices],
+        )
 
 
 @dataclass
@@ -96,17 +100,20 @@ class FixedPolicy:
         pass
 
 
-def grow_layer(tree: CandidateTree, parents: list[int], offers: Sequence[Offer], policy: SpecPolicy,
-               layer: int) -> list[int]:
+def grow_layer(
+    tree: CandidateTree, parents: list[int], offers: Sequence[Offer], policy: SpecPolicy, layer: int
+) -> list[int]:
     """Offer each frontier node's children (offers[i] belongs to parents[i]); add the ones the
     policy keeps to the tree in the candidates' order. With the frontier in tree order and each
     offer most likely first (a draft's top-k; the simulator's offers), that is grouped by parent
     and most likely first. Returns the new nodes."""
     tree.offers.update(zip(parents, offers))
     base = tree.path_logprobs
-    children = LayerCandidates([p for p, o in zip(parents, offers) for _ in o.token_ids],
-                               [t for o in offers for t in o.token_ids],
-                               [base[p] + lp for p, o in zip(parents, offers) for lp in o.logprobs])
+    children = LayerCandidates(
+        [p for p, o in zip(parents, offers) for _ in o.token_ids],
+        [t for o in offers for t in o.token_ids],
+        [base[p] + lp for p, o in zip(parents, offers) for lp in o.logprobs],
+    )
     if not math.isfinite(sum(children.path_logprobs)):  # (one C-level pass: this is the simulator's hot path)
         # A token the draft rules out (-inf) is never offered; nor one it gave no number (NaN).
         children = children.subset([i for i, lp in enumerate(children.path_logprobs) if lp > -math.inf])

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from adaserve.engine.executor import ModelExecutor, SeqInput
+from adaserve.engine.executor import ModelExecutor
 from adaserve.request import Request
 from adaserve.sampling import SamplingParams
 from adaserve.spec.policies import SpecPolicy, grow_layer
@@ -86,7 +86,11 @@ class DraftModelProposer:
             if n <= 0 or not self.kv.can_reserve(r.request_id, n):
                 continue
             slots = self.kv.reserve(r.request_id, n)
-            seqs.append(self.executor.seq_input(r.request_id, r.all_ids[start : start + n], list(range(start, start + n)), slots, start))
+            seqs.append(
+                self.executor.seq_input(
+                    r.request_id, r.all_ids[start : start + n], list(range(start, start + n)), slots, start
+                )
+            )
             offset += n
             if start + n == r.num_tokens:
                 ready.append(r)
@@ -129,7 +133,11 @@ class DraftModelProposer:
                     mask[i, a - 1] = True
                     a = tree.parents[a]
             positions = [synced - 1 + tree.depths[n] for n in nodes]
-            seqs.append(self.executor.seq_input(r.request_id, [tree.token_ids[n] for n in nodes], positions, slots, synced, mask))
+            seqs.append(
+                self.executor.seq_input(
+                    r.request_id, [tree.token_ids[n] for n in nodes], positions, slots, synced, mask
+                )
+            )
         if len(seqs) != len(requests):
             raise RuntimeError("draft KV cache is too small for the trees; raise its size")
         return self.executor.logits(self.executor.forward(seqs))

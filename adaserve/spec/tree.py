@@ -43,7 +43,7 @@ class CandidateTree:
     offers: dict[int, Offer] = field(default_factory=dict)  # per expanded node
 
     @classmethod
-    def root_only(cls, request_id: str, root_token: int) -> "CandidateTree":
+    def root_only(cls, request_id: str, root_token: int) -> CandidateTree:
         return cls(request_id, [root_token], [-1], [0], [0.0])
 
     @property

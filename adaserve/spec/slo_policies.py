@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass
 
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.selection import select_nodes, throughput_phase
 from adaserve.slo import required_tokens
 from adaserve.spec.policies import LayerCandidates, SelectionContext, SeqState, top_by_path_prob
+from adaserve.spec.selection import select_nodes, throughput_phase
 from adaserve.spec.tree import CandidateTree
 
 

@@ -19,7 +19,7 @@ Worked example (the paper's, B = 8 verified tokens = 2 roots + 6 drafted, depth 
 from __future__ import annotations
 
 import heapq
-from typing import Callable
+from collections.abc import Callable
 
 from adaserve.spec.tree import CandidateTree
 

@@ -1,13 +1,13 @@
 """`--policy` names -> what the engine runs. Plain Python; no torch.
 
-  none            continuous batching, no speculation (vLLM)
-  chunked         no speculation; per-step token budget from the tightest running TPOT (Sarathi-Serve)
-  chain:K         a K-token draft chain per request (vLLM-Spec)
-  static-tree     SpecInfer's fixed tree (widths 1,1,3,1,1,1,1,1)
-  dynamic-tree    EAGLE-2: the top-N nodes per request of an expanded candidate tree
-  smartspec       one chain length per step, chosen for expected goodput from the cost model
-  adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper)
-  adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
+none            continuous batching, no speculation (vLLM)
+chunked         no speculation; per-step token budget from the tightest running TPOT (Sarathi-Serve)
+chain:K         a K-token draft chain per request (vLLM-Spec)
+static-tree     SpecInfer's fixed tree (widths 1,1,3,1,1,1,1,1)
+dynamic-tree    EAGLE-2: the top-N nodes per request of an expanded candidate tree
+smartspec       one chain length per step, chosen for expected goodput from the cost model
+adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper)
+adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.slo_policies import AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
 from adaserve.spec.policies import SpecPolicy, make_policy
+from adaserve.spec.slo_policies import AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
 
 COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-equal")
 POLICY_NAMES = ("none", "chunked", "chain:K", "static-tree", "dynamic-tree", "smartspec", "adaserve", "adaserve-equal")
@@ -62,8 +62,9 @@ def slo_step_budget(cost: CostModel, tpots_ms: list[float], max_tokens: int, min
     return max(min_tokens, min(max_tokens, fits))
 
 
-def prefill_token_cap(choice: PolicyChoice, cost: CostModel | None, running_tpots_ms: list[float | None],
-                      max_tokens: int, block_size: int) -> int | None:
+def prefill_token_cap(
+    choice: PolicyChoice, cost: CostModel | None, running_tpots_ms: list[float | None], max_tokens: int, block_size: int
+) -> int | None:
     """With an SLO-aware policy: prefill only what keeps this iteration within the tightest
     running TPOT (never less than one block, so prompts still progress); None = no cap.
     Allowing TPOT x the measured tokens per verification lowered TTFT but broke more TPOT
