@@ -160,7 +160,6 @@ def cmd_serve(args) -> None:
             max_model_len=args.max_model_len,
             cost_model=args.cost_model,
             step_log=args.step_log,
-            record_traces=False,
         )
     )
     unloaded_ms = None

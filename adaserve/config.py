@@ -30,17 +30,11 @@ class EngineConfig:
     draft: str | None = None
     spec_policy: str = "none"
     draft_num_layers: int | None = None  # keep only the draft's first layers (a cheap weak draft)
-    draft_kv_cache_memory: int | None = None  # default: room for everything the target holds
     # Profiled cost model JSON (`adaserve profile`); None: this pair's cached profile, or profile
     # at start-up when a policy needs one (chunked, smartspec, adaserve, adaserve-equal).
     cost_model: str | None = None
     # Append a JSON line per step (its passes' shapes and times) to this file: adaserve.engine.step_log.
     step_log: str | None = None
-    # Keep speculation traces (calibration pairs, offer records for `simulate record`) in bounded
-    # in-memory queues. Offline tools read them; a server has no reader and turns them off.
-    record_traces: bool = True
-    ngram_min: int = 1
-    ngram_max: int = 4
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.kv_cache_memory <= 0:

@@ -27,6 +27,7 @@ import torch
 from adaserve.config import EngineConfig
 from adaserve.engine.core import EngineCore
 from adaserve.sampling import SamplingParams
+from adaserve.sim.recorder import OfferRecorder
 from adaserve.spec.policies import make_policy
 
 DEFAULT_POLICIES = ["none", "chain:2", "chain:4", "chain:8", "static-tree", "dynamic-tree"]
@@ -42,9 +43,8 @@ def humaneval_prompts(num_prompts: int) -> list[list[dict]]:
     ]
 
 
-def run_one(engine: EngineCore, prompt_ids: list[int], params: SamplingParams) -> dict:
-    calibration = engine._spec_decoder.stats.calibration
-    calibration.clear()
+def run_one(engine: EngineCore, recorder: OfferRecorder, prompt_ids: list[int], params: SamplingParams) -> dict:
+    recorder.clear()
     start = time.perf_counter()
     request = engine.add_request(prompt_ids, params)
     while engine.has_unfinished:
@@ -58,7 +58,7 @@ def run_one(engine: EngineCore, prompt_ids: list[int], params: SamplingParams) -
         "decode_seconds": request.token_times[-1] - request.first_token_time,
         "num_decode_tokens": num_tokens - 1,
         "spec": request.spec_stats.to_dict(),
-        "calibration": list(calibration),
+        "calibration": list(recorder.calibration),
     }
 
 
@@ -162,6 +162,8 @@ def main() -> None:
         num_threads=args.threads,
     )
     engine = EngineCore(config)
+    recorder = OfferRecorder()  # (draft path probability, accepted?) per verified node
+    engine.add_spec_observer(recorder)
     tok = engine.tokenizer
     prompts = [
         engine.tokenize(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False))
@@ -170,13 +172,13 @@ def main() -> None:
     params = SamplingParams(max_tokens=args.max_tokens)
     for policy in policies:  # warm-up: first-call allocations, oneDNN primitive caches
         engine.set_spec_policy(policy)
-        run_one(engine, prompts[0], SamplingParams(max_tokens=8))
+        run_one(engine, recorder, prompts[0], SamplingParams(max_tokens=8))
     runs: dict[str, list[dict]] = {p: [] for p in policies}
     for i, prompt in enumerate(prompts):
         order = policies[i % len(policies) :] + policies[: i % len(policies)]
         for policy in order:
             engine.set_spec_policy(policy)
-            runs[policy].append(run_one(engine, prompt, params))
+            runs[policy].append(run_one(engine, recorder, prompt, params))
             r = runs[policy][-1]
             print(
                 f"prompt {i} {policy:14s} {r['num_decode_tokens'] / r['decode_seconds']:6.2f} tok/s "

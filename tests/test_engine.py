@@ -126,14 +126,14 @@ def test_one_failing_request_does_not_fail_the_batch(llm, monkeypatch):
     engine = llm.engine
     ok = engine.add_request("The capital of France is", SamplingParams(max_tokens=4))
     bad = engine.add_request("1, 2, 3,", SamplingParams(max_tokens=4, temperature=1.0, seed=1))
-    real_sample = engine.sampler.sample
+    real_sample = engine.runner.sampler.sample
 
     def sample(logits, request_id, params):
         if request_id == bad.request_id:
             raise RuntimeError("boom")
         return real_sample(logits, request_id, params)
 
-    monkeypatch.setattr(engine.sampler, "sample", sample)
+    monkeypatch.setattr(engine.runner.sampler, "sample", sample)
     errors = {}
     while engine.has_unfinished:
         for out in engine.step():

@@ -13,10 +13,10 @@ from adaserve.bench.client import BenchRecord, prompt_key
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.sim.acceptance import MIN_PROMPT_RECORDS_PER_DEPTH, RecordedAcceptance, parse_acceptance, save_records
 from adaserve.sim.config import SimConfig
+from adaserve.sim.recorder import OfferRecord
 from adaserve.sim.simulator import Simulator
 from adaserve.sim.workloads import SimRequest, from_bench_result
 from adaserve.slo import SLO
-from adaserve.spec.stats import OfferRecord
 
 FAKE_PROMPTS = {"coding": ["def add(a, b):", "def sub(a, b):"], "chat": ["hello"], "summarization": ["a long text"]}
 

@@ -9,13 +9,13 @@ import pytest
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.sim.acceptance import DrawnOffer, ParametricAcceptance, RecordedAcceptance, parse_acceptance, save_records
 from adaserve.sim.config import SimConfig
+from adaserve.sim.recorder import OfferRecord
 from adaserve.sim.roofline import ADASERVE_A100_70B_TABLE, parse_cost_model
 from adaserve.sim.run import simulate, unloaded_tpot_ms
 from adaserve.sim.simulator import Simulator
 from adaserve.sim.validate import _row
 from adaserve.sim.workloads import SimRequest, from_bench_result
 from adaserve.slo import SLO
-from adaserve.spec.stats import OfferRecord
 
 
 class Always:
@@ -69,7 +69,7 @@ def test_preemption_recomputes_and_everything_finishes():
     records = small.run(workload)
     assert [r.num_output_tokens for r in records] == [30, 30, 30]
     assert sum(req.num_preemptions for _, req in small.requests) > 0
-    assert small.kv.num_free_blocks == small.kv.pool.num_blocks
+    assert small.engine.kv.num_free_blocks == small.engine.kv.pool.num_blocks
     big = Simulator(SimConfig(policy="none"), flat_cost(draft_ms=0), None)
     big_records = big.run(workload)
     assert max(r.chunk_times[-1] for r in big_records) < max(r.chunk_times[-1] for r in records)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from adaserve import LLM, SamplingParams
+from adaserve.sim.recorder import OfferRecorder
 from tests.factories import chi_square_pvalue
 
 PROMPTS = [
@@ -101,6 +102,8 @@ def test_speculation_needs_a_draft(smollm2_dir):
 def test_stats_are_recorded_per_request_and_step(smollm2_dir):
     llm = LLM(str(smollm2_dir), draft="smollm2-135m", draft_num_layers=6, spec_policy="dynamic-tree:8:4:2")
     engine = llm.engine
+    recorder = OfferRecorder()
+    engine.add_spec_observer(recorder)
     requests = [engine.add_request(p, SamplingParams(max_tokens=24)) for p in PROMPTS]
     while engine.has_unfinished:
         engine.step()
@@ -109,12 +112,12 @@ def test_stats_are_recorded_per_request_and_step(smollm2_dir):
     assert totals.num_proposed == sum(s.num_proposed for s in engine.spec.stats.steps)
     assert totals.num_accepted == sum(s.num_accepted for s in engine.spec.stats.steps)
     assert sum(totals.accepted_per_depth) == totals.num_accepted
-    assert len(engine.spec.stats.calibration) == totals.num_proposed
+    assert len(recorder.calibration) == totals.num_proposed
     for r in requests:  # every output token came from a verification: accepted drafts + one bonus
         s = r.spec_stats
         assert s.num_accepted + s.num_verifications >= r.num_output_tokens - 1
     assert 1.0 <= totals.mean_accepted_tokens <= 5.0
-    offers = engine.spec.stats.offers  # the simulator's acceptance records
+    offers = recorder.offers  # the simulator's acceptance records
     assert len(offers) >= totals.num_verifications - sum(1 for r in requests if r.spec_stats.num_proposed == 0)
     for o in offers:
         assert 1 <= len(o.draft_probs) <= 2 and o.draft_probs == sorted(o.draft_probs, reverse=True)
@@ -128,10 +131,12 @@ def test_offer_records_name_the_output_position_they_predict(smollm2_dir):
     path's records follow, and after a rejection (hit -1, a bonus token) the next step predicts the
     position after it."""
     llm = LLM(str(smollm2_dir), draft="smollm2-135m", draft_num_layers=6, spec_policy="dynamic-tree:8:4:2")
+    recorder = OfferRecorder()
+    llm.engine.add_spec_observer(recorder)
     llm.generate([PROMPTS[0]], SamplingParams(max_tokens=24))
-    positions = [o.position for o in llm.engine.spec.stats.offers]
+    positions = [o.position for o in recorder.offers]
     assert positions[0] == 1 and positions == sorted(set(positions)) and positions[-1] < 24
-    for o, after in zip(llm.engine.spec.stats.offers, positions[1:]):
+    for o, after in zip(recorder.offers, positions[1:]):
         if o.hit == -1:
             assert after == o.position + 1
 
@@ -139,22 +144,29 @@ def test_offer_records_name_the_output_position_they_predict(smollm2_dir):
 def test_offer_records_of_a_self_draft_always_hit_the_top_child(smollm2_dir):
     """Draft = target, greedy: the target's choice is the draft's most likely child."""
     llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3")
+    recorder = OfferRecorder()
+    llm.engine.add_spec_observer(recorder)
     llm.generate(PROMPTS[:2], SamplingParams(max_tokens=16))
-    offers = llm.engine.spec.stats.offers
+    offers = recorder.offers
     assert len(offers) > 10
     assert sum(o.hit == 0 for o in offers) >= 0.95 * len(offers)
     assert {o.depth for o in offers} > {0}
-    off = llm.engine.spec.stats.off_path_offers  # below the children the target did not pick
+    off = recorder.off_path_offers  # below the children the target did not pick
     assert len(off) > 0 and all(o.off_path and o.hit == -1 and o.position == -1 and o.depth >= 1 for o in off)
 
 
-def test_an_engine_without_traces_keeps_no_records(smollm2_dir):
-    """What `adaserve serve` runs: nothing reads the traces there, so nothing fills their queues."""
-    llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3", record_traces=False)
+def test_an_observer_sees_only_the_verifications_after_it_is_attached(smollm2_dir):
+    """The engine records no traces itself (what `adaserve serve` runs); `simulate record` attaches
+    an observer, which sees every verified tree from then on."""
+    llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3")
     llm.generate(PROMPTS[:1], SamplingParams(max_tokens=8))
-    stats = llm.engine.spec.stats
-    assert stats.totals.num_verifications > 0
-    assert not stats.offers and not stats.off_path_offers and not stats.calibration
+    totals = llm.engine.spec.stats.totals
+    before = totals.num_proposed
+    assert totals.num_verifications > 0 and before > 0
+    recorder = OfferRecorder()
+    llm.engine.add_spec_observer(recorder)
+    llm.generate(PROMPTS[1:2], SamplingParams(max_tokens=8))
+    assert len(recorder.calibration) == totals.num_proposed - before > 0
 
 
 def exact_three_token_distribution(model_dir, prompt_ids, top_k):

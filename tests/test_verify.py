@@ -105,11 +105,11 @@ def test_a_node_is_off_the_targets_path_below_a_child_the_target_did_not_pick():
     """Path 0 -> 2, the target picks token 7 after node 2. Node 1 (a sibling of 2) and its children
     are off, so are 2's other children; node 6 (token 7 under 2) and its child 8 are on the target's
     path, unverified."""
-    from adaserve.engine.speculation import _off_path
+    from adaserve.sim.recorder import off_path
     from adaserve.spec.tree import CandidateTree
 
     tree = CandidateTree.root_only("r", 0)
     for parent, token in [(0, 10), (0, 11), (2, 3), (1, 4), (1, 5), (2, 7), (2, 9), (6, 1)]:
         tree.add(parent, token, -0.1)
     picks = {0: 11, 2: 7}  # node 2 has token 11
-    assert [n for n in range(1, 9) if n not in picks and _off_path(tree, n, picks)] == [1, 3, 4, 5, 7]
+    assert [n for n in range(1, 9) if n not in picks and off_path(tree, n, picks)] == [1, 3, 4, 5, 7]

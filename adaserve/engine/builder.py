@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +10,10 @@ import torch
 
 from adaserve.config import EngineConfig
 from adaserve.engine.executor import ModelExecutor
-from adaserve.engine.sampler import Sampler
-from adaserve.engine.speculation import SpecDecoder
 from adaserve.kv.manager import KVCacheManager
 from adaserve.models.config import ModelConfig
 from adaserve.models.loader import load_model, read_model_config
 from adaserve.models.sources import resolve_model
-from adaserve.spec.policies import ChainPolicy, SpecPolicy
 from adaserve.spec.proposers import DraftModelProposer, NgramProposer, Proposer
 
 log = logging.getLogger(__name__)
@@ -68,10 +64,8 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     draft_config = read_model_config(draft_dir)
     check_same_vocabulary(target, draft_dir, draft_config)
     bs = config.block_size
-    if config.draft_kv_cache_memory:
-        num_blocks = config.draft_kv_cache_memory // (draft_config.kv_bytes_per_token(dtype.itemsize) * bs)
-    else:  # everything the target holds, plus every request's largest draft tree
-        num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
+    # Everything the target holds, plus every request's largest draft tree.
+    num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
     model = load_model(
         draft_dir,
         device,
@@ -83,27 +77,13 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     return ModelExecutor(model, KVCacheManager(num_blocks, bs), dtype, device)
 
 
-def build_spec_decoder(
-    config: EngineConfig,
-    target: Target,
-    sampler: Sampler,
-    policy: SpecPolicy | None,
-    draft: ModelExecutor | None,
-    clock: Callable[[], float],
-) -> SpecDecoder | None:
-    """A speculative decoder when a draft is configured. `policy` None (speculation off for now)
-    parks a placeholder policy until the engine switches one on."""
+def build_proposer(config: EngineConfig, draft: ModelExecutor | None) -> Proposer | None:
+    """What drafts candidate trees: the draft model, n-gram lookup ("ngram"), or nothing."""
     if config.draft is None:
-        if policy is not None:
-            raise ValueError(f"speculation policy {config.spec_policy!r} needs a draft (a model or 'ngram')")
         return None
     if config.draft == "ngram":
-        proposer: Proposer = NgramProposer(config.ngram_min, config.ngram_max)
-    else:
-        proposer = DraftModelProposer(draft)
-    return SpecDecoder(
-        proposer, policy or ChainPolicy(1), target.executor, sampler, clock, MAX_TREE_TOKENS, config.record_traces
-    )
+        return NgramProposer()
+    return DraftModelProposer(draft)
 
 
 def check_same_vocabulary(target: Target, draft_dir: Path, draft_config: ModelConfig) -> None:

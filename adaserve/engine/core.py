@@ -1,7 +1,8 @@
-"""The engine: requests in, one scheduled step at a time, tokens out.
+"""The engine: requests in, one scheduled step at a time, tokens out. This is the only step loop:
+the server, the offline LLM and the simulator all drive it; they differ in the runner (the models
+here, or a cost and an acceptance model) and the clock (wall time, or simulated).
 
-step = schedule -> speculate + select (if a policy is set) -> target forward
-       -> sample or verify -> update requests (stop checks, finish, free KV)
+    step = schedule -> propose -> select -> attach -> verify (the runner's target pass) -> update
 """
 
 from __future__ import annotations
@@ -10,23 +11,18 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-import torch
 
 from adaserve.config import EngineConfig
-from adaserve.engine.builder import build_draft_executor, build_spec_decoder, build_target
-from adaserve.engine.model_runner import ModelRunner
-from adaserve.engine.profiler import load_or_profile, profile_key
-from adaserve.engine.sampler import Sampler
+from adaserve.engine.runner import Runner, RunnerOutput
+from adaserve.engine.speculation import SpecDecoder, SpecObserver
 from adaserve.engine.step_log import StepLog
 from adaserve.engine.stop import StopChecker
-from adaserve.models.sources import resolve_model
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.scheduler import Scheduler
+from adaserve.sched.scheduler import Scheduler, SchedulerOutput
+from adaserve.spec.policies import ChainPolicy
 from adaserve.spec.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
 
 log = logging.getLogger(__name__)
@@ -42,46 +38,51 @@ class PromptTooLongError(ValueError):
 
 
 class EngineCore:
-    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.perf_counter) -> None:
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
-        self.config = config
-        self.clock = clock
-        target = build_target(config)
-        self.model_dir, self.model_config, self.tokenizer = target.model_dir, target.model_config, target.tokenizer
-        self.max_model_len = target.max_model_len
-        self.executor = target.executor
-        self.kv = self.executor.kv
-        self.runner = ModelRunner(self.executor)
-        self.sampler = Sampler(config.seed)
-        self._draft = build_draft_executor(config, target)
-        self.cost_model: CostModel | None = None
+    def __init__(
+        self, config: EngineConfig, runner: Runner | None = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        if runner is None:
+            from adaserve.engine.model_runner import ModelRunner  # (torch: only for the real models)
+
+            runner = ModelRunner(config)
+        self.config, self.runner, self.clock = config, runner, clock
+        self.tokenizer, self.max_model_len, self.kv = runner.tokenizer, runner.max_model_len, runner.kv
+        self.cost_model: CostModel | None = None  # loaded when a policy needs it
         self.policy = self._choose_policy(config.spec_policy)
-        self._spec_decoder = build_spec_decoder(config, target, self.sampler, self.policy.spec, self._draft, clock)
+        self._spec_decoder = self._build_spec_decoder()
         self.spec = self._spec_decoder if self.policy.spec else None
         num_spec = self.policy.spec.max_tokens_per_seq if self.policy.spec else 0
         self.scheduler = Scheduler(self.kv, config.max_num_seqs, config.max_num_batched_tokens, num_spec)
-        eos_ids = set(self.model_config.eos_token_ids)
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
-        self.stop_checker = StopChecker(self.tokenizer, eos_ids, self.max_model_len)
+        self.stop_checker = StopChecker(self.tokenizer, runner.eos_token_ids, self.max_model_len)
         self.requests: dict[str, Request] = {}
+        self.num_steps = 0  # steps that ran a pass
         self._ids = itertools.count()
-        self.step_log = self._open_step_log(config.step_log)
 
-    def _open_step_log(self, path: str | None) -> StepLog | None:
-        """Trace every step's passes (after start-up: profiling passes are not steps)."""
-        if path is None:
+    def _build_spec_decoder(self) -> SpecDecoder | None:
+        """With a proposer; a policy of None (speculation off for now) parks a placeholder policy
+        until set_spec_policy switches one on."""
+        if self.runner.proposer is None:
+            if self.policy.spec is not None:
+                raise ValueError(f"speculation policy {self.policy.name!r} needs a draft (a model or 'ngram')")
             return None
-        step_log = StepLog(path)
-        self.executor.step_log = step_log
-        if self._draft is not None:
-            self._draft.step_log, self._draft.name = step_log, "draft"
-        return step_log
+        policy = self.policy.spec or ChainPolicy(1)
+        return SpecDecoder(self.runner.proposer, policy, self.kv, self.clock, self.runner.max_tree_tokens)
+
+    @property
+    def step_log(self) -> StepLog | None:
+        return self.runner.step_log
+
+    def add_spec_observer(self, observer: SpecObserver) -> None:
+        """See every verified tree from now on (e.g. adaserve.sim.recorder.OfferRecorder)."""
+        if self._spec_decoder is None:
+            raise ValueError("this engine was started without a draft: it verifies no trees")
+        self._spec_decoder.observers.append(observer)
 
     # -- requests --------------------------------------------------------------------------
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine has no tokenizer: give prompt token ids")
             return self.tokenizer.encode(prompt, add_special_tokens=False)
         return list(prompt)
 
@@ -94,8 +95,9 @@ class EngineCore:
             raise ValueError("the prompt is empty")
         if len(prompt_ids) >= self.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
-        if any(not isinstance(t, int) or not 0 <= t < self.model_config.vocab_size for t in prompt_ids):
-            raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
+        vocab_size = self.runner.vocab_size
+        if any(not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
         return prompt_ids
 
     def add_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
@@ -113,6 +115,13 @@ class EngineCore:
         if request is not None and not request.is_finished:
             self._finish(request, FinishReason.ABORT)
 
+    def pop_finished(self, request_id: str) -> Request:
+        return self.requests.pop(request_id)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work
+
     # -- policy and cost model --------------------------------------------------------------
     def _choose_policy(self, name: str) -> PolicyChoice:
         if needs_cost_model(name) and self.cost_model is None:
@@ -120,25 +129,11 @@ class EngineCore:
         return choose_policy(name, self.cost_model)
 
     def load_cost_model(self, refresh: bool = False) -> CostModel:
-        """The configured profile, or this model pair's cached one, or profile now (and cache)."""
-        if self.config.cost_model:
-            return CostModel.load(Path(self.config.cost_model))
-        draft_dir = resolve_model(self.config.draft) if self._draft is not None else None
-        key = profile_key(
-            self.model_dir,
-            draft_dir,
-            self.config.draft_num_layers,
-            self.config.device,
-            self.config.dtype,
-            self.config.cpu_packed_linear,
-        )
-        meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
-        max_tokens = self.config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
-        return load_or_profile(self.executor, self._draft, key, max_tokens, meta, refresh)
+        return self.runner.load_cost_model(refresh)
 
     def set_spec_policy(self, name: str) -> None:
         """Switch policy between requests (e.g. to compare policies side by side on one loaded
-        model pair). The draft's KV room was sized for MAX_TREE_TOKENS per request."""
+        model pair). The draft's KV room was sized for the runner's max_tree_tokens per request."""
         if self.scheduler.has_work:
             raise RuntimeError("switch the speculation policy only while no request is in flight")
         choice = self._choose_policy(name)
@@ -161,10 +156,6 @@ class EngineCore:
             self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
         )
 
-    @property
-    def has_unfinished(self) -> bool:
-        return self.scheduler.has_work
-
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         if self.step_log is None:
@@ -178,33 +169,42 @@ class EngineCore:
     def _step(self) -> list[RequestOutput]:
         step = self.scheduler.schedule(self._max_prefill_tokens())
         for request in step.preempted:
-            if self.spec:
-                self.spec.free(request.request_id)
+            if self._spec_decoder:
+                self._spec_decoder.free(request.request_id, finished=False)
         if step.is_empty:
             return []
-        if self.spec:
-            self.spec.attach_trees(step)
+        self.num_steps += 1
+        draft_start = time.perf_counter()
+        decoding = [c for c in step.chunks if c.is_decode] if self.spec else []
+        if decoding:
+            trees = self.spec.propose(decoding)  # speculate: a candidate tree per decoding request
+            selected = self.spec.select(decoding, trees, step)  # select: nodes within the spare budget
+            self.spec.attach(decoding, trees, selected)  # reserve their KV, hang the trees on the chunks
+        draft_seconds = time.perf_counter() - draft_start
         verify_start = self.clock()
-        forward = self.runner.run(step)
+        output = self.runner.execute(step)  # verify: one target pass; sampled tokens, accepted paths
         now = self.clock()
-        outputs = []
-        for chunk, logits in zip(step.chunks, forward.logits):
-            request = chunk.request
-            try:
-                if chunk.tree is not None:
-                    new_tokens = self.spec.verify(chunk, logits)
-                else:
-                    request.num_computed_tokens += chunk.num_new_tokens
-                    if logits is None:
-                        continue
-                    new_tokens = [self.sampler.sample(logits[0], request.request_id, request.params)]
-            except Exception as e:  # one request's failure must not take the batch down
-                log.exception("request %s failed", request.request_id)
-                outputs.append(self._fail(request, f"{type(e).__name__}: {e}"))
-                continue
-            outputs.append(self._append_tokens(request, new_tokens, now))
+        outputs = self._update(step, output, now)
         if self.spec:
-            self.spec.record_step(step, verify_seconds=now - verify_start, now=now)
+            self.spec.record_step(step, draft_seconds, now - verify_start, now)
+        return outputs
+
+    def _update(self, step: SchedulerOutput, output: RunnerOutput, now: float) -> list[RequestOutput]:
+        """Commit each chunk's result: new tokens, stop checks, finished requests."""
+        outputs = []
+        for chunk, result in zip(step.chunks, output.results):
+            request = chunk.request
+            if result.error is not None:
+                outputs.append(self._fail(request, result.error))
+                continue
+            if chunk.tree is not None:
+                new_tokens = self.spec.commit(chunk, result.acceptance)
+            else:
+                request.num_computed_tokens += chunk.num_new_tokens
+                if result.acceptance is None:
+                    continue  # a prefill chunk short of the end of the prompt
+                new_tokens = [result.acceptance.bonus_token_id]
+            outputs.append(self._append_tokens(request, new_tokens, now))
         return outputs
 
     def _append_tokens(self, request: Request, token_ids: list[int], now: float) -> RequestOutput:
@@ -242,9 +242,6 @@ class EngineCore:
             stats.num_proposed / max(1, stats.num_verifications),
             stats.num_accepted / max(1, stats.num_verifications),
         )
-        self.sampler.forget(request.request_id)
-        if self.spec:
-            self.spec.free(request.request_id)
-
-    def pop_finished(self, request_id: str) -> Request:
-        return self.requests.pop(request_id)
+        self.runner.free(request.request_id)
+        if self._spec_decoder:
+            self._spec_decoder.free(request.request_id, finished=True)

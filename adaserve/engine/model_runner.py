@@ -1,21 +1,28 @@
-"""Turns a scheduler step into model inputs for the target and returns logits per chunk."""
+"""The models on this machine, as EngineCore's runner (adaserve.engine.runner.Runner): builds the
+target and the draft side from the config, turns a scheduled step into one target pass, then samples
+or verifies each chunk and moves accepted tree nodes' KV into place."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from pathlib import Path
 
 import torch
 
-from adaserve.engine.executor import ModelExecutor
+from adaserve.config import EngineConfig
+from adaserve.engine.builder import MAX_TREE_TOKENS, build_draft_executor, build_proposer, build_target
+from adaserve.engine.executor import SeqInput
+from adaserve.engine.profiler import load_or_profile, profile_key
+from adaserve.engine.runner import ChunkResult, RunnerOutput
+from adaserve.engine.sampler import Sampler, logits_to_probs
+from adaserve.engine.step_log import StepLog
+from adaserve.models.sources import resolve_model
+from adaserve.sched.cost_model import CostModel
 from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
 from adaserve.spec.tree import TreeLayout
+from adaserve.spec.verify import Acceptance, accept_greedy, accept_sampled
 
-
-@dataclass
-class ForwardOutput:
-    # Per chunk: [num_rows, vocab] logits -- all tree nodes when it verifies a tree, the last
-    # token when it samples, None for a prefill chunk that does not reach the end of the prompt.
-    logits: list[torch.Tensor | None]
+log = logging.getLogger(__name__)
 
 
 def tree_mask(layout: TreeLayout) -> torch.Tensor:
@@ -27,10 +34,83 @@ def tree_mask(layout: TreeLayout) -> torch.Tensor:
 
 
 class ModelRunner:
-    def __init__(self, executor: ModelExecutor) -> None:
-        self.executor = executor
+    def __init__(self, config: EngineConfig) -> None:
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.config = config
+        target = build_target(config)
+        self.model_dir, self.model_config, self.tokenizer = target.model_dir, target.model_config, target.tokenizer
+        self.max_model_len, self.vocab_size = target.max_model_len, target.model_config.vocab_size
+        self.eos_token_ids = set(self.model_config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+        self.executor = target.executor
+        self.kv = self.executor.kv
+        self.draft = build_draft_executor(config, target)
+        self.proposer = build_proposer(config, self.draft)
+        self.max_tree_tokens = MAX_TREE_TOKENS  # the draft's KV room per request
+        self.sampler = Sampler(config.seed)
+        self.step_log = self._open_step_log(config.step_log)
 
-    def _seq_input(self, chunk: ScheduledChunk):
+    def _open_step_log(self, path: str | None) -> StepLog | None:
+        """Trace every step's passes (after start-up: profiling passes are not steps)."""
+        if path is None:
+            return None
+        step_log = StepLog(path)
+        self.executor.step_log = step_log
+        if self.draft is not None:
+            self.draft.step_log, self.draft.name = step_log, "draft"
+        return step_log
+
+    def load_cost_model(self, refresh: bool = False) -> CostModel:
+        """The configured profile, or this model pair's cached one, or profile now (and cache)."""
+        config = self.config
+        if config.cost_model:
+            return CostModel.load(Path(config.cost_model))
+        draft_dir = resolve_model(config.draft) if self.draft is not None else None
+        key = profile_key(
+            self.model_dir, draft_dir, config.draft_num_layers, config.device, config.dtype, config.cpu_packed_linear
+        )
+        meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
+        max_tokens = config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
+        return load_or_profile(self.executor, self.draft, key, max_tokens, meta, refresh)
+
+    def free(self, request_id: str) -> None:
+        self.sampler.forget(request_id)
+
+    # -- one step ----------------------------------------------------------------------------
+    def execute(self, step: SchedulerOutput) -> RunnerOutput:
+        results = []
+        for chunk, logits in zip(step.chunks, self._forward(step)):
+            try:
+                results.append(ChunkResult(self._accept(chunk, logits)))
+            except Exception as e:  # one request's failure must not take the batch down
+                log.exception("request %s failed", chunk.request.request_id)
+                results.append(ChunkResult(error=f"{type(e).__name__}: {e}"))
+        return RunnerOutput(results)
+
+    def _forward(self, step: SchedulerOutput) -> list[torch.Tensor | None]:
+        """Per chunk, [num_rows, vocab] logits: every node of a tree it verifies, its last token when
+        it samples, None for a prefill chunk short of the end of the prompt."""
+        hidden = self.executor.forward([self._seq_input(c) for c in step.chunks])  # [num_tokens, hidden]
+        rows: list[int] = []
+        row_counts: list[int] = []
+        offset = 0
+        for chunk in step.chunks:
+            n = chunk.num_new_tokens
+            if chunk.tree is not None:
+                wanted = list(range(offset, offset + n))
+            else:
+                wanted = [offset + n - 1] if chunk.samples else []
+            rows += wanted
+            row_counts.append(len(wanted))
+            offset += n
+        if not rows:
+            return [None] * len(step.chunks)
+        logits = self.executor.logits(hidden, rows)  # [len(rows), vocab]
+        return [x if x.shape[0] else None for x in logits.split(row_counts)]
+
+    def _seq_input(self, chunk: ScheduledChunk) -> SeqInput:
         request, start = chunk.request, chunk.start
         if chunk.tree is not None:
             positions = [start + d for d in chunk.tree.depths]
@@ -43,22 +123,24 @@ class ModelRunner:
             request.request_id, token_ids, list(range(start, start + n)), chunk.slot_ids, start
         )
 
-    def run(self, step: SchedulerOutput) -> ForwardOutput:
-        seqs = [self._seq_input(c) for c in step.chunks]
-        hidden = self.executor.forward(seqs)  # [num_tokens, hidden]
-        rows: list[int] = []
-        row_counts: list[int] = []
-        offset = 0
-        for chunk in step.chunks:
-            n = chunk.num_new_tokens
-            wanted = (
-                list(range(offset, offset + n))
-                if chunk.tree is not None
-                else ([offset + n - 1] if chunk.samples else [])
-            )
-            rows += wanted
-            row_counts.append(len(wanted))
-            offset += n
-        logits = self.executor.logits(hidden, rows) if rows else hidden.new_zeros(0, 0)
-        per_chunk = list(logits.split(row_counts)) if rows else [None] * len(step.chunks)
-        return ForwardOutput([x if x.shape[0] else None for x in per_chunk] if rows else per_chunk)
+    def _accept(self, chunk: ScheduledChunk, logits: torch.Tensor | None) -> Acceptance | None:
+        """A tree's accepted path (its KV moved into place), or the sampled token as the bonus."""
+        request = chunk.request
+        if chunk.tree is None:
+            if logits is None:
+                return None
+            return Acceptance([], self.sampler.sample(logits[0], request.request_id, request.params))
+        if request.params.greedy:
+            acceptance = accept_greedy(chunk.tree, logits.argmax(-1).tolist())
+        else:
+            generator = self.sampler.generator(request.request_id, request.params)
+            acceptance = accept_sampled(chunk.tree, logits_to_probs(logits, request.params).cpu(), generator)
+        # Node i of the tree was written at slot_ids[i] (position start + i); the accepted node at
+        # depth d belongs at position start + d, slot_ids[d]. Sources are never behind their
+        # targets, so one copy is safe. Worked example: accepted nodes [2, 5] (depths 1, 2) move
+        # from slots [s2, s5] to [s1, s2].
+        src = [chunk.slot_ids[i] for i in acceptance.accepted_nodes]
+        dst = chunk.slot_ids[1 : 1 + len(src)]
+        if src != dst:
+            self.executor.kv_cache.copy_slots(src, dst)
+        return acceptance

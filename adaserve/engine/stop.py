@@ -6,7 +6,7 @@ from adaserve.request import FinishReason, Request
 
 
 class StopChecker:
-    def __init__(self, tokenizer, eos_token_ids: set[int], max_model_len: int) -> None:
+    def __init__(self, tokenizer: object | None, eos_token_ids: set[int], max_model_len: int) -> None:
         self.tokenizer = tokenizer
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
@@ -14,8 +14,10 @@ class StopChecker:
     def check(self, request: Request) -> FinishReason | None:
         """Called after each new token; updates request.output_text and returns why it ends."""
         params, last = request.params, request.output_ids[-1]
-        text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
-        request.output_text = text.removesuffix("\ufffd")  # hold back an incomplete UTF-8 char
+        text = ""
+        if self.tokenizer is not None:  # (the simulator's synthetic tokens have no text)
+            text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
+            request.output_text = text.removesuffix("\ufffd")  # hold back an incomplete UTF-8 char
         if not params.ignore_eos and last in self.eos_token_ids:
             request.stop_reason = last
             return FinishReason.STOP

@@ -1,10 +1,13 @@
-"""Discrete-event simulator: the engine's own scheduler, KV manager, speculation decoder and
-policies, driven by a simulated clock, a cost model and an acceptance model instead of models.
+"""Discrete-event simulator: the engine's own EngineCore (scheduler, KV manager, policies,
+speculation, stop checks) run by a simulated runner on a simulated clock, with a cost model and an
+acceptance model instead of models.
 
-    acceptance.py  what the draft offers at a node and what the target picks (recorded or parametric)
+    runner.py      SimRunner: a step's passes priced by the cost model; SimClock
     proposer.py    a Proposer that grows candidate trees from the acceptance model
+    acceptance.py  what the draft offers at a node and what the target picks (recorded or parametric)
+    simulator.py   a workload's arrivals on the simulated clock, around EngineCore.step
+    recorder.py    `simulate record`'s observer of a real engine's verified trees
     roofline.py    GPU cost models from hardware specs and model shapes
-    simulator.py   the loop: schedule -> speculate + select -> advance the clock -> verify
     workloads.py   workloads in token counts, from bench results, workload files or a WorkloadSpec
     cli.py         `adaserve simulate`
 """

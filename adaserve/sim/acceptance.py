@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from adaserve.spec.stats import OfferRecord
+from adaserve.sim.recorder import OfferRecord
 from adaserve.spec.tree import Offer
 
 DEFAULT_RECORDS = Path("benchmarks/results/acceptance_qwen.jsonl")  # `adaserve simulate record` writes here

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adaserve.config import EngineConfig
 from adaserve.sched.cost_model import PassTerms
 
 
@@ -41,10 +42,10 @@ class PassCorrection:
 @dataclass(frozen=True)
 class SimConfig:
     policy: str = "adaserve"
-    max_num_seqs: int = 32  # the server's defaults
-    max_num_batched_tokens: int = 512
+    max_num_seqs: int = EngineConfig.max_num_seqs  # the server's defaults
+    max_num_batched_tokens: int = EngineConfig.max_num_batched_tokens
     kv_capacity_tokens: int = 9360  # what 512 MiB holds for Qwen2.5-Coder-1.5B fp32
-    block_size: int = 16
+    block_size: int = EngineConfig.block_size
     step_overhead_ms: float = 0.0  # per iteration, beyond the forward passes (scheduling, sampling)
     # Host time per logits row (a whole-vocabulary log-softmax/top-k/argmax, tree growth and selection).
     host_ms_per_target_row: float = 0.0
@@ -53,3 +54,13 @@ class SimConfig:
     target_pass: PassCorrection = PassCorrection()  # each target / draft pass, before time_scale
     draft_pass: PassCorrection = PassCorrection()
     seed: int = 0
+
+    def engine_config(self) -> EngineConfig:
+        """What the simulated engine runs with (its KV cache is sized in tokens here, not bytes)."""
+        return EngineConfig(
+            spec_policy=self.policy,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            block_size=self.block_size,
+            seed=self.seed,
+        )

@@ -51,14 +51,17 @@ class SimProposer:
         """A new request: acceptance differs by task (category) and by prompt."""
         self._drafting[request_id] = _Drafting(self.acceptance.source(category, prompt_key))
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str, finished: bool) -> None:
         self.synced.pop(request_id, None)
-        if request_id in self._drafting:  # (a preempted request keeps its source)
+        if finished:
+            self._drafting.pop(request_id, None)
+        elif request_id in self._drafting:  # preempted: it keeps its source
             self._drafting[request_id].choices = {}
 
-    def finish(self, request_id: str) -> None:
-        """A finished request (already freed): forget its source too."""
-        self._drafting.pop(request_id, None)
+    def take_passes(self) -> list[PassRecord]:
+        """The draft passes of the last propose() (a step that proposed nothing ran none)."""
+        passes, self.draft_passes = self.draft_passes, []
+        return passes
 
     def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]:
         trees = [CandidateTree.root_only(r.request_id, r.all_ids[-1]) for r in requests]

@@ -24,6 +24,7 @@ from adaserve.bench.datasets import category_prompts
 from adaserve.bench.workload import DEFAULT_MIX
 from adaserve.sampling import SamplingParams
 from adaserve.sim.acceptance import RecordedAcceptance, save_records
+from adaserve.sim.recorder import OfferRecorder
 
 
 def record(args) -> Path:
@@ -31,15 +32,15 @@ def record(args) -> Path:
 
     policies = args.record_policy.split(",")
     llm = LLM(args.model, draft=args.draft, spec_policy=policies[0], num_threads=2)
-    stats = llm.engine.spec.stats
+    stats = OfferRecorder()
+    llm.engine.add_spec_observer(stats)
     records, categories, prompt_keys = [], [], []
     for k, policy in enumerate(policies):
         llm.engine.set_spec_policy(policy)
         covered = {(key, r.position) for r, key in zip(records, prompt_keys) if key}  # by the policies before
         num_before = len(records)
         for batch, category, key, max_tokens in _batches(args):
-            stats.offers.clear()
-            stats.off_path_offers.clear()
+            stats.clear()
             llm.chat(batch, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
             new = [r for r in stats.offers if not key or (key, r.position) not in covered]
             new += list(stats.off_path_offers) if k == 0 else []  # (one policy's trees off the path)

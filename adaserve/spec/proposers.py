@@ -21,7 +21,9 @@ from adaserve.spec.tree import CandidateTree, Offer
 class Proposer(Protocol):
     def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]: ...
 
-    def free(self, request_id: str) -> None: ...
+    def free(self, request_id: str, finished: bool) -> None:
+        """Drop the request's draft state: preempted (it comes back) or finished."""
+        ...
 
 
 def draft_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -50,7 +52,7 @@ class DraftModelProposer:
         self.kv = executor.kv
         self.max_sync_tokens = max_sync_tokens
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str, finished: bool) -> None:
         self.kv.free(request_id)
 
     def _synced(self, request_id: str) -> int:
@@ -156,7 +158,7 @@ class NgramProposer:
         self.min_n, self.max_n = min_n, max_n
         self.logprob = math.log(token_prob)
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str, finished: bool) -> None:
         pass
 
     def propose(self, requests: list[Request], policy: SpecPolicy) -> list[CandidateTree]:

@@ -31,6 +31,11 @@ class PolicyChoice:
     slo_token_budget: bool
 
 
+def speculates(name: str) -> bool:
+    """Whether the policy drafts tokens (it needs a draft: a model, n-gram lookup or simulated offers)."""
+    return name.partition(":")[0] not in ("none", "chunked")
+
+
 def needs_cost_model(name: str) -> bool:
     return name.partition(":")[0] in COST_MODEL_POLICIES
 

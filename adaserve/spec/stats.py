@@ -64,26 +64,9 @@ class StepStats:
     verify_seconds: float
 
 
-@dataclass
-class OfferRecord:
-    """At one node on a verified path: the draft's top-k child probabilities (most likely first)
-    and which of them the target chose, -1 for none. What the simulator replays.
-    Off the target's path (off_path): the draft's offer alone (hit -1, position -1)."""
-
-    depth: int
-    draft_probs: list[float]
-    hit: int
-    position: int = -1  # which output token (0-based) the offer predicts; -1: unknown
-    off_path: bool = False
-
-
 class EngineSpecStats:
-    """Engine-wide totals, recent steps, (draft path probability, accepted?) pairs for
-    calibration curves, and offer records for the simulator. The recent lists are bounded."""
+    """Engine-wide totals and recent steps (bounded)."""
 
-    def __init__(self, max_records: int = 200_000) -> None:
+    def __init__(self, max_steps: int = 10_000) -> None:
         self.totals = SpecStats()
-        self.calibration: deque[tuple[float, bool]] = deque(maxlen=max_records)
-        self.offers: deque[OfferRecord] = deque(maxlen=max_records)  # on the target's path
-        self.off_path_offers: deque[OfferRecord] = deque(maxlen=max_records)
-        self.steps: deque[StepStats] = deque(maxlen=10_000)
+        self.steps: deque[StepStats] = deque(maxlen=max_steps)
