@@ -103,16 +103,18 @@ def test_chain_select_respects_the_budget():
 
 
 @pytest.mark.parametrize(
-    "spec, name",
+    "spec, name, depth, top_k, max_tokens",
     [
-        ("chain:6", "chain:6"),
-        ("static-tree", "static-tree"),
-        ("static-tree:1,2", "static-tree"),
-        ("dynamic-tree:8:4:2", "dynamic-tree"),
+        ("chain:6", "chain:6", 6, 1, 6),
+        ("static-tree", "static-tree", 8, 3, 20),  # SpecInfer's 1,1,3,1,1,1,1,1: 1 + 1 + 3 x 6 nodes
+        ("static-tree:1,2", "static-tree", 2, 2, 3),
+        ("dynamic-tree:8:4:2", "dynamic-tree", 4, 2, 8),
+        ("dynamic-tree", "dynamic-tree", 6, 4, 16),
     ],
 )
-def test_make_policy(spec, name):
-    assert make_policy(spec).name == name
+def test_make_policy_parses_the_shape(spec, name, depth, top_k, max_tokens):
+    policy = make_policy(spec)
+    assert (policy.name, policy.depth, policy.top_k, policy.max_tokens_per_seq) == (name, depth, top_k, max_tokens)
 
 
 @pytest.mark.parametrize("spec", ["chain:0", "chain:x", "bogus", "static-tree:0"])

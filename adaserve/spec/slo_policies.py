@@ -1,7 +1,7 @@
 """Policies that use the cost model: AdaServe, its equal-budget ablation, and SmartSpec.
 Plain Python; no torch. They implement adaserve.spec.policies.SpecPolicy.
 
-AdaServe, each step (DESIGN.md section 1):
+AdaServe, each step (docs/method.md):
   begin_step  adaptive shape from the number n of decoding requests:
                 depth d = clip(B1 // (n + c1) - 1, min_depth, max_depth)
                 width w = clip(B2 // n + c2, 1, max_width)
