@@ -20,6 +20,7 @@ class FinishReason(str, enum.Enum):
     LENGTH = "length"  # max_tokens or max_model_len
     ABORT = "abort"  # cancelled by the caller
     ERROR = "error"
+    REFUSED = "refused"  # its SLO could not be met and it asked to be refused (slo_policy "reject")
 
 
 @dataclass(eq=False)  # a request is itself: queues find and remove it by identity
@@ -37,6 +38,8 @@ class Request:
     finish_time: float | None = None
     token_times: list[float] = field(default_factory=list)  # one per output token
     num_preemptions: int = 0
+    # Its SLO became unattainable: still served, after every request that can meet its own.
+    best_effort: bool = False
     stop_reason: int | str | None = None
     # Text decoded so far (kept by the engine's detokenizer) and the part already handed out.
     output_text: str = ""

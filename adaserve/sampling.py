@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from adaserve.slo import SLO
 
 GREEDY_TEMPERATURE = 1e-5
+SLO_POLICIES = ("best_effort", "reject")
 
 
 @dataclass
@@ -23,6 +24,9 @@ class SamplingParams:
     # Latency target of this request (TPOT and/or TTFT) and the class it was named by, if any.
     slo: SLO = field(default_factory=SLO)
     slo_class: str | None = None
+    # When the SLO can no longer be met: "best_effort" serves the request anyway, after those that
+    # can still meet theirs; "reject" ends it at once with an error instead of serving it late.
+    slo_policy: str = "best_effort"
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -39,6 +43,8 @@ class SamplingParams:
             self.slo = SLO(**self.slo)
         if not isinstance(self.slo, SLO):
             raise ValueError(f"slo must be an SLO or a dict with tpot_ms/ttft_ms, got {self.slo!r}")
+        if self.slo_policy not in SLO_POLICIES:
+            raise ValueError(f"slo_policy must be one of {', '.join(SLO_POLICIES)}, got {self.slo_policy!r}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
 

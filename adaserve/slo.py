@@ -7,7 +7,8 @@ Definitions (AdaServe, EuroSys 2026, with TTFT added):
              the first (prefill) token, as vLLM and our benchmark measure it. A one-token output has
              no decode phase and meets any TPOT target.
   TTFT     = t_first_token - t_arrival.
-  attained = TPOT <= tpot_ms (if set) and TTFT <= ttft_ms (if set).
+  attained = TPOT <= tpot_ms (if set) and TTFT <= ttft_ms (if set): joint attainment, the headline.
+             TPOT-only and TTFT-only attainment are kept beside it (the paper ignores TTFT).
   goodput  = output tokens of attained requests / wall time.
 
 Required tokens A(r): a request that has decoded `num_decoded` tokens in `elapsed` seconds since its
@@ -114,21 +115,34 @@ class RequestTiming:
 
     @property
     def attained(self) -> bool:
+        """Joint attainment: TTFT and TPOT both within target (the headline metric)."""
+        return self.attained_ttft and self.attained_tpot
+
+    @property
+    def attained_ttft(self) -> bool:
         if self.first_token_time is None:
             return False  # never produced a token (error, abort before the first token)
-        if self.slo.ttft_ms is not None and self.ttft_s * 1000.0 > self.slo.ttft_ms:
+        return self.slo.ttft_ms is None or self.ttft_s * 1000.0 <= self.slo.ttft_ms
+
+    @property
+    def attained_tpot(self) -> bool:
+        """TPOT alone (the paper's metric, TTFT excluded)."""
+        if self.first_token_time is None:
             return False
         tpot = self.tpot_s
-        return not (self.slo.tpot_ms is not None and tpot is not None and tpot * 1000.0 > self.slo.tpot_ms)
+        return self.slo.tpot_ms is None or tpot is None or tpot * 1000.0 <= self.slo.tpot_ms
 
 
 @dataclass(frozen=True)
 class SLOSummary:
     num_requests: int
-    num_attained: int
+    num_attained: int  # both TTFT and TPOT within target
     num_output_tokens: int
     num_attained_tokens: int
     wall_time_s: float
+    num_attained_tpot: int = 0  # TPOT within target, TTFT ignored (the paper's metric)
+    num_attained_ttft: int = 0
+    num_attained_tpot_tokens: int = 0
 
     @property
     def attainment(self) -> float:
@@ -138,6 +152,19 @@ class SLOSummary:
     def goodput(self) -> float:
         """Output tokens per second of requests that attained their SLO."""
         return self.num_attained_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def attainment_tpot(self) -> float:
+        return self.num_attained_tpot / self.num_requests if self.num_requests else 0.0
+
+    @property
+    def attainment_ttft(self) -> float:
+        return self.num_attained_ttft / self.num_requests if self.num_requests else 0.0
+
+    @property
+    def goodput_tpot(self) -> float:
+        """Goodput by the paper's TPOT-only attainment."""
+        return self.num_attained_tpot_tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     @property
     def throughput(self) -> float:
@@ -150,12 +177,16 @@ def summarize(timings: list[RequestTiming], wall_time_s: float | None = None) ->
         ends = [t.last_token_time for t in timings if t.last_token_time is not None]
         wall_time_s = max(ends) - min(t.arrival_time for t in timings) if ends else 0.0
     attained = [t for t in timings if t.attained]
+    attained_tpot = [t for t in timings if t.attained_tpot]
     return SLOSummary(
         num_requests=len(timings),
         num_attained=len(attained),
         num_output_tokens=sum(t.num_output_tokens for t in timings),
         num_attained_tokens=sum(t.num_output_tokens for t in attained),
         wall_time_s=wall_time_s,
+        num_attained_tpot=len(attained_tpot),
+        num_attained_ttft=sum(1 for t in timings if t.attained_ttft),
+        num_attained_tpot_tokens=sum(t.num_output_tokens for t in attained_tpot),
     )
 
 

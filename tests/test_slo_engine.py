@@ -40,7 +40,8 @@ def make_llm(smollm2_dir, cost_path, policy):
 
 
 def test_tight_slo_gets_more_tokens_verified_than_loose(smollm2_dir, cost_path, plain):
-    llm = make_llm(smollm2_dir, cost_path, "adaserve")
+    # The selection alone (adaserve-cap: no planner, which would demote an unreachable SLO).
+    llm = make_llm(smollm2_dir, cost_path, "adaserve-cap")
     tight = SamplingParams(max_tokens=40, slo={"tpot_ms": 1.0})  # unreachable: always behind its line
     loose = SamplingParams(max_tokens=40, slo={"tpot_ms": 1e6})
     engine = llm.engine
@@ -54,7 +55,19 @@ def test_tight_slo_gets_more_tokens_verified_than_loose(smollm2_dir, cost_path, 
     assert engine.kv.num_free_blocks == engine.kv.pool.num_blocks
 
 
-@pytest.mark.parametrize("policy", ["adaserve", "adaserve-equal", "smartspec", "chunked"])
+def test_the_planner_demotes_an_unreachable_slo_and_serves_it_to_the_end(smollm2_dir, cost_path, plain):
+    llm = make_llm(smollm2_dir, cost_path, "adaserve")
+    unreachable = SamplingParams(max_tokens=40, slo={"tpot_ms": 1.0})
+    loose = SamplingParams(max_tokens=40, slo={"tpot_ms": 1e6})
+    engine = llm.engine
+    r_unreachable, r_loose = engine.add_request(PROMPT, unreachable), engine.add_request(PROMPT, loose)
+    while engine.has_unfinished:
+        engine.step()
+    assert r_unreachable.best_effort and not r_loose.best_effort
+    assert r_unreachable.output_ids == plain[0] and r_loose.output_ids == plain[0]
+
+
+@pytest.mark.parametrize("policy", ["adaserve", "adaserve-cap", "adaserve-equal", "smartspec", "chunked"])
 def test_slo_policies_keep_greedy_output(smollm2_dir, cost_path, plain, policy):
     llm = make_llm(smollm2_dir, cost_path, policy)
     params = [SamplingParams(max_tokens=40, slo={"tpot_ms": 30.0}), SamplingParams(max_tokens=40)]

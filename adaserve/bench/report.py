@@ -40,9 +40,12 @@ def bench_report(records: list[BenchRecord], wall_time_s: float) -> dict:
         out[category] = {
             "num_requests": s.num_requests,
             "num_attained": s.num_attained,
-            "attainment": s.attainment,
+            "attainment": s.attainment,  # joint: TTFT and TPOT
+            "attainment_tpot": s.attainment_tpot,
+            "attainment_ttft": s.attainment_ttft,
             "violations": s.num_requests - s.num_attained,
             "goodput_tokens_per_s": s.goodput,
+            "goodput_tpot_tokens_per_s": s.goodput_tpot,
             "throughput_tokens_per_s": s.throughput,
             "ttft_ms": latency_stats([t.ttft_s for t in group if t.ttft_s is not None]),
             "tpot_ms": latency_stats([t.tpot_s for t in group if t.tpot_s is not None]),

@@ -21,6 +21,7 @@ from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
+from adaserve.sched.planner import StepLoad, StepPlanner
 from adaserve.sched.scheduler import Scheduler, SchedulerOutput
 from adaserve.spec.policies import ChainPolicy
 from adaserve.spec.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
@@ -150,11 +151,33 @@ class EngineCore:
         self.spec = self._spec_decoder if choice.spec is not None else None
         self.scheduler.num_spec_tokens_per_seq = choice.spec.max_tokens_per_seq if choice.spec else 0
 
-    def _max_prefill_tokens(self) -> int | None:
-        tpots = [r.params.slo.tpot_ms for r in self.scheduler.running]
-        return prefill_token_cap(
-            self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
-        )
+    def _plan(self) -> tuple[int | None, list[RequestOutput]]:
+        """The step's prefill cap. With the SLO planner, the requests that can no longer meet their
+        SLO are demoted to best-effort, or refused if they asked to be (their outputs returned)."""
+        if not self.policy.planner:
+            tpots = [r.params.slo.tpot_ms for r in self.scheduler.running]
+            cap = prefill_token_cap(
+                self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
+            )
+            return cap, []
+        planner = StepPlanner(self.cost_model, self.config.max_num_batched_tokens, self.config.block_size)
+        plan = planner.plan(self.clock(), self.scheduler.running, self.scheduler.waiting, self._step_load())
+        for request in plan.demote:
+            self.scheduler.demote(request)
+        message = "the request's SLO can no longer be met (slo_policy 'reject')"
+        return plan.max_prefill_tokens, [self._fail(r, message, FinishReason.REFUSED) for r in plan.refuse]
+
+    def _step_load(self) -> StepLoad:
+        """What the decoding requests will bring to this step, from the last one's trees."""
+        num_decoding = sum(1 for r in self.scheduler.running if r.num_pending_tokens == 1)
+        if self.spec is None or self.cost_model is None:
+            return StepLoad(num_decoding)
+        policy, steps = self.spec.policy, self.spec.stats.steps
+        num_tokens = max(num_decoding, steps[-1].num_verified_tokens if steps else num_decoding)
+        width = getattr(policy, "width", 1)
+        context = sum(r.num_computed_tokens for r in self.scheduler.running)
+        draft_ms = self.cost_model.speculation_ms(num_decoding, policy.depth, width, context) if num_decoding else 0
+        return StepLoad(num_tokens, draft_ms, 1 + policy.depth)
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -167,12 +190,13 @@ class EngineCore:
             self.step_log.end_step()
 
     def _step(self) -> list[RequestOutput]:
-        step = self.scheduler.schedule(self._max_prefill_tokens())
+        max_prefill_tokens, refused = self._plan()
+        step = self.scheduler.schedule(max_prefill_tokens)
         for request in step.preempted:
             if self._spec_decoder:
                 self._spec_decoder.free(request.request_id, finished=False)
         if step.is_empty:
-            return []
+            return refused
         self.num_steps += 1
         draft_start = time.perf_counter()
         decoding = [c for c in step.chunks if c.is_decode] if self.spec else []
@@ -184,7 +208,7 @@ class EngineCore:
         verify_start = self.clock()
         output = self.runner.execute(step)  # verify: one target pass; sampled tokens, accepted paths
         now = self.clock()
-        outputs = self._update(step, output, now)
+        outputs = refused + self._update(step, output, now)
         if self.spec:
             self.spec.record_step(step, draft_seconds, now - verify_start, now)
         return outputs
@@ -223,9 +247,9 @@ class EngineCore:
             request.request_id, appended, request.output_text, request.is_finished, request.finish_reason
         )
 
-    def _fail(self, request: Request, message: str) -> RequestOutput:
-        self._finish(request, FinishReason.ERROR)
-        return RequestOutput(request.request_id, [], request.output_text, True, FinishReason.ERROR, error=message)
+    def _fail(self, request: Request, message: str, reason: FinishReason = FinishReason.ERROR) -> RequestOutput:
+        self._finish(request, reason)
+        return RequestOutput(request.request_id, [], request.output_text, True, reason, error=message)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         self.scheduler.finish(request, reason)

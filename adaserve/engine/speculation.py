@@ -71,8 +71,13 @@ class SpecDecoder:
             budget=step.spare_tokens,
             num_batched_tokens=step.num_batched_tokens,
             now=self.clock(),
-            seqs=[
-                SeqState(r.params.slo.tpot_ms, r.first_token_time, r.num_output_tokens, r.num_computed_tokens)
+            seqs=[  # a best-effort request has no TPOT to keep
+                SeqState(
+                    None if r.best_effort else r.params.slo.tpot_ms,
+                    r.first_token_time,
+                    r.num_output_tokens,
+                    r.num_computed_tokens,
+                )
                 for r in requests
             ],
         )

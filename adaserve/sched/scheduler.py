@@ -71,8 +71,8 @@ class SchedulerOutput:
 
 
 def _ordered(request: Request) -> bool:
-    """Waiting requests that _next_waiting may take ahead of the queue's head."""
-    return request.first_token_time is not None or request.params.slo.ttft_ms is not None
+    """Waiting requests that _next_waiting may take out of FCFS order."""
+    return request.first_token_time is not None or request.params.slo.ttft_ms is not None or request.best_effort
 
 
 class _Budget:
@@ -162,21 +162,27 @@ class Scheduler:
             budget.take(n, request.num_pending_tokens, 0)
 
     def _next_waiting(self) -> Request:
-        """FCFS, except that requests with a TTFT deadline go by deadline, and preempted requests
-        (which already have their first token) go first."""
+        """FCFS, except that requests with a TTFT deadline go by deadline, preempted requests
+        (which already have their first token) go first, and best-effort requests go last."""
         if not self._num_waiting_ordered:
             return self.waiting[0]  # all FCFS: no need to look further (thousands may wait)
         best, best_key = self.waiting[0], None
         for position, request in enumerate(self.waiting):
             if request.first_token_time is not None:
-                key = (-1.0, position)
+                key = (request.best_effort, -1.0, position)
             elif request.params.slo.ttft_ms is not None:
-                key = (request.arrival_time + request.params.slo.ttft_ms / 1000.0, position)
+                key = (request.best_effort, request.arrival_time + request.params.slo.ttft_ms / 1000.0, position)
             else:
-                key = (float("inf"), position)
+                key = (request.best_effort, float("inf"), position)
             if best_key is None or key < best_key:
                 best, best_key = request, key
         return best
+
+    def demote(self, request: Request) -> None:
+        """Its SLO can no longer be met: serve it after every request that can meet its own."""
+        if request.status is RequestStatus.WAITING and not _ordered(request):
+            self._num_waiting_ordered += 1
+        request.best_effort = True
 
     def _preempt(self, request: Request) -> None:
         """Free the request's KV and put it back at the head of the queue to recompute later."""

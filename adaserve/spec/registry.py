@@ -6,7 +6,9 @@ chain:K         a K-token draft chain per request (vLLM-Spec)
 static-tree     SpecInfer's fixed tree (widths 1,1,3,1,1,1,1,1)
 dynamic-tree    EAGLE-2: the top-N nodes per request of an expanded candidate tree
 smartspec       one chain length per step, chosen for expected goodput from the cost model
-adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper)
+adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper), with the SLO step
+                planner (prefill by TPOT slack, TTFT deadlines, overload control: adaserve.sched.planner)
+adaserve-cap    the same trees under the fixed SLO prefill cap instead of the planner (for attribution)
 adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
 """
 
@@ -18,8 +20,18 @@ from adaserve.sched.cost_model import CostModel
 from adaserve.spec.policies import SpecPolicy, make_policy
 from adaserve.spec.slo_policies import AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
 
-COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-equal")
-POLICY_NAMES = ("none", "chunked", "chain:K", "static-tree", "dynamic-tree", "smartspec", "adaserve", "adaserve-equal")
+COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-cap", "adaserve-equal")
+POLICY_NAMES = (
+    "none",
+    "chunked",
+    "chain:K",
+    "static-tree",
+    "dynamic-tree",
+    "smartspec",
+    "adaserve",
+    "adaserve-cap",
+    "adaserve-equal",
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,8 @@ class PolicyChoice:
     # Cap each step's tokens so one iteration fits the tightest running TPOT (chunked prefill
     # sized by the SLO instead of a fixed chunk).
     slo_token_budget: bool
+    # Plan each step by both deadlines instead (adaserve.sched.planner), demoting the unattainable.
+    planner: bool = False
 
 
 def speculates(name: str) -> bool:
@@ -47,7 +61,9 @@ def choose_policy(name: str, cost: CostModel | None = None) -> PolicyChoice:
     if base == "chunked":
         return PolicyChoice(name, None, slo_token_budget=True)
     if base == "adaserve":
-        return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=True)
+        return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=False, planner=True)
+    if base == "adaserve-cap":
+        return PolicyChoice(name, AdaServePolicy(cost, name="adaserve-cap"), slo_token_budget=True)
     if base == "adaserve-equal":
         return PolicyChoice(name, AdaServeEqualPolicy(cost), slo_token_budget=True)
     if base == "smartspec":
