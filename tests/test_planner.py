@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaserve.config import EngineConfig
 from adaserve.engine.core import EngineCore
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
