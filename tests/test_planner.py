@@ -23,8 +23,9 @@ COST = CostModel(LatencyCurve((1, 1001), (10.0, 1010.0)), LatencyCurve((1, 1001)
 BLOCK = 16
 
 
-def planner(max_tokens=512) -> StepPlanner:
-    return StepPlanner(COST, max_tokens, BLOCK)
+def planner(max_tokens=512, recovery_tokens=1) -> StepPlanner:
+    """recovery_tokens=1: a running request must be back on its TPOT line right after the step."""
+    return StepPlanner(COST, max_tokens, BLOCK, recovery_tokens)
 
 
 def decoding(decoded: int, since_first_s: float, tpot_ms=50.0, max_tokens=100, now=10.0) -> Request:
@@ -55,7 +56,42 @@ def test_prefill_fills_exactly_the_tightest_slack(decoded, since_first_s, slack_
     cap = plan.max_prefill_tokens
     # The step with the cap fits the running request's slack; one token more would not.
     assert COST.verify_ms(1 + cap, r.num_computed_tokens, 1) <= slack_ms < COST.verify_ms(2 + cap, 20, 1)
-    assert not plan.demote and not plan.refuse
+    assert plan.max_step_tokens == 1 + cap and not plan.demote and not plan.refuse
+
+
+def test_a_long_step_may_be_made_good_over_the_recovery_tokens():
+    """As the planner's worked example: tpot 50 ms, 10 tokens in 0.375 s, 2 tokens a step, 40 ms
+    decode steps, back on the line within 4 tokens -> 700 - 375 - 40 = 285 ms of slack (back on it
+    right after the step: 550 - 375 = 175 ms)."""
+    r = decoding(10, 0.375)
+    r.spec_stats.num_verifications, r.spec_stats.num_accepted = 5, 5  # 2 tokens per verification
+    load = StepLoad(31, 1)  # its tree of 31 tokens: a 40 ms decode step
+    w = waiting("w", 100, ttft_ms=5000)  # a prompt with a deadline it makes either way
+    plan = planner(recovery_tokens=4).plan(10.0, [r], [w], load)
+    assert plan.max_prefill_tokens == COST.target.max_tokens_within(285.0, 30, 512) - 31 == 245
+    assert plan.max_step_tokens == 276  # the selection may fill the same 285 ms
+    assert planner(recovery_tokens=1).plan(10.0, [r], [w], load).max_prefill_tokens == 175 - 9 - 31
+    w.best_effort = True  # a best-effort prompt alone gets one step's slack, the selection still all
+    plan = planner(recovery_tokens=4).plan(10.0, [r], [w], load)
+    assert (plan.max_prefill_tokens, plan.max_step_tokens) == (175 - 9 - 31, 276)
+
+
+def test_a_prompt_due_soon_may_spend_all_the_slack_a_running_request_has_left():
+    """On its line, r allows 50 ms now (40 prompt tokens, 0.8 a ms: 500 ms for w's 400) but ~3.6 s
+    by its max_tokens; w is due in 450 ms, which full steps (~0.98 tokens a ms) make: w gets them."""
+    r, w = decoding(10, 0.5), waiting("w", 400, ttft_ms=450)
+    plan = planner().plan(10.0, [r], [w], StepLoad(1, 1))
+    assert plan.max_prefill_tokens == 511 and not plan.demote
+    assert planner().plan(10.0, [r], [], StepLoad(1, 1)).max_prefill_tokens == 40  # nothing due: 50 ms
+
+
+def test_new_requests_start_only_while_decoding_stays_within_every_tpot():
+    # r: 10 of 19 tokens decoded in 0.5 s at 50 ms: the 9 left may take 450 ms, its next 8 decode
+    # steps at most 56.25 ms each. Each new request adds a token (1 ms) to them: 46 fit.
+    r = decoding(10, 0.5, max_tokens=20)
+    plan = planner().plan(10.0, [r], [], StepLoad(1, 1))
+    assert plan.max_new_requests == 46
+    assert COST.verify_ms(1 + 46) <= 56.25 < COST.verify_ms(1 + 47)
 
 
 def test_without_running_slos_nothing_is_capped():
@@ -64,7 +100,8 @@ def test_without_running_slos_nothing_is_capped():
 
 def test_a_prompt_still_progresses_when_a_running_request_has_no_slack():
     r = decoding(10, 0.56)  # 10 ms behind its line: it needs its step now, but prompts still move
-    assert planner().plan(10.0, [r], [], StepLoad(1)).max_prefill_tokens == BLOCK
+    plan = planner().plan(10.0, [r], [], StepLoad(1, 1))
+    assert plan.max_prefill_tokens == BLOCK and not plan.demote  # (it can catch up by max_tokens)
 
 
 def test_the_draft_passes_count_against_the_slack():

@@ -9,12 +9,17 @@ Arrivals (requests per second `rate`):
 SLOs: each category's TPOT target is `slo_multiples[category] x unloaded_tpot_ms x slo_scale`,
 where unloaded_tpot_ms is the per-token latency of one request on an idle server (measured by a
 calibration run). The paper's categories: coding 1.2x, chat and summarization looser.
+Given the unloaded prefill time of a prompt (`prefill_ms(num_prompt_tokens)`: a calibration run or
+the cost model), each request also gets a TTFT target that grows with its prompt:
+    ttft = (ttft_multiples[category] x unloaded_tpot_ms + ttft_prefill_scale x prefill_ms) x slo_scale
+(prompt tokens estimated at CHARS_PER_TOKEN). Without it, TTFT has no target (the paper's protocol).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,15 @@ DEFAULT_MIX = {"coding": 0.6, "chat": 0.2, "summarization": 0.2}
 # The paper: coding 1.2x the unloaded latency, chat 50 ms, summarization 150 ms on GPUs whose
 # unloaded per-token latency is ~25 ms: about 2x and 6x.
 DEFAULT_SLO_MULTIPLES = {"coding": 1.2, "chat": 2.0, "summarization": 6.0}
+# TTFT: a queueing allowance of 10 / 20 / 40 unloaded token times (urgent classes wait least), plus
+# three times the prompt's own prefill, so a long prompt gets a proportionate target.
+DEFAULT_TTFT_MULTIPLES = {"coding": 10.0, "chat": 20.0, "summarization": 40.0}
+DEFAULT_TTFT_PREFILL_SCALE = 3.0
+CHARS_PER_TOKEN = 4.0  # a prompt's token count, estimated from its text
+
+
+def estimated_tokens(text: str) -> int:
+    return max(1, round(len(text) / CHARS_PER_TOKEN))
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,8 @@ class WorkloadSpec:
     slo_multiples: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SLO_MULTIPLES))
     slo_scale: float = 1.0
     seed: int = 0
+    ttft_multiples: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TTFT_MULTIPLES))
+    ttft_prefill_scale: float = DEFAULT_TTFT_PREFILL_SCALE
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.output_tokens < 1 or self.slo_scale <= 0 or self.cv <= 0:
@@ -103,8 +119,14 @@ def arrival_times(spec: WorkloadSpec, rng: random.Random) -> list[float]:
     return times
 
 
-def build_workload(spec: WorkloadSpec, unloaded_tpot_ms: float, prompts: dict[str, list[str]]) -> list[BenchRequest]:
-    """`prompts[category]` lists the texts to draw from (see adaserve.bench.datasets)."""
+def build_workload(
+    spec: WorkloadSpec,
+    unloaded_tpot_ms: float,
+    prompts: dict[str, list[str]],
+    prefill_ms: Callable[[int], float] | None = None,
+) -> list[BenchRequest]:
+    """`prompts[category]` lists the texts to draw from (see adaserve.bench.datasets); with
+    `prefill_ms` (unloaded prefill time of a prompt of that many tokens) requests get TTFT targets."""
     rng = random.Random(spec.seed)
     weights = spec.category_weights()
     categories, probs = list(weights), list(weights.values())
@@ -113,13 +135,17 @@ def build_workload(spec: WorkloadSpec, unloaded_tpot_ms: float, prompts: dict[st
         category = rng.choices(categories, probs)[0]
         tpot = spec.slo_multiples[category] * unloaded_tpot_ms * spec.slo_scale
         text = rng.choice(prompts[category])
+        ttft = None
+        if prefill_ms is not None:
+            base_ms = spec.ttft_multiples[category] * unloaded_tpot_ms
+            ttft = round((base_ms + spec.ttft_prefill_scale * prefill_ms(estimated_tokens(text))) * spec.slo_scale, 3)
         requests.append(
             BenchRequest(
                 round(t, 6),
                 category,
                 [{"role": "user", "content": text}],
                 spec.output_tokens,
-                SLO(tpot_ms=round(tpot, 3)),
+                SLO(tpot_ms=round(tpot, 3), ttft_ms=ttft),
             )
         )
     return requests

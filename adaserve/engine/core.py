@@ -21,10 +21,11 @@ from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
-from adaserve.sched.planner import StepLoad, StepPlanner
+from adaserve.sched.planner import StepLoad, StepPlan, StepPlanner
 from adaserve.sched.scheduler import Scheduler, SchedulerOutput
 from adaserve.spec.policies import ChainPolicy
 from adaserve.spec.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
+from adaserve.spec.slo_policies import AdaServePolicy
 
 log = logging.getLogger(__name__)
 
@@ -151,33 +152,40 @@ class EngineCore:
         self.spec = self._spec_decoder if choice.spec is not None else None
         self.scheduler.num_spec_tokens_per_seq = choice.spec.max_tokens_per_seq if choice.spec else 0
 
-    def _plan(self) -> tuple[int | None, list[RequestOutput]]:
-        """The step's prefill cap. With the SLO planner, the requests that can no longer meet their
-        SLO are demoted to best-effort, or refused if they asked to be (their outputs returned)."""
+    def _plan(self) -> tuple[StepPlan, list[RequestOutput]]:
+        """The step's token budgets (prefill cap; with the SLO planner also the step's tokens and the
+        draft budget held back per decoding request). With the planner, the requests that can no
+        longer meet their SLO are demoted to best-effort, or refused if they asked to be (their
+        outputs returned)."""
         if not self.policy.planner:
             tpots = [r.params.slo.tpot_ms for r in self.scheduler.running]
             cap = prefill_token_cap(
                 self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
             )
-            return cap, []
+            return StepPlan(cap), []
         planner = StepPlanner(self.cost_model, self.config.max_num_batched_tokens, self.config.block_size)
         plan = planner.plan(self.clock(), self.scheduler.running, self.scheduler.waiting, self._step_load())
         for request in plan.demote:
             self.scheduler.demote(request)
         message = "the request's SLO can no longer be met (slo_policy 'reject')"
-        return plan.max_prefill_tokens, [self._fail(r, message, FinishReason.REFUSED) for r in plan.refuse]
+        refused = [self._fail(r, message, FinishReason.REFUSED) for r in plan.refuse]
+        return plan, refused
 
     def _step_load(self) -> StepLoad:
         """What the decoding requests will bring to this step, from the last one's trees."""
         num_decoding = sum(1 for r in self.scheduler.running if r.num_pending_tokens == 1)
         if self.spec is None or self.cost_model is None:
-            return StepLoad(num_decoding)
+            return StepLoad(num_decoding, num_decoding)
         policy, steps = self.spec.policy, self.spec.stats.steps
         num_tokens = max(num_decoding, steps[-1].num_verified_tokens if steps else num_decoding)
         width = getattr(policy, "width", 1)
         context = sum(r.num_computed_tokens for r in self.scheduler.running)
         draft_ms = self.cost_model.speculation_ms(num_decoding, policy.depth, width, context) if num_decoding else 0
-        return StepLoad(num_tokens, draft_ms, 1 + policy.depth)
+        if isinstance(policy, AdaServePolicy):  # its deepest tree at its measured acceptance
+            best = policy.goodput.expected_tokens(policy.max_depth)
+        else:
+            best = 1 + policy.depth
+        return StepLoad(num_tokens, num_decoding, draft_ms, best, self.spec.stats.totals.mean_accepted_tokens)
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -190,8 +198,14 @@ class EngineCore:
             self.step_log.end_step()
 
     def _step(self) -> list[RequestOutput]:
-        max_prefill_tokens, refused = self._plan()
-        step = self.scheduler.schedule(max_prefill_tokens)
+        plan, refused = self._plan()
+        step = self.scheduler.schedule(
+            plan.max_prefill_tokens,
+            plan.num_spec_tokens_per_seq,
+            plan.max_step_tokens,
+            plan.max_new_requests,
+            plan.pause_best_effort,
+        )
         for request in step.preempted:
             if self._spec_decoder:
                 self._spec_decoder.free(request.request_id, finished=False)

@@ -2,21 +2,24 @@
 requests can no longer meet their SLO (demoted to best-effort, or refused when they asked to be).
 Both come from the cost model and every request's two deadlines. Plain Python; no torch.
 
-TPOT (running requests past their first token). A request that has decoded k tokens e seconds after
-its first token, and gains at least one token in a step of t seconds, is on its TPOT line after the
-step iff (k + 1) * tpot >= e + t. Its slack for this step is therefore (k + 1) * tpot - e, and the
-step may last as long as the smallest slack: prompt tokens fill what that leaves after the decoding
-requests' own tokens. A request ahead of its line (speculation gave it more than one token a step)
-has banked slack, which is what lets prefill in under load; one exactly on its line allows one TPOT.
-Worked example: tpot 50 ms, 10 tokens decoded in 0.4 s -> slack (10 + 1) * 0.05 - 0.4 = 0.15 s.
+TPOT (running requests past their first token). TPOT is an average, so a long step need not break
+it: the request only has to be back on its TPOT line within its next h tokens (h = recovery_tokens,
+or what it has left). A request that has decoded k tokens e seconds after its first token, gains g
+tokens a step (its measured mean: accepted drafts + the bonus token; at first the mean of all), and
+decodes in steps of d seconds after this one, has gained h tokens after this step of t seconds and
+h / g - 1 more steps; it is on its line then iff e + t + (h / g - 1) * d <= (k + h) * tpot. So its
+slack for this step is (k + h) * tpot - e - max(0, h / g - 1) * d, and the step may last as long as
+the smallest slack: prompt tokens fill what that leaves after the decoding requests' own tokens.
+Worked example: tpot 50 ms, 10 tokens decoded in 0.4 s, g = 2, d = 40 ms, h = 4 tokens ->
+slack (10 + 4) * 0.05 - 0.4 - (4 / 2 - 1) * 0.04 = 0.26 s (h = 1, g = 1: one step, 0.15 s).
 
 TTFT (waiting requests, and running ones still prefilling). Prompts are prefilled earliest deadline
 first at the rate the planned steps carry prompt tokens. Whenever the order makes a request late, the
 longest prefill taken so far is dropped (Moore-Hodgson: the most requests on time on one machine);
 the dropped ones cannot make their deadline behind the others and are demoted.
 
-A running request is demoted when even its best speed (every step of a decode-only pass yielding the
-most tokens its policy can verify) no longer brings its TPOT within target by max_tokens.
+A running request is demoted when even its best speed (every step a decode-only pass yielding the
+tokens its policy's deepest tree is expected to) no longer brings its TPOT within target by max_tokens.
 """
 
 from __future__ import annotations
@@ -29,10 +32,24 @@ from dataclasses import dataclass, field
 from adaserve.request import Request
 from adaserve.sched.cost_model import CostModel
 
+RECOVERY_TOKENS = 64  # a long step must be made good within this many tokens (see above)
+MAX_ADMISSIONS = 64  # new requests one step may start (the planner checks each against the slack)
+MIN_OWN_VERIFICATIONS = 4  # before that many, a request's tokens per step is the all-request mean
+
 
 @dataclass
 class StepPlan:
     max_prefill_tokens: int | None  # None: no cap beyond the scheduler's token budget
+    # Budget held back per decoding request for its draft tree before prompts take theirs (None:
+    # the policy's most); the selection spends whatever the step has left beyond it.
+    num_spec_tokens_per_seq: int | None = None
+    # All the tokens the step may carry (decode roots, drafted nodes, prompts): what fits the
+    # smallest slack, so the selection too keeps each step within every running request's TPOT.
+    max_step_tokens: int | None = None
+    # New requests the step may start: more would slow decoding past a running request's TPOT.
+    max_new_requests: int | None = None
+    # At capacity (no new request fits): best-effort requests wait, so they slow no SLO request.
+    pause_best_effort: bool = False
     demote: list[Request] = field(default_factory=list)  # newly best-effort
     refuse: list[Request] = field(default_factory=list)  # no first token yet, slo_policy "reject"
 
@@ -42,56 +59,138 @@ class StepLoad:
     """What the decoding requests will put into this step (the engine's estimate)."""
 
     num_decode_tokens: int  # tree tokens (roots + drafted nodes) of the decoding requests
+    num_decoding: int = 0  # decoding requests
     draft_ms: float = 0.0  # the draft passes before the target's
-    max_tokens_per_step: int = 1  # the most tokens one request can gain in a step (1 + tree depth)
+    # The most tokens a request can expect from a step: its policy's deepest tree at the measured
+    # acceptance (1 without speculation).
+    best_tokens_per_step: float = 1.0
+    mean_tokens_per_step: float = 1.0  # tokens a request gains per step, on average over all of them
 
 
 class StepPlanner:
-    def __init__(self, cost: CostModel, max_num_batched_tokens: int, block_size: int) -> None:
+    def __init__(
+        self, cost: CostModel, max_num_batched_tokens: int, block_size: int, recovery_tokens: int = RECOVERY_TOKENS
+    ) -> None:
         self.cost = cost
         self.max_num_batched_tokens = max_num_batched_tokens
         self.block_size = block_size
+        self.recovery_tokens = recovery_tokens
 
     def plan(self, now: float, running: list[Request], waiting: Iterable[Request], load: StepLoad) -> StepPlan:
         context = sum(r.num_computed_tokens for r in running)
         decode_ms = load.draft_ms + self.cost.verify_ms(max(1, load.num_decode_tokens), context, len(running))
-        plan = StepPlan(None)
+        # The decoding requests' trees as large as last step's come before prompts.
+        plan = StepPlan(None, -(-max(0, load.num_decode_tokens - load.num_decoding) // max(1, load.num_decoding)))
         keeping = []  # running requests that can still meet their TPOT
         for r in running:
             if not _keeps_tpot(r):
                 continue
-            if _tpot_unattainable(r, now, decode_ms, load.max_tokens_per_step):
+            if self._slack_ms(r, now, decode_ms, load.mean_tokens_per_step, None) < 0:
                 plan.demote.append(r)  # its tokens are flowing: served on, best-effort, never cut off
             else:
                 keeping.append(r)
-        slack_ms = min((_slack_ms(r, now) for r in keeping), default=math.inf)
-        if math.isfinite(slack_ms):
-            fits = self.cost.target.max_tokens_within(slack_ms - load.draft_ms, context, self.max_num_batched_tokens)
-            plan.max_prefill_tokens = max(self.block_size, fits - load.num_decode_tokens)
-        prefill_tokens = plan.max_prefill_tokens or self.max_num_batched_tokens
-        step_ms = load.draft_ms + self.cost.verify_ms(load.num_decode_tokens + prefill_tokens, context, len(running))
         prefilling = [r for r in running if r.first_token_time is None] + list(waiting)
-        for r in _late_prefills(prefilling, now, prefill_tokens / step_ms):
+        # Unattainable: late even if every step from now on gave prompts all the budget they can take.
+        full = max(1, self.max_num_batched_tokens - load.num_decode_tokens)
+        given_up = _late_prefills(prefilling, now, full / self._step_ms(load, full, context, len(running)))
+        for r in given_up:
             _give_up(plan, r)
+        fits = self._fits(keeping, now, load, decode_ms, context, self.recovery_tokens)
+        if fits is not None:
+            batch = (context, len(running))
+            plan.max_prefill_tokens = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, batch)
+            plan.max_step_tokens = max(fits, load.num_decoding + plan.max_prefill_tokens)
+            plan.max_new_requests = self._admissible(keeping, now, load, context, len(running))
+            plan.pause_best_effort = plan.max_new_requests == 0
         return plan
+
+    def _prompt_budget(
+        self,
+        fits: int,
+        keeping: list[Request],
+        prefilling: list[Request],
+        given_up: list[Request],
+        now: float,
+        load: StepLoad,
+        batch: tuple[int, int],
+    ) -> int:
+        """Prompts get the running requests' comfortable slack (back on their line within
+        recovery_tokens: `fits` tokens in all), or all of it (by max_tokens) when a prompt would be
+        late otherwise; best-effort prompts alone get one step's slack (back on the line after it)."""
+        context, num_seqs = batch  # the running requests' cached tokens and count
+        decode_ms = self._step_ms(load, 0, context, num_seqs)
+        given_up_ids = {id(r) for r in given_up}
+        if not any(not r.best_effort and id(r) not in given_up_ids for r in prefilling):
+            return self._prefill_cap(self._fits(keeping, now, load, decode_ms, context, 1), load)
+        cap = self._prefill_cap(fits, load)
+        if len(_late_prefills(prefilling, now, cap / self._step_ms(load, cap, context, num_seqs))) > len(given_up):
+            cap = self._prefill_cap(self._fits(keeping, now, load, decode_ms, context, None), load)
+        return cap
+
+    def _prefill_cap(self, fits: int, load: StepLoad) -> int:
+        return max(self.block_size, fits - load.num_decode_tokens)
+
+    def _step_ms(self, load: StepLoad, num_prefill_tokens: int, context: int, num_seqs: int) -> float:
+        return load.draft_ms + self.cost.verify_ms(load.num_decode_tokens + num_prefill_tokens, context, num_seqs)
+
+    def _fits(
+        self, keeping: list[Request], now: float, load: StepLoad, decode_ms: float, context: int, h: int | None
+    ) -> int | None:
+        """The tokens a step may carry within the smallest slack (None: no running request has one)."""
+        g = load.mean_tokens_per_step
+        slack_ms = min((self._slack_ms(r, now, decode_ms, g, h) for r in keeping), default=math.inf)
+        if not math.isfinite(slack_ms):
+            return None
+        return self.cost.target.max_tokens_within(slack_ms - load.draft_ms, context, self.max_num_batched_tokens)
+
+    def _slack_ms(self, r: Request, now: float, decode_ms: float, mean_tokens: float, h: int | None) -> float:
+        """How long this step may take with r back on its TPOT line within its next h tokens (None:
+        by max_tokens)."""
+        fixed_ms, per_step = self._slack_terms(r, now, mean_tokens, h)
+        return fixed_ms - per_step * decode_ms
+
+    def _slack_terms(self, r: Request, now: float, mean_tokens: float, h: int | None) -> tuple[float, float]:
+        """The slack as fixed_ms - per_step x (decode step ms): it falls with longer decode steps."""
+        num_decoded, left = r.num_output_tokens - 1, r.params.max_tokens - r.num_output_tokens
+        h = max(1, left if h is None else min(h, left))
+        stats = r.spec_stats
+        g = stats.mean_accepted_tokens if stats.num_verifications >= MIN_OWN_VERIFICATIONS else mean_tokens
+        g = max(1.0, g)
+        elapsed_ms = 1000.0 * (now - r.first_token_time)
+        return (num_decoded + h) * r.params.slo.tpot_ms - elapsed_ms, max(0.0, h / g - 1.0)
+
+    def _admissible(self, keeping: list[Request], now: float, load: StepLoad, context: int, num_seqs: int) -> int:
+        """How many more requests may start decoding without a running one missing its TPOT by
+        max_tokens: each brings the average tree and context to every later decode step."""
+        longest_ms = math.inf  # the decode step every running request tolerates from now on
+        for r in keeping:
+            fixed_ms, per_step = self._slack_terms(r, now, load.mean_tokens_per_step, None)
+            if per_step > 0:
+                longest_ms = min(longest_ms, fixed_ms / per_step)
+        n = max(1, load.num_decoding)
+        tokens, seq_context = load.num_decode_tokens / n, context / max(1, num_seqs)
+        m = 0
+        while m < MAX_ADMISSIONS:
+            more = m + 1
+            step_ms = load.draft_ms * (n + more) / n + self.cost.verify_ms(
+                round(load.num_decode_tokens + more * tokens), round(context + more * seq_context), num_seqs + more
+            )
+            if step_ms > longest_ms:
+                break
+            m = more
+        return m
 
 
 def _keeps_tpot(r: Request) -> bool:
     return r.first_token_time is not None and r.params.slo.tpot_ms is not None and not r.best_effort
 
 
-def _slack_ms(r: Request, now: float) -> float:
-    """How long this step may take with r still on its TPOT line after it (gaining one token)."""
-    num_decoded = r.num_output_tokens - 1
-    return (num_decoded + 1) * r.params.slo.tpot_ms - 1000.0 * (now - r.first_token_time)
-
-
-def _tpot_unattainable(r: Request, now: float, decode_ms: float, max_tokens_per_step: int) -> bool:
+def _tpot_unattainable(r: Request, now: float, decode_ms: float, best_tokens_per_step: float) -> bool:
     """Even at its best speed from now on, r's TPOT at max_tokens would exceed its target."""
     num_decoded, total = r.num_output_tokens - 1, r.params.max_tokens - 1
     if total <= 0:
         return False
-    best_ms = 1000.0 * (now - r.first_token_time) + (total - num_decoded) * decode_ms / max_tokens_per_step
+    best_ms = 1000.0 * (now - r.first_token_time) + (total - num_decoded) * decode_ms / best_tokens_per_step
     return best_ms > total * r.params.slo.tpot_ms
 
 

@@ -117,21 +117,40 @@ class Scheduler:
         self.waiting.append(request)
         self._num_waiting_ordered += _ordered(request)
 
-    def schedule(self, max_prefill_tokens: int | None = None) -> SchedulerOutput:
+    def schedule(
+        self,
+        max_prefill_tokens: int | None = None,
+        num_spec_tokens_per_seq: int | None = None,
+        max_step_tokens: int | None = None,
+        max_new_requests: int | None = None,
+        pause_best_effort: bool = False,
+    ) -> SchedulerOutput:
         """One step. `max_prefill_tokens` caps prompt (and recompute) tokens this step, e.g. so an
-        iteration stays within the tightest running SLO; decode roots are not capped by it."""
-        out = SchedulerOutput(self.max_num_batched_tokens)
-        prefill = _Budget(self.max_num_batched_tokens, max_prefill_tokens)
-        self._schedule_running(out, prefill)
+        iteration stays within the tightest running SLO; decode roots are not capped by it.
+        For this step only, `num_spec_tokens_per_seq` overrides the budget held back per decoding
+        request for its draft tree, `max_step_tokens` lowers the token budget, `max_new_requests`
+        limits how many waiting requests start, and `pause_best_effort` leaves best-effort requests
+        out of the step (they keep their KV and go on when there is room)."""
+        budget = (
+            self.max_num_batched_tokens
+            if max_step_tokens is None
+            else min(max_step_tokens, self.max_num_batched_tokens)
+        )
+        out = SchedulerOutput(budget)
+        prefill = _Budget(budget, max_prefill_tokens)
+        spec = self.num_spec_tokens_per_seq if num_spec_tokens_per_seq is None else num_spec_tokens_per_seq
+        self._schedule_running(out, prefill, spec, pause_best_effort)
         if not out.preempted:  # after a preemption memory is tight: don't admit new work
-            self._admit_waiting(out, prefill)
+            self._admit_waiting(out, prefill, max_new_requests)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: _Budget) -> None:
+    def _schedule_running(
+        self, out: SchedulerOutput, budget: _Budget, num_spec_tokens_per_seq: int, pause_best_effort: bool = False
+    ) -> None:
         i = 0
         while i < len(self.running) and budget.total > 0:
             request = self.running[i]
-            n = budget.grant(request.num_pending_tokens)
+            n = 0 if pause_best_effort and request.best_effort else budget.grant(request.num_pending_tokens)
             if n == 0:
                 i += 1
                 continue
@@ -146,11 +165,12 @@ class Scheduler:
                 break  # it preempted itself: everything after it is gone too
             slot_ids = self.kv.reserve(request.request_id, n)
             out.chunks.append(ScheduledChunk(request, n, slot_ids))
-            budget.take(n, request.num_pending_tokens, self.num_spec_tokens_per_seq)
+            budget.take(n, request.num_pending_tokens, num_spec_tokens_per_seq)
             i += 1
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: _Budget) -> None:
-        while self.waiting and budget.total > 0 and len(self.running) < self.max_num_seqs:
+    def _admit_waiting(self, out: SchedulerOutput, budget: _Budget, max_new: int | None = None) -> None:
+        limit = self.max_num_seqs if max_new is None else min(self.max_num_seqs, len(self.running) + max_new)
+        while self.waiting and budget.total > 0 and len(self.running) < limit:
             request = self._next_waiting()
             n = budget.grant(request.num_pending_tokens)
             if n == 0 or not self.kv.can_reserve(request.request_id, n):

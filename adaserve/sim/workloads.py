@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaserve.bench.client import BenchRequest
+from adaserve.bench.workload import estimated_tokens
 from adaserve.slo import SLO
-
-CHARS_PER_TOKEN = 4.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def from_bench_result(path: Path, name_prompts: bool = False) -> list[SimRequest
 def prompt_token_counter(tokenizer=None):
     """messages -> prompt tokens: the tokenizer's chat template, or a characters/4 estimate."""
     if tokenizer is None:
-        return lambda messages: max(1, round(sum(len(m["content"]) for m in messages) / CHARS_PER_TOKEN))
+        return lambda messages: estimated_tokens("".join(m["content"] for m in messages))
     return lambda messages: len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
 

@@ -8,7 +8,8 @@ dynamic-tree    EAGLE-2: the top-N nodes per request of an expanded candidate tr
 smartspec       one chain length per step, chosen for expected goodput from the cost model
 adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper), with the SLO step
                 planner (prefill by TPOT slack, TTFT deadlines, overload control: adaserve.sched.planner)
-adaserve-cap    the same trees under the fixed SLO prefill cap instead of the planner (for attribution)
+adaserve-cap    the paper's AdaServe as built before the planner: depth clip(B1 // (n + 1) - 1) and the
+                fixed SLO prefill cap (for attribution)
 adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from adaserve.sched.cost_model import CostModel
 from adaserve.spec.policies import SpecPolicy, make_policy
-from adaserve.spec.slo_policies import AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
+from adaserve.spec.slo_policies import AdaptiveShape, AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
 
 COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-cap", "adaserve-equal")
 POLICY_NAMES = (
@@ -63,9 +64,10 @@ def choose_policy(name: str, cost: CostModel | None = None) -> PolicyChoice:
     if base == "adaserve":
         return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=False, planner=True)
     if base == "adaserve-cap":
-        return PolicyChoice(name, AdaServePolicy(cost, name="adaserve-cap"), slo_token_budget=True)
+        paper_shape = AdaptiveShape(depth_rule="paper")
+        return PolicyChoice(name, AdaServePolicy(cost, paper_shape, name="adaserve-cap"), slo_token_budget=True)
     if base == "adaserve-equal":
-        return PolicyChoice(name, AdaServeEqualPolicy(cost), slo_token_budget=True)
+        return PolicyChoice(name, AdaServeEqualPolicy(cost, AdaptiveShape(depth_rule="paper")), slo_token_budget=True)
     if base == "smartspec":
         return PolicyChoice(name, SmartSpecPolicy(cost), slo_token_budget=True)
     try:

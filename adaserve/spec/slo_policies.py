@@ -39,27 +39,71 @@ class AdaptiveShape:
     top_k: int = 4
     budget_factor: float = 2.0
     n_max_factor: float = 1.2  # per-request cap in the SLO phase: n_max = factor * B1 / n
+    # How depth follows the load: "goodput" picks the depth of highest expected tokens per second
+    # (cost model, measured acceptance); "paper" is the paper's clip(B1 // (n + c1) - 1), which
+    # falls to 1 once n approaches B1 whatever the acceptance.
+    depth_rule: str = "goodput"
 
 
 def clip(x: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, x))
 
 
+class ChainGoodput:
+    """Expected tokens per ms of a step that drafts a k-deep chain (or tree of that depth) for each
+    of n requests, from the cost model and a running estimate of the draft's acceptance rate alpha
+    (geometric: E[tokens | k] = sum_{j<=k} alpha^j; decayed counts of verified chains)."""
+
+    def __init__(self, cost: CostModel, prior_alpha: float = 0.6, decay: float = 0.98) -> None:
+        self.cost, self.decay = cost, decay
+        self._accepted, self._trials = prior_alpha * 10, 10.0
+
+    @property
+    def alpha(self) -> float:
+        return min(0.99, self._accepted / self._trials)
+
+    def expected_tokens(self, k: int) -> float:
+        """Tokens a request gains from a k-deep chain: accepted drafts plus the bonus token."""
+        return sum(self.alpha**j for j in range(k + 1))
+
+    def expected_rate(self, k: int, num_seqs: int, num_context_tokens: int, width: int = 1) -> float:
+        tokens = num_seqs * sum(self.alpha**j for j in range(k + 1))
+        ms = self.cost.verify_ms(num_seqs * (k + 1), num_context_tokens, num_seqs)
+        if k > 0:
+            ms += self.cost.speculation_ms(num_seqs, k, width, num_context_tokens)
+        return tokens / ms
+
+    def best_depth(self, depths: range, num_seqs: int, num_context_tokens: int, width: int = 1) -> int:
+        return max(depths, key=lambda k: self.expected_rate(k, num_seqs, num_context_tokens, width))
+
+    def record(self, num_proposed_depth: int, num_accepted: int) -> None:
+        rejected = 1.0 if num_accepted < num_proposed_depth else 0.0
+        self._accepted = self.decay * self._accepted + num_accepted
+        self._trials = self.decay * self._trials + num_accepted + rejected
+
+
 class AdaServePolicy:
     def __init__(self, cost: CostModel, shape: AdaptiveShape = AdaptiveShape(), name: str = "adaserve") -> None:
+        if shape.depth_rule not in ("goodput", "paper"):
+            raise ValueError(f"depth_rule must be 'goodput' or 'paper', got {shape.depth_rule!r}")
         self.cost, self.shape, self.name = cost, shape, name
+        self.goodput = ChainGoodput(cost)
         self.verify_budget = cost.verify_budget(shape.budget_factor)
         self.draft_budget = max(1, cost.draft_budget(shape.budget_factor))
         self.top_k = shape.top_k
         self.max_tokens_per_seq = shape.max_depth * shape.max_width
-        self.depth, self.width = shape.max_depth, shape.max_width
+        self.depth, self.width, self.max_depth = shape.max_depth, shape.max_width, shape.max_depth
         self._num_context_tokens = 0
         self._last_num_selected = 0  # drafted nodes verified last step: the guess for this one
 
     def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
         n, s = max(1, num_requests), self.shape
-        self.depth = clip(self.verify_budget // (n + s.c1) - 1, s.min_depth, s.max_depth)
         self.width = clip(self.draft_budget // n + s.c2, 1, s.max_width)
+        if s.depth_rule == "paper":
+            self.depth = clip(self.verify_budget // (n + s.c1) - 1, s.min_depth, s.max_depth)
+        else:
+            depths = range(s.min_depth, s.max_depth + 1)
+            self.depth = self.goodput.best_depth(depths, n, num_context_tokens, self.width)
         self._num_context_tokens = num_context_tokens
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
@@ -104,7 +148,7 @@ class AdaServePolicy:
         return keep_going
 
     def record(self, num_proposed_depth: int, num_accepted: int) -> None:
-        pass
+        self.goodput.record(num_proposed_depth, num_accepted)
 
 
 class AdaServeEqualPolicy(AdaServePolicy):
@@ -130,30 +174,24 @@ def _requirement(seq: SeqState, now: float, t_iter_s: float) -> float | None:
 class SmartSpecPolicy:
     """SmartSpec: one chain length k for the whole batch each step, the k in [0, max_depth] that
     maximises expected goodput n * E[tokens | k] / (draft time + verification time), with the
-    acceptance rate alpha a running estimate from verified chains (E[tokens | k] = sum_{j<=k} alpha^j)."""
+    acceptance rate alpha a running estimate from verified chains (ChainGoodput)."""
 
     def __init__(self, cost: CostModel, max_depth: int = 8, prior_alpha: float = 0.6, decay: float = 0.98) -> None:
-        self.cost, self.max_depth, self.decay = cost, max_depth, decay
+        self.cost, self.max_depth = cost, max_depth
         self.name, self.top_k, self.max_tokens_per_seq = "smartspec", 1, max_depth
         self.depth = max_depth
-        # Geometric acceptance: alpha = accepted / (accepted + rejections), decayed counts.
-        self._accepted, self._trials = prior_alpha * 10, 10.0
+        self.goodput = ChainGoodput(cost, prior_alpha, decay)
 
     @property
     def alpha(self) -> float:
-        return min(0.99, self._accepted / self._trials)
+        return self.goodput.alpha
 
     def expected_rate(self, k: int, num_seqs: int, num_context_tokens: int) -> float:
         """Expected tokens per ms of a step verifying a k-chain for every request."""
-        tokens = num_seqs * sum(self.alpha**j for j in range(k + 1))
-        ms = self.cost.verify_ms(num_seqs * (k + 1), num_context_tokens, num_seqs)
-        if k > 0:
-            ms += self.cost.speculation_ms(num_seqs, k, 1, num_context_tokens)
-        return tokens / ms
+        return self.goodput.expected_rate(k, num_seqs, num_context_tokens)
 
     def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
-        n = max(1, num_requests)
-        self.depth = max(range(self.max_depth + 1), key=lambda k: self.expected_rate(k, n, num_context_tokens))
+        self.depth = self.goodput.best_depth(range(self.max_depth + 1), max(1, num_requests), num_context_tokens)
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, 1)
@@ -162,6 +200,4 @@ class SmartSpecPolicy:
         return throughput_phase(trees, [t.ranked_nodes() for t in trees], [[] for _ in trees], ctx.budget)
 
     def record(self, num_proposed_depth: int, num_accepted: int) -> None:
-        rejected = 1.0 if num_accepted < num_proposed_depth else 0.0
-        self._accepted = self.decay * self._accepted + num_accepted
-        self._trials = self.decay * self._trials + num_accepted + rejected
+        self.goodput.record(num_proposed_depth, num_accepted)
