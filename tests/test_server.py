@@ -313,3 +313,28 @@ def test_bench_cli_writes_metrics_json(server, engine, tmp_path):
     assert result["categories"]["all"]["num_requests"] == 3 and len(result["records"]) == 3
     assert result["args"]["rate"] == 5.0 and (tmp_path / "w.jsonl").exists()
     wait_idle(engine)
+
+
+def test_mixed_slos_end_to_end_refusal_and_demotion(server, engine):
+    """A reachable SLO is met; an unreachable one (a 1 us TTFT) is refused at once with slo_policy
+    reject (429 in the OpenAI error schema), or else served best-effort to the end; /metrics counts
+    both per class."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    unreachable = {"slo": {"tpot_ms": 500.0, "ttft_ms": 0.001}, "slo_class": "hopeless"}
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.completions.create(
+            model=MODEL, prompt="Hello", max_tokens=8, extra_body={**unreachable, "slo_policy": "reject"}
+        )
+    error = refused.value.body
+    assert error["type"] == "rate_limit_error" and "SLO" in error["message"] and error["param"] == "slo"
+    served = client.completions.create(model=MODEL, prompt="Hello", max_tokens=8, extra_body=unreachable)
+    usage = served.usage.model_extra  # adaserve's fields beside OpenAI's
+    assert served.usage.completion_tokens == 8 and usage["slo_demoted"] and not usage["slo_attained"]
+    reachable = {"slo": {"tpot_ms": 60_000.0, "ttft_ms": 60_000.0}, "slo_class": "relaxed"}
+    ok = client.completions.create(model=MODEL, prompt="Hello", max_tokens=8, extra_body=reachable)
+    assert ok.usage.model_extra["slo_attained"] and not ok.usage.model_extra["slo_demoted"]
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'adaserve_slo_refused_requests_total{slo_class="hopeless"} 1.0' in metrics
+    assert 'adaserve_slo_demoted_requests_total{slo_class="hopeless"} 1.0' in metrics
+    assert 'adaserve_slo_demoted_requests_total{slo_class="relaxed"}' not in metrics
+    wait_idle(engine)

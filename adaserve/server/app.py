@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adaserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineOverloadedError
 from adaserve.outputs import RequestOutput
+from adaserve.request import FinishReason
 from adaserve.server.metrics import ServerMetrics
 from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
 from adaserve.server.responses import StreamFormatter, final_body, usage
@@ -132,6 +133,9 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         deltas = engine.generate(prompt_ids, params, request_id)
         first = await _first_delta(deltas)
+        if first.finish_reason is FinishReason.REFUSED:  # (its SLO is out of reach and it asked to be told)
+            metrics.refused.labels(slo_class or "none").inc()
+            raise APIError(429, f"{first.error}; not served", "rate_limit_error", "slo")
         fmt = StreamFormatter(request_id, config.served_model_name, chat, params.stop)
         on_finish = _finisher(metrics, len(prompt_ids), slo_class)
         if body.stream:

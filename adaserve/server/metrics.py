@@ -39,6 +39,15 @@ class ServerMetrics:
         self.prompt_tokens = Counter("adaserve_prompt_tokens", "Prompt tokens", registry=r)
         self.proposed = Counter("adaserve_spec_proposed_tokens", "Drafted tokens verified", registry=r)
         self.accepted = Counter("adaserve_spec_accepted_tokens", "Drafted tokens accepted", registry=r)
+        self.demoted = Counter(
+            "adaserve_slo_demoted_requests",
+            "Requests served best-effort: their SLO became unattainable",
+            cls,
+            registry=r,
+        )
+        self.refused = Counter(
+            "adaserve_slo_refused_requests", "Requests refused: SLO unattainable, slo_policy reject", cls, registry=r
+        )
         self.rejected_requests = Counter(
             "adaserve_rejected_requests", "Requests refused before running", ["reason"], registry=r
         )
@@ -58,6 +67,8 @@ class ServerMetrics:
     def observe_finished(self, request: Request, timing: RequestTiming) -> None:
         c = timing.category
         self.requests.labels(c, request.finish_reason.value if request.finish_reason else "unknown").inc()
+        if request.best_effort:
+            self.demoted.labels(c).inc()
         self.prompt_tokens.inc(len(request.prompt_ids))
         self.output_tokens.labels(c).inc(timing.num_output_tokens)
         if timing.ttft_s is not None:

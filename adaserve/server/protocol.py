@@ -42,6 +42,8 @@ class _Common(BaseModel):
     # adaserve: a per-request latency target, or the name of a configured SLO class.
     slo: SLOBody | None = None
     slo_class: str | None = None
+    # When the SLO can no longer be met: serve it anyway after the others, or refuse it at once (429).
+    slo_policy: Literal["best_effort", "reject"] = "best_effort"
 
     @model_validator(mode="after")
     def _check_stop(self):
@@ -65,6 +67,7 @@ class _Common(BaseModel):
             ignore_eos=self.ignore_eos,
             slo=slo,
             slo_class=slo_class,
+            slo_policy=self.slo_policy,
         )
 
 

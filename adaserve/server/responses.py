@@ -27,6 +27,7 @@ def usage(
                 "slo_class": timing.category,
                 "slo": {"tpot_ms": timing.slo.tpot_ms, "ttft_ms": timing.slo.ttft_ms},
                 "slo_attained": timing.attained,
+                "slo_demoted": request.best_effort,  # its SLO became unattainable: served best-effort
                 "spec_verifications": stats.num_verifications,
                 "spec_proposed_tokens": stats.num_proposed,
                 "spec_accepted_tokens": stats.num_accepted,
