@@ -53,10 +53,10 @@ def waiting(rid: str, prompt: int, ttft_ms: float, arrival=10.0, reject=False) -
 def test_prefill_fills_exactly_the_tightest_slack(decoded, since_first_s, slack_ms):
     r = decoding(decoded, since_first_s)
     plan = planner().plan(10.0, [r], [], StepLoad(1))
-    cap = plan.max_prefill_tokens
+    cap = plan.limits.max_prefill_tokens
     # The step with the cap fits the running request's slack; one token more would not.
     assert COST.verify_ms(1 + cap, r.num_computed_tokens, 1) <= slack_ms < COST.verify_ms(2 + cap, 20, 1)
-    assert plan.max_step_tokens == 1 + cap and not plan.demote and not plan.refuse
+    assert plan.limits.max_step_tokens == 1 + cap and not plan.demote and not plan.refuse
 
 
 def test_a_long_step_may_be_made_good_over_the_recovery_tokens():
@@ -68,12 +68,12 @@ def test_a_long_step_may_be_made_good_over_the_recovery_tokens():
     load = StepLoad(31, 1)  # its tree of 31 tokens: a 40 ms decode step
     w = waiting("w", 100, ttft_ms=5000)  # a prompt with a deadline it makes either way
     plan = planner(recovery_tokens=4).plan(10.0, [r], [w], load)
-    assert plan.max_prefill_tokens == COST.target.max_tokens_within(285.0, 30, 512) - 31 == 245
-    assert plan.max_step_tokens == 276  # the selection may fill the same 285 ms
-    assert planner(recovery_tokens=1).plan(10.0, [r], [w], load).max_prefill_tokens == 175 - 9 - 31
+    assert plan.limits.max_prefill_tokens == COST.target.max_tokens_within(285.0, 30, 512) - 31 == 245
+    assert plan.limits.max_step_tokens == 276  # the selection may fill the same 285 ms
+    assert planner(recovery_tokens=1).plan(10.0, [r], [w], load).limits.max_prefill_tokens == 175 - 9 - 31
     w.best_effort = True  # a best-effort prompt alone gets one step's slack, the selection still all
     plan = planner(recovery_tokens=4).plan(10.0, [r], [w], load)
-    assert (plan.max_prefill_tokens, plan.max_step_tokens) == (175 - 9 - 31, 276)
+    assert (plan.limits.max_prefill_tokens, plan.limits.max_step_tokens) == (175 - 9 - 31, 276)
 
 
 def test_a_prompt_due_soon_may_spend_all_the_slack_a_running_request_has_left():
@@ -81,8 +81,8 @@ def test_a_prompt_due_soon_may_spend_all_the_slack_a_running_request_has_left():
     by its max_tokens; w is due in 450 ms, which full steps (~0.98 tokens a ms) make: w gets them."""
     r, w = decoding(10, 0.5), waiting("w", 400, ttft_ms=450)
     plan = planner().plan(10.0, [r], [w], StepLoad(1, 1))
-    assert plan.max_prefill_tokens == 511 and not plan.demote
-    assert planner().plan(10.0, [r], [], StepLoad(1, 1)).max_prefill_tokens == 40  # nothing due: 50 ms
+    assert plan.limits.max_prefill_tokens == 511 and not plan.demote
+    assert planner().plan(10.0, [r], [], StepLoad(1, 1)).limits.max_prefill_tokens == 40  # nothing due: 50 ms
 
 
 def test_new_requests_start_only_while_decoding_stays_within_every_tpot():
@@ -90,23 +90,23 @@ def test_new_requests_start_only_while_decoding_stays_within_every_tpot():
     # steps at most 56.25 ms each. Each new request adds a token (1 ms) to them: 46 fit.
     r = decoding(10, 0.5, max_tokens=20)
     plan = planner().plan(10.0, [r], [], StepLoad(1, 1))
-    assert plan.max_new_requests == 46
+    assert plan.limits.max_new_requests == 46
     assert COST.verify_ms(1 + 46) <= 56.25 < COST.verify_ms(1 + 47)
 
 
 def test_without_running_slos_nothing_is_capped():
-    assert planner().plan(10.0, [], [waiting("w", 100, ttft_ms=5000)], StepLoad(0)).max_prefill_tokens is None
+    assert planner().plan(10.0, [], [waiting("w", 100, ttft_ms=5000)], StepLoad(0)).limits.max_prefill_tokens is None
 
 
 def test_a_prompt_still_progresses_when_a_running_request_has_no_slack():
     r = decoding(10, 0.56)  # 10 ms behind its line: it needs its step now, but prompts still move
     plan = planner().plan(10.0, [r], [], StepLoad(1, 1))
-    assert plan.max_prefill_tokens == BLOCK and not plan.demote  # (it can catch up by max_tokens)
+    assert plan.limits.max_prefill_tokens == BLOCK and not plan.demote  # (it can catch up by max_tokens)
 
 
 def test_the_draft_passes_count_against_the_slack():
     r = decoding(10, 0.25, max_tokens=13)  # 300 ms of slack; 100 of them drafting
-    assert planner().plan(10.0, [r], [], StepLoad(1, draft_ms=100.0)).max_prefill_tokens == 190
+    assert planner().plan(10.0, [r], [], StepLoad(1, draft_ms=100.0)).limits.max_prefill_tokens == 190
 
 
 def test_of_two_prompts_that_cannot_both_be_on_time_the_longer_is_demoted():
@@ -135,13 +135,13 @@ def test_an_unattainable_tpot_is_demoted_and_leaves_the_slack_to_the_others():
     fine = decoding(10, 0.25)
     plan = planner().plan(10.0, [lost, fine], [], StepLoad(2))
     assert plan.demote == [lost]
-    assert plan.max_prefill_tokens == COST.target.max_tokens_within(300.0, 40, 512) - 2
+    assert plan.limits.max_prefill_tokens == COST.target.max_tokens_within(300.0, 40, 512) - 2
 
 
 def test_best_effort_requests_constrain_nothing():
     lost = decoding(10, 0.56)
     lost.best_effort = True
-    assert planner().plan(10.0, [lost], [], StepLoad(1)).max_prefill_tokens is None
+    assert planner().plan(10.0, [lost], [], StepLoad(1)).limits.max_prefill_tokens is None
 
 
 # -- the engine on a simulated runner ----------------------------------------------------------
@@ -240,3 +240,10 @@ def test_every_request_ends_and_no_step_exceeds_the_budget(requests, max_tokens)
         else:
             assert r.params.slo_policy == "reject" and r.num_output_tokens == 0
     assert max(step_tokens, default=0) <= max_tokens
+
+
+def test_best_effort_requests_wait_while_a_request_keeps_its_tpot():
+    r, lost = decoding(10, 0.25), decoding(10, 0.56)
+    lost.best_effort = True
+    assert planner().plan(10.0, [r, lost], [], StepLoad(2, 2)).limits.pause_best_effort
+    assert not planner().plan(10.0, [lost], [], StepLoad(1, 1)).limits.pause_best_effort

@@ -100,3 +100,20 @@ def test_finish_frees_blocks_of_waiting_and_running_requests():
     sched.finish(a, FinishReason.ABORT)
     sched.finish(b, FinishReason.ABORT)
     assert not sched.has_work and sched.kv.num_free_blocks == 4
+
+
+def test_paused_best_effort_requests_get_no_tokens_and_hold_no_seat():
+    from adaserve.sched.scheduler import StepLimits
+
+    sched = make_scheduler(max_num_seqs=2)
+    a, b, c = make_request("a", 3), make_request("b", 3), make_request("c", 3)
+    sched.add(a)
+    sched.add(b)
+    run_step(sched)
+    sched.demote(b)
+    sched.add(c)
+    out = sched.schedule(StepLimits(pause_best_effort=True))
+    assert [ch.request.request_id for ch in out.chunks] == ["a", "c"]  # c takes b's seat; b keeps its KV
+    assert b.status is RequestStatus.RUNNING and "b" in sched.kv.block_tables
+    out = sched.schedule()
+    assert [ch.request.request_id for ch in out.chunks] == ["a", "b"]  # no more than max_num_seqs at once

@@ -22,10 +22,9 @@ from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
 from adaserve.sched.planner import StepLoad, StepPlan, StepPlanner
-from adaserve.sched.scheduler import Scheduler, SchedulerOutput
+from adaserve.sched.scheduler import Scheduler, SchedulerOutput, StepLimits
 from adaserve.spec.policies import ChainPolicy
 from adaserve.spec.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
-from adaserve.spec.slo_policies import AdaServePolicy
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ class EngineCore:
             cap = prefill_token_cap(
                 self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
             )
-            return StepPlan(cap), []
+            return StepPlan(StepLimits(max_prefill_tokens=cap)), []
         planner = StepPlanner(self.cost_model, self.config.max_num_batched_tokens, self.config.block_size)
         plan = planner.plan(self.clock(), self.scheduler.running, self.scheduler.waiting, self._step_load())
         for request in plan.demote:
@@ -181,11 +180,7 @@ class EngineCore:
         width = getattr(policy, "width", 1)
         context = sum(r.num_computed_tokens for r in self.scheduler.running)
         draft_ms = self.cost_model.speculation_ms(num_decoding, policy.depth, width, context) if num_decoding else 0
-        if isinstance(policy, AdaServePolicy):  # its deepest tree at its measured acceptance
-            best = policy.goodput.expected_tokens(policy.max_depth)
-        else:
-            best = 1 + policy.depth
-        return StepLoad(num_tokens, num_decoding, draft_ms, best, self.spec.stats.totals.mean_accepted_tokens)
+        return StepLoad(num_tokens, num_decoding, draft_ms, self.spec.stats.totals.mean_accepted_tokens)
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -199,13 +194,7 @@ class EngineCore:
 
     def _step(self) -> list[RequestOutput]:
         plan, refused = self._plan()
-        step = self.scheduler.schedule(
-            plan.max_prefill_tokens,
-            plan.num_spec_tokens_per_seq,
-            plan.max_step_tokens,
-            plan.max_new_requests,
-            plan.pause_best_effort,
-        )
+        step = self.scheduler.schedule(plan.limits)
         for request in step.preempted:
             if self._spec_decoder:
                 self._spec_decoder.free(request.request_id, finished=False)

@@ -18,8 +18,9 @@ first at the rate the planned steps carry prompt tokens. Whenever the order make
 longest prefill taken so far is dropped (Moore-Hodgson: the most requests on time on one machine);
 the dropped ones cannot make their deadline behind the others and are demoted.
 
-A running request is demoted when even its best speed (every step a decode-only pass yielding the
-tokens its policy's deepest tree is expected to) no longer brings its TPOT within target by max_tokens.
+A running request is demoted when its slack by max_tokens is negative: at its measured pace and the
+current decode steps it will miss its TPOT. New requests start only while decoding stays within every
+running request's slack, and best-effort requests run only while no request keeps a TPOT.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 from adaserve.request import Request
 from adaserve.sched.cost_model import CostModel
+from adaserve.sched.scheduler import StepLimits
 
 RECOVERY_TOKENS = 64  # a long step must be made good within this many tokens (see above)
 MAX_ADMISSIONS = 64  # new requests one step may start (the planner checks each against the slack)
@@ -39,17 +41,13 @@ MIN_OWN_VERIFICATIONS = 4  # before that many, a request's tokens per step is th
 
 @dataclass
 class StepPlan:
-    max_prefill_tokens: int | None  # None: no cap beyond the scheduler's token budget
-    # Budget held back per decoding request for its draft tree before prompts take theirs (None:
-    # the policy's most); the selection spends whatever the step has left beyond it.
-    num_spec_tokens_per_seq: int | None = None
-    # All the tokens the step may carry (decode roots, drafted nodes, prompts): what fits the
-    # smallest slack, so the selection too keeps each step within every running request's TPOT.
-    max_step_tokens: int | None = None
-    # New requests the step may start: more would slow decoding past a running request's TPOT.
-    max_new_requests: int | None = None
-    # At capacity (no new request fits): best-effort requests wait, so they slow no SLO request.
-    pause_best_effort: bool = False
+    """The step's limits for the scheduler, and who can no longer meet their SLO. The limits: prompt
+    tokens and all the step's tokens within the smallest slack (so the selection too keeps each step
+    within every running TPOT); per decoding request last step's mean tree held back before prompts
+    take theirs; new requests only while decoding stays within every running TPOT; and running
+    best-effort requests wait while any request keeps a TPOT (strict priority: they slow none)."""
+
+    limits: StepLimits = field(default_factory=StepLimits)
     demote: list[Request] = field(default_factory=list)  # newly best-effort
     refuse: list[Request] = field(default_factory=list)  # no first token yet, slo_policy "reject"
 
@@ -61,9 +59,6 @@ class StepLoad:
     num_decode_tokens: int  # tree tokens (roots + drafted nodes) of the decoding requests
     num_decoding: int = 0  # decoding requests
     draft_ms: float = 0.0  # the draft passes before the target's
-    # The most tokens a request can expect from a step: its policy's deepest tree at the measured
-    # acceptance (1 without speculation).
-    best_tokens_per_step: float = 1.0
     mean_tokens_per_step: float = 1.0  # tokens a request gains per step, on average over all of them
 
 
@@ -79,8 +74,7 @@ class StepPlanner:
     def plan(self, now: float, running: list[Request], waiting: Iterable[Request], load: StepLoad) -> StepPlan:
         context = sum(r.num_computed_tokens for r in running)
         decode_ms = load.draft_ms + self.cost.verify_ms(max(1, load.num_decode_tokens), context, len(running))
-        # The decoding requests' trees as large as last step's come before prompts.
-        plan = StepPlan(None, -(-max(0, load.num_decode_tokens - load.num_decoding) // max(1, load.num_decoding)))
+        plan = StepPlan()
         keeping = []  # running requests that can still meet their TPOT
         for r in running:
             if not _keeps_tpot(r):
@@ -95,13 +89,15 @@ class StepPlanner:
         given_up = _late_prefills(prefilling, now, full / self._step_ms(load, full, context, len(running)))
         for r in given_up:
             _give_up(plan, r)
+        mean_tree = -(-max(0, load.num_decode_tokens - load.num_decoding) // max(1, load.num_decoding))
         fits = self._fits(keeping, now, load, decode_ms, context, self.recovery_tokens)
-        if fits is not None:
-            batch = (context, len(running))
-            plan.max_prefill_tokens = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, batch)
-            plan.max_step_tokens = max(fits, load.num_decoding + plan.max_prefill_tokens)
-            plan.max_new_requests = self._admissible(keeping, now, load, context, len(running))
-            plan.pause_best_effort = plan.max_new_requests == 0
+        if fits is None:
+            plan.limits = StepLimits(num_spec_tokens_per_seq=mean_tree)
+            return plan
+        cap = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, (context, len(running)))
+        num_new = self._admissible(keeping, now, load, context, len(running))
+        # Best-effort requests come strictly last: they run only while no request keeps a TPOT.
+        plan.limits = StepLimits(cap, mean_tree, max(fits, load.num_decoding + cap), num_new, True)
         return plan
 
     def _prompt_budget(
@@ -183,15 +179,6 @@ class StepPlanner:
 
 def _keeps_tpot(r: Request) -> bool:
     return r.first_token_time is not None and r.params.slo.tpot_ms is not None and not r.best_effort
-
-
-def _tpot_unattainable(r: Request, now: float, decode_ms: float, best_tokens_per_step: float) -> bool:
-    """Even at its best speed from now on, r's TPOT at max_tokens would exceed its target."""
-    num_decoded, total = r.num_output_tokens - 1, r.params.max_tokens - 1
-    if total <= 0:
-        return False
-    best_ms = 1000.0 * (now - r.first_token_time) + (total - num_decoded) * decode_ms / best_tokens_per_step
-    return best_ms > total * r.params.slo.tpot_ms
 
 
 def _late_prefills(requests: list[Request], now: float, tokens_per_ms: float) -> list[Request]:

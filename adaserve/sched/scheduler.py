@@ -39,6 +39,17 @@ class ScheduledChunk:
         return self.num_new_tokens == 1 and self.request.num_pending_tokens == 1
 
 
+@dataclass(frozen=True)
+class StepLimits:
+    """One step's limits beyond the scheduler's own (the SLO planner's, or a prefill cap)."""
+
+    max_prefill_tokens: int | None = None  # prompt (and recompute) tokens; decode roots are not capped
+    num_spec_tokens_per_seq: int | None = None  # budget held back per decoding request for its draft tree
+    max_step_tokens: int | None = None  # all the step's tokens (below max_num_batched_tokens)
+    max_new_requests: int | None = None  # waiting requests that may start
+    pause_best_effort: bool = False  # running best-effort requests wait (they keep their KV, not their seat)
+
+
 @dataclass
 class SchedulerOutput:
     token_budget: int
@@ -117,38 +128,26 @@ class Scheduler:
         self.waiting.append(request)
         self._num_waiting_ordered += _ordered(request)
 
-    def schedule(
-        self,
-        max_prefill_tokens: int | None = None,
-        num_spec_tokens_per_seq: int | None = None,
-        max_step_tokens: int | None = None,
-        max_new_requests: int | None = None,
-        pause_best_effort: bool = False,
-    ) -> SchedulerOutput:
-        """One step. `max_prefill_tokens` caps prompt (and recompute) tokens this step, e.g. so an
-        iteration stays within the tightest running SLO; decode roots are not capped by it.
-        For this step only, `num_spec_tokens_per_seq` overrides the budget held back per decoding
-        request for its draft tree, `max_step_tokens` lowers the token budget, `max_new_requests`
-        limits how many waiting requests start, and `pause_best_effort` leaves best-effort requests
-        out of the step (they keep their KV and go on when there is room)."""
-        budget = (
-            self.max_num_batched_tokens
-            if max_step_tokens is None
-            else min(max_step_tokens, self.max_num_batched_tokens)
-        )
+    def schedule(self, limits: StepLimits | None = None) -> SchedulerOutput:
+        """One step, within the scheduler's own limits and this step's `limits` (see StepLimits)."""
+        limits = limits or StepLimits()
+        budget = self.max_num_batched_tokens
+        if limits.max_step_tokens is not None:
+            budget = min(budget, limits.max_step_tokens)
         out = SchedulerOutput(budget)
-        prefill = _Budget(budget, max_prefill_tokens)
-        spec = self.num_spec_tokens_per_seq if num_spec_tokens_per_seq is None else num_spec_tokens_per_seq
-        self._schedule_running(out, prefill, spec, pause_best_effort)
+        prefill = _Budget(budget, limits.max_prefill_tokens)
+        spec = limits.num_spec_tokens_per_seq
+        paused = limits.pause_best_effort
+        self._schedule_running(out, prefill, self.num_spec_tokens_per_seq if spec is None else spec, paused)
         if not out.preempted:  # after a preemption memory is tight: don't admit new work
-            self._admit_waiting(out, prefill, max_new_requests)
+            self._admit_waiting(out, prefill, limits.max_new_requests, paused)
         return out
 
     def _schedule_running(
-        self, out: SchedulerOutput, budget: _Budget, num_spec_tokens_per_seq: int, pause_best_effort: bool = False
+        self, out: SchedulerOutput, budget: _Budget, num_spec_tokens_per_seq: int, pause_best_effort: bool
     ) -> None:
-        i = 0
-        while i < len(self.running) and budget.total > 0:
+        i = 0  # (paused best-effort requests hold no seat: more than max_num_seqs may be running)
+        while i < len(self.running) and budget.total > 0 and len(out.chunks) < self.max_num_seqs:
             request = self.running[i]
             n = 0 if pause_best_effort and request.best_effort else budget.grant(request.num_pending_tokens)
             if n == 0:
@@ -168,13 +167,22 @@ class Scheduler:
             budget.take(n, request.num_pending_tokens, num_spec_tokens_per_seq)
             i += 1
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: _Budget, max_new: int | None = None) -> None:
-        limit = self.max_num_seqs if max_new is None else min(self.max_num_seqs, len(self.running) + max_new)
-        while self.waiting and budget.total > 0 and len(self.running) < limit:
+    def _admit_waiting(
+        self, out: SchedulerOutput, budget: _Budget, max_new: int | None, pause_best_effort: bool
+    ) -> None:
+        num_seats = len(self.running)  # a paused best-effort request keeps its KV, not its seat
+        if pause_best_effort:
+            num_seats -= sum(1 for r in self.running if r.best_effort)
+        num_new = self.max_num_seqs - num_seats if max_new is None else min(self.max_num_seqs - num_seats, max_new)
+        for _ in range(num_new):
+            if not self.waiting or budget.total <= 0:
+                return
             request = self._next_waiting()
+            if pause_best_effort and request.best_effort:
+                return  # (best-effort requests wait last in line)
             n = budget.grant(request.num_pending_tokens)
             if n == 0 or not self.kv.can_reserve(request.request_id, n):
-                break  # does not fit now: it waits for budget or blocks
+                return  # does not fit now: it waits for budget or blocks
             self._remove_waiting(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)

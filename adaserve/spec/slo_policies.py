@@ -62,10 +62,6 @@ class ChainGoodput:
     def alpha(self) -> float:
         return min(0.99, self._accepted / self._trials)
 
-    def expected_tokens(self, k: int) -> float:
-        """Tokens a request gains from a k-deep chain: accepted drafts plus the bonus token."""
-        return sum(self.alpha**j for j in range(k + 1))
-
     def expected_rate(self, k: int, num_seqs: int, num_context_tokens: int, width: int = 1) -> float:
         tokens = num_seqs * sum(self.alpha**j for j in range(k + 1))
         ms = self.cost.verify_ms(num_seqs * (k + 1), num_context_tokens, num_seqs)
@@ -92,7 +88,7 @@ class AdaServePolicy:
         self.draft_budget = max(1, cost.draft_budget(shape.budget_factor))
         self.top_k = shape.top_k
         self.max_tokens_per_seq = shape.max_depth * shape.max_width
-        self.depth, self.width, self.max_depth = shape.max_depth, shape.max_width, shape.max_depth
+        self.depth, self.width = shape.max_depth, shape.max_width
         self._num_context_tokens = 0
         self._last_num_selected = 0  # drafted nodes verified last step: the guess for this one
 
