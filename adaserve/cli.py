@@ -55,18 +55,28 @@ def _llm(args):
 
 
 def cmd_bench(args) -> None:
-    from adaserve.bench.run import print_summary, run_bench
+    from adaserve.bench.run import bench_config, print_summary, run_bench
 
     if args.action == "sweep":
-        from adaserve.bench.sweep import sweep
+        from adaserve.bench.sweep import sweep, sweep_config
 
-        summary = sweep(args)
+        summary = sweep(sweep_config(args))
         print(f"wrote {args.out_dir}/sweep_{summary['variable']}.json and .png")
         return
-    result = run_bench(args)
+    result = run_bench(bench_config(args))
     print_summary(result)
     if args.out:
         print(f"wrote {args.out}")
+
+
+def cmd_demo(args) -> None:
+    from adaserve.bench.demo import DemoConfig, run
+
+    run(
+        DemoConfig(
+            model=args.model, policy=args.policy, num_requests=args.requests, rate=args.rate, max_tokens=args.max_tokens
+        )
+    )
 
 
 def cmd_profile(args) -> None:
@@ -173,7 +183,7 @@ def cmd_serve(args) -> None:
     async_engine.start()
     config = ServerConfig(
         served_model_name=args.served_model_name or model,
-        model_aliases=(model, str(engine.model_dir)),
+        model_aliases=(model, str(engine.runner.model_dir)),
         api_key=args.api_key,
         slo_classes=classes,
         default_slo_class=args.default_slo_class,
@@ -184,7 +194,7 @@ def cmd_serve(args) -> None:
         async_engine.shutdown()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="fetch and convert models into the cache")
@@ -205,11 +215,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=12)
     p.add_argument("--rate", type=float, default=0.3, help="requests per second (Poisson)")
     p.add_argument("--max-tokens", type=int, default=48)
-    p.set_defaults(func=lambda a: __import__("adaserve.bench.demo", fromlist=["run"]).run(a))
-    p = sub.add_parser("bench", help="drive an OpenAI-compatible server with a multi-SLO workload")
+    p.set_defaults(func=cmd_demo)
+    _add_bench_parser(sub)
+    _add_serve_parser(sub)
+    p = sub.add_parser("profile", help="measure (or show the cached) cost model of a model pair on this machine")
+    _engine_args(p)
+    p.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
+    p.add_argument("--out", default=None, help="also write the profile JSON here")
+    p.set_defaults(func=cmd_profile)
+    from adaserve.sim.cli import add_simulate_parser
+
+    add_simulate_parser(sub)
+    return parser
+
+
+def _add_bench_parser(sub) -> None:
     from adaserve.bench.run import add_bench_args
     from adaserve.bench.sweep import add_sweep_args
 
+    p = sub.add_parser("bench", help="drive an OpenAI-compatible server with a multi-SLO workload")
     p.add_argument(
         "action",
         nargs="?",
@@ -220,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     add_bench_args(p)
     add_sweep_args(p)
     p.set_defaults(func=cmd_bench)
+
+
+def _add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible server (default: the Qwen2.5-Coder 1.5B + 0.5B pair)")
     _engine_args(p, default_model="qwen2.5-coder-1.5b", default_policy=None)
     p.add_argument("model_pos", nargs="?", default=None, metavar="MODEL")
@@ -237,15 +264,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-pending-requests", type=int, default=256, help="beyond this, 429")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("profile", help="measure (or show the cached) cost model of a model pair on this machine")
-    _engine_args(p)
-    p.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
-    p.add_argument("--out", default=None, help="also write the profile JSON here")
-    p.set_defaults(func=cmd_profile)
-    from adaserve.sim.cli import add_simulate_parser
 
-    add_simulate_parser(sub)
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except Exception as e:  # a clear message, not a traceback, for the user-facing errors

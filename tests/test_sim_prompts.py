@@ -3,7 +3,6 @@ arguments), records carry them, and the simulator draws each request's offers fr
 
 import json
 import random
-from argparse import Namespace
 from dataclasses import asdict
 
 import pytest
@@ -79,7 +78,7 @@ def _bench_result(tmp_path, monkeypatch, with_keys: bool):
         "workload_file": None,
     }
     requests = bench_run.build_workload(
-        bench_run.workload_spec(Namespace(**spec_args)), 100.0, {c: FAKE_PROMPTS[c] for c in FAKE_PROMPTS}
+        bench_run.workload_spec(spec_args), 100.0, {c: FAKE_PROMPTS[c] for c in FAKE_PROMPTS}
     )
     records = [
         BenchRecord(
@@ -183,7 +182,9 @@ def test_a_second_recording_policy_fills_the_positions_the_first_missed(tmp_path
     def traces(policies: str) -> dict[int, OfferRecord]:
         out = tmp_path / f"{policies}.jsonl"
         record_module.record(
-            Namespace(model=str(smollm2_dir), draft="smollm2-135m", record_policy=policies, out=str(out))
+            record_module.RecordConfig(
+                model=str(smollm2_dir), draft="smollm2-135m", policies=tuple(policies.split(",")), out=out
+            )
         )
         model = RecordedAcceptance.load(out)
         return model.traces["p"], sum(1 for line in out.read_text().splitlines() if line)

@@ -92,7 +92,8 @@ def mixed_slo_workload():
 
 
 def test_adaserve_gives_tight_slo_requests_more_drafted_tokens():
-    sim = Simulator(SimConfig(policy="adaserve"), slo_cost(), ParametricAcceptance(top1=0.8))
+    # The selection alone: 40 ms is out of reach of 100 ms steps, which the planner would demote.
+    sim = Simulator(SimConfig(policy="adaserve-cap"), slo_cost(), ParametricAcceptance(top1=0.8))
     sim.run(mixed_slo_workload())
 
     def per_verification(tight: bool):
@@ -221,10 +222,11 @@ def test_validation_row_tolerances():
 
 def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
     """A bench sweep directory whose 'measurements' are simulator runs replays to the same numbers."""
-    from argparse import Namespace
+    from dataclasses import replace
 
     from adaserve.bench.report import bench_report
-    from adaserve.sim.validate import validate
+    from adaserve.sim.commands import ModelSources
+    from adaserve.sim.validate import ValidateConfig, validate
 
     cost = slo_cost()
     (tmp_path / "cost.json").write_text(cost.to_json())
@@ -253,22 +255,17 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
     (tmp_path / "sweep_rate.json").write_text(
         json.dumps({"variable": "rate", "unloaded_tpot_ms": 100.0, "results": results})
     )
-    args = Namespace(
-        bench_dir=[str(tmp_path)],
-        cost=f"profile:{tmp_path / 'cost.json'}",
-        acceptance="parametric:top1=0.7",
-        model=None,
-        draft=None,
-        max_num_seqs=32,
-        max_num_batched_tokens=512,
-        kv_capacity_tokens=9360,
-        step_overhead_ms=0.0,
-        seed=0,
-        out_dir=str(tmp_path / "out"),
-        sim_runs=1,
+    config = ValidateConfig(
+        bench_dirs=(tmp_path,),
+        sim=SimConfig(max_num_seqs=32, max_num_batched_tokens=512, kv_capacity_tokens=9360, step_overhead_ms=0.0),
+        models=ModelSources(
+            cost=f"profile:{tmp_path / 'cost.json'}", acceptance="parametric:top1=0.7", model=None, draft=None
+        ),
         calibration="none",
+        sim_runs=1,
+        out_dir=tmp_path / "out",
     )
-    out = validate(args)
+    out = validate(config)
     assert out["num_points"] == 2 and out["num_within_targets"] == 2
     assert all(abs(r["attainment_diff_pp"]) < 1e-9 and abs(r["goodput_rel_diff"]) < 0.01 for r in out["rows"])
     # Plain decoding replays every request's TPOT exactly (9 requests, 1 sweep).
@@ -277,9 +274,9 @@ def test_validate_round_trip_on_a_simulated_bench_sweep(tmp_path):
     def outcome(rows):
         return [{k: v for k, v in r.items() if k != "request_tpot_rel_errors"} for r in rows]
 
-    averaged = validate(Namespace(**dict(vars(args), sim_runs=3)))  # seeds 0, 1, 2: plain decoding draws nothing
+    averaged = validate(replace(config, sim_runs=3))  # seeds 0, 1, 2: plain decoding draws nothing
     assert averaged["sim_runs"] == 3 and outcome(averaged["rows"])[0] == outcome(out["rows"])[0]
-    twice = validate(Namespace(**dict(vars(args), bench_dir=[str(tmp_path)] * 2)))  # a "repeat" that is the same
+    twice = validate(replace(config, bench_dirs=(tmp_path,) * 2))  # a "repeat" that is the same
     assert outcome(twice["rows"]) == outcome(out["rows"]) and twice["repeat_num_within_targets"] == 2
     assert len(twice["rows"][1]["request_tpot_rel_errors"]) == 18  # per request and sweep
     assert all(r["attainment_diff_pp"] == 0.0 for r in twice["repeat_rows"])
@@ -399,3 +396,37 @@ def test_simulated_draft_passes_have_the_shapes_the_engine_logs():
         for p in proposer.draft_passes
     ]
     assert shapes == [(3, 1, 37, 2 * 37, 1), (2, 1, 40, 40, 2), (2, 1, 42, 42, 2)]
+
+
+def test_the_simulate_command_line_becomes_configs():
+    from pathlib import Path
+
+    from adaserve.bench.workload import WorkloadSpec
+    from adaserve.cli import build_parser
+    from adaserve.sim.cli import record_config, run_config, validate_config
+    from adaserve.sim.commands import ModelSources, SimRunConfig
+    from adaserve.sim.record import RecordConfig
+    from adaserve.sim.validate import ValidateConfig
+
+    def parse(line: str):
+        return build_parser().parse_args(["simulate", *line.split()])
+
+    assert validate_config(parse("validate --bench-dir a b --seed 3 --sim-runs 2 --cost table:x")) == ValidateConfig(
+        bench_dirs=(Path("a"), Path("b")),
+        sim=SimConfig(seed=3),
+        models=ModelSources(cost="table:x"),
+        sim_runs=2,
+    )
+    assert run_config(
+        parse("run --policies none,adaserve --values 1,2 --num-requests 9 --slo-class chat=tpot:9ms")
+    ) == (
+        SimRunConfig(
+            policies=("none", "adaserve"),
+            values=(1.0, 2.0),
+            workload=WorkloadSpec(num_requests=9),
+            slo_classes=("chat=tpot:9ms",),
+        )
+    )
+    assert record_config(parse("record --record-policy chain:2,chain:3 --from-bench r.json")) == RecordConfig(
+        policies=("chain:2", "chain:3"), from_bench=(Path("r.json"),)
+    )

@@ -104,3 +104,54 @@ def test_report_arithmetic_on_hand_made_records():
     assert rep["coding"]["tpot_ms"]["median"] == pytest.approx(150.0)
     assert rep["coding"]["ttft_ms"]["mean"] == pytest.approx(750.0)
     assert rep["chat"]["ttft_ms"] is None
+
+
+COMMITTED_POINT = "benchmarks/results/sweep_rate/none_rate_0.08.json"  # written by `bench sweep` before BenchConfig
+
+
+def test_a_committed_bench_result_still_rebuilds_its_requests():
+    import json
+
+    from adaserve.bench.run import sent_requests, workload_spec
+
+    result = json.loads(open(COMMITTED_POINT).read())
+    requests = sent_requests(result)
+    assert len(requests) == len(result["records"]) == 16
+    assert workload_spec(result["args"]) == WorkloadSpec(rate=0.08, num_requests=16, output_tokens=48)
+
+
+def test_a_sweep_point_records_its_args_as_before_without_the_api_key():
+    """The sweep that wrote COMMITTED_POINT, run again: its point's "args" are the same, key for key
+    and in order, but the API key."""
+    import json
+    from pathlib import Path
+
+    from adaserve.bench.sweep import _point_config, sweep_config
+    from adaserve.cli import build_parser
+
+    old = json.loads(open(COMMITTED_POINT).read())["args"]
+    flags = "--num-requests 16 --output-tokens 48 --values 0.08,0.16,0.32,0.64 --out-dir /work/sweep_new"
+    args = build_parser().parse_args(["bench", "sweep", *flags.split(), "--step-log-dir", "/work/sweep_new/step_logs"])
+    config = sweep_config(args)
+    point = _point_config(
+        config, "none", old["url"], old["model"], old["unloaded_tpot_ms"], 0.08, Path(old["out"])
+    ).recorded_args()
+    assert list(point.items()) == [(k, v) for k, v in old.items() if k != "api_key"]
+    peer = _point_config(config, "vllm:plain", old["url"], old["model"], 100.0, 0.16, Path(old["out"]))
+    assert not peer.send_slo and peer.recorded_args()["no_slo"] and peer.workload.rate == 0.16
+
+
+def test_bench_args_are_the_command_line_without_the_api_key():
+    from adaserve.bench.run import BenchConfig, bench_config, workload_spec
+    from adaserve.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--api-key", "s3cret", "--rate", "2", "--no-slo", "--out", "o.json"])
+    config = bench_config(args)
+    assert config.api_key == "s3cret" and not config.send_slo and config.workload.rate == 2.0
+    plain = {k: v for k, v in vars(args).items() if k not in ("api_key", "func")}
+    assert list(config.recorded_args().items()) == list(plain.items())
+    # A workload the flags can't spell (mix, SLO multiples, ...) is recorded too, and read back.
+    spec = WorkloadSpec(mix={"chat": 1.0}, slo_multiples={"chat": 3.0}, ttft_prefill_scale=2.0, seed=5)
+    recorded = BenchConfig(workload=spec, api_key="s3cret").recorded_args()
+    assert workload_spec(recorded) == spec and "api_key" not in recorded
+    assert "mix" not in BenchConfig().recorded_args()

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -72,19 +73,29 @@ def print_report(records, wall_s: float) -> None:
     )
 
 
-def run(args) -> None:
-    """args: model, policy, requests, rate, max_tokens (see `adaserve demo --help`)."""
+@dataclass(frozen=True)
+class DemoConfig:
+    """`adaserve demo` (see its --help): None = the server's defaults."""
+
+    model: str | None = None
+    policy: str | None = None
+    num_requests: int = 12
+    rate: float = 0.3  # requests per second (Poisson)
+    max_tokens: int = 48
+
+
+def run(config: DemoConfig) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    cmd += ["--model", args.model] if args.model else []
-    cmd += ["--policy", args.policy] if args.policy else []
+    cmd += ["--model", config.model] if config.model else []
+    cmd += ["--policy", config.policy] if config.policy else []
     print("starting:", " ".join(cmd), "(first run: downloads, converts and profiles the models)", flush=True)
     server = subprocess.Popen(cmd, env=dict(os.environ))
     try:
         wait_healthy(url, server, timeout_s=3600)
         model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        requests = demo_requests(args.requests, args.rate, args.max_tokens)
+        requests = demo_requests(config.num_requests, config.rate, config.max_tokens)
         start = time.perf_counter()
         records = asyncio.run(run_load(url, model, requests, send_slo=True))
         print_report(records, time.perf_counter() - start)

@@ -7,9 +7,10 @@ import asyncio
 import json
 import statistics
 import time
-from argparse import Namespace
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -18,6 +19,41 @@ from adaserve.bench.datasets import category_prompts
 from adaserve.bench.report import bench_report
 from adaserve.bench.workload import WorkloadSpec, build_workload, load_workload, save_workload
 from adaserve.slo import SLO
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One `adaserve bench` run: a workload against a server.
+
+    context: more of what the run was started with (the command line's other flags, the sweep
+    that ran this point), recorded as given in the result's "args" beside the config's own values
+    (which win); never read."""
+
+    url: str = "http://127.0.0.1:8000"
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    model: str | None = None  # None: the server's first model
+    api_key: str | None = None  # sent, never recorded
+    unloaded_tpot_ms: float | None = None  # None: calibrate on the server
+    workload_file: str | None = None  # replay these requests instead of building `workload`
+    send_slo: bool = True
+    save_workload: str | None = None
+    out: str | None = None  # the metrics JSON
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def recorded_args(self) -> dict:
+        """The result's "args": flat, keyed by the command line's flag names, as sent_requests()
+        reads them back; without the API key."""
+        own = {
+            "url": self.url,
+            "model": self.model,
+            **workload_flags(self.workload),
+            "unloaded_tpot_ms": self.unloaded_tpot_ms,
+            "workload_file": self.workload_file,
+            "no_slo": not self.send_slo,
+            "save_workload": self.save_workload,
+            "out": self.out,
+        }
+        return {k: v for k, v in {**self.context, **own}.items() if k != "api_key"}
 
 
 def served_model(url: str) -> str:
@@ -37,34 +73,33 @@ def calibrate(url: str, model: str, num_requests: int = 3, max_tokens: int = 64)
     return statistics.median(tpots)
 
 
-def run_bench(args) -> dict:
-    url = args.url.rstrip("/")
-    model = args.model or served_model(url)
-    if args.workload_file:
-        requests = load_workload(Path(args.workload_file))
+def run_bench(config: BenchConfig) -> dict:
+    url = config.url.rstrip("/")
+    model = config.model or served_model(url)
+    if config.workload_file:
+        requests = load_workload(Path(config.workload_file))
         unloaded = None
     else:
-        unloaded = args.unloaded_tpot_ms or calibrate(url, model)
-        spec = workload_spec(args)
+        unloaded = config.unloaded_tpot_ms or calibrate(url, model)
+        spec = config.workload
         prompts = {c: category_prompts(c) for c in spec.category_weights()}
         requests = build_workload(spec, unloaded, prompts)
-    if args.save_workload:
-        save_workload(Path(args.save_workload), requests)
+    if config.save_workload:
+        save_workload(Path(config.save_workload), requests)
     start = time.perf_counter()
-    records = asyncio.run(run_load(url, model, requests, send_slo=not args.no_slo, api_key=args.api_key))
+    records = asyncio.run(run_load(url, model, requests, send_slo=config.send_slo, api_key=config.api_key))
     wall = time.perf_counter() - start
-    plain_args = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
     result = {
         "url": url,
         "model": model,
         "unloaded_tpot_ms": unloaded,
-        "args": plain_args,
+        "args": config.recorded_args(),
         **bench_report(records, wall),
         "records": [r.to_dict() for r in records],
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1, default=asdict))
+    if config.out:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.out).write_text(json.dumps(result, indent=1, default=asdict))
     return result
 
 
@@ -72,9 +107,9 @@ def sent_requests(result: dict) -> list[BenchRequest]:
     """The requests a bench result was measured with, in its records' order: rebuilt from its
     arguments exactly as run_bench built them (or its workload file), checked against its records.
     For results written before records named their prompts."""
-    args = Namespace(**result["args"])
-    if getattr(args, "workload_file", None):
-        requests = load_workload(Path(args.workload_file))
+    args = result["args"]
+    if args.get("workload_file"):
+        requests = load_workload(Path(args["workload_file"]))
     else:
         spec = workload_spec(args)
         prompts = {c: category_prompts(c) for c in spec.category_weights()}
@@ -102,6 +137,22 @@ def add_bench_args(p) -> None:
     p.add_argument("--out", default=None, help="metrics JSON")
 
 
+def bench_config(args) -> BenchConfig:
+    """The command line's BenchConfig (see add_bench_args); its other plain flags become the context."""
+    return BenchConfig(
+        url=args.url,
+        workload=workload_spec(vars(args)),
+        model=args.model,
+        api_key=args.api_key,
+        unloaded_tpot_ms=args.unloaded_tpot_ms,
+        workload_file=args.workload_file,
+        send_slo=not args.no_slo,
+        save_workload=args.save_workload,
+        out=args.out,
+        context={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},
+    )
+
+
 def add_workload_args(p) -> None:
     """What a workload is made of; shared with `adaserve simulate`."""
     p.add_argument("--rate", type=float, default=0.5, help="requests per second")
@@ -118,19 +169,46 @@ def add_workload_args(p) -> None:
     p.add_argument("--workload-file", default=None, help="replay a saved workload (JSON lines)")
 
 
-def workload_spec(args) -> WorkloadSpec:
-    return WorkloadSpec(
-        rate=args.rate,
-        num_requests=args.num_requests,
-        duration_s=args.duration,
-        arrival=args.arrival,
-        cv=args.cv,
-        pieces=args.pieces,
-        urgent_share=args.urgent_share,
-        output_tokens=args.output_tokens,
-        slo_scale=args.slo_scale,
-        seed=args.seed,
-    )
+# The workload flags (add_workload_args) and the WorkloadSpec fields they set.
+WORKLOAD_FLAGS = {
+    "rate": "rate",
+    "num_requests": "num_requests",
+    "duration": "duration_s",
+    "arrival": "arrival",
+    "cv": "cv",
+    "pieces": "pieces",
+    "urgent_share": "urgent_share",
+    "output_tokens": "output_tokens",
+    "slo_scale": "slo_scale",
+    "seed": "seed",
+}
+
+
+def workload_spec(flags: Mapping[str, Any]) -> WorkloadSpec:
+    """The workload that flags name: the command line's (`vars(args)`) or a bench result's "args".
+    The WorkloadSpec fields without a flag (mix, SLO multiples, ...) are in "args" only if they were
+    not the defaults."""
+    spec = {name: flags[flag] for flag, name in WORKLOAD_FLAGS.items()}
+    unflagged = {k: _copy(flags[k]) for k in _unflagged_fields() if flags.get(k) is not None}
+    return WorkloadSpec(**spec, **unflagged)
+
+
+def workload_flags(spec: WorkloadSpec) -> dict:
+    """workload_spec()'s inverse: the flags that name `spec`."""
+    flags = {flag: getattr(spec, name) for flag, name in WORKLOAD_FLAGS.items()}
+    default = WorkloadSpec()
+    for name in _unflagged_fields():
+        if getattr(spec, name) != getattr(default, name):
+            flags[name] = _copy(getattr(spec, name))
+    return flags
+
+
+def _unflagged_fields() -> list[str]:
+    return [f.name for f in fields(WorkloadSpec) if f.name not in WORKLOAD_FLAGS.values()]
+
+
+def _copy(value):
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def print_summary(result: dict) -> None:

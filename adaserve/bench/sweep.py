@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from argparse import Namespace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from adaserve.bench.run import calibrate, run_bench, served_model
+from adaserve.bench.run import BenchConfig, bench_config, calibrate, run_bench, served_model
 from adaserve.bench.server_process import free_port, wait_healthy
 
 VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_scale", "fluctuating": None}
@@ -28,11 +30,49 @@ VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_s
 PEER_SCRIPT = "benchmarks/peers/vllm_cpu.sh"
 
 
+DEFAULT_POLICIES = ("none", "chunked", "chain:4", "static-tree", "dynamic-tree", "smartspec", "adaserve")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """`adaserve bench sweep`: every policy's server, every value of the variable.
+
+    bench: what each point runs (its workload, with the variable set; unloaded_tpot_ms: reuse this
+    calibration instead of measuring it on the first server); its server, model, output and SLO
+    sending are the sweep's."""
+
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    variable: str = "rate"  # a key of VARIABLES
+    values: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)  # ignored for "fluctuating"
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    server_model: str = "qwen2.5-coder-1.5b"
+    draft: str | None = "qwen2.5-coder-0.5b"  # for the speculating policies
+    server_args: tuple[str, ...] = ()  # more arguments for `adaserve serve`
+    out_dir: Path = Path("benchmarks/results/sweep")
+    step_log_dir: Path | None = None  # each server traces its steps to DIR/<policy>.jsonl
+    merge: bool = False  # add these policies to the sweep JSON already in out_dir
+
+    def recorded_args(self) -> dict:
+        """The sweep's settings as each point's result records them, in the command line's names and
+        formats, unless the bench context has them already."""
+        return {
+            "variable": self.variable,
+            "values": ",".join(str(v) for v in self.values),
+            "policies": ",".join(self.policies),
+            "server_model": self.server_model,
+            "draft": self.draft,
+            "server_arg": list(self.server_args) or None,
+            "out_dir": str(self.out_dir),
+            "step_log_dir": str(self.step_log_dir) if self.step_log_dir is not None else None,
+            "merge": self.merge,
+        }
+
+
 def is_peer(policy: str) -> bool:
     return policy.startswith("vllm:")
 
 
-def start_server(args, policy: str, port: int) -> subprocess.Popen:
+def start_server(config: SweepConfig, policy: str, port: int) -> subprocess.Popen:
     if is_peer(policy):
         if not Path(PEER_SCRIPT).exists():
             raise SystemExit(f"{policy} needs {PEER_SCRIPT}: run the sweep from the repository root")
@@ -47,62 +87,61 @@ def start_server(args, policy: str, port: int) -> subprocess.Popen:
         "--log-level",
         "warning",
         "--model",
-        args.server_model,
+        config.server_model,
         "--policy",
         policy,
     ]
-    if args.draft and policy not in ("none", "chunked"):
-        cmd += ["--draft", args.draft]
-    if getattr(args, "step_log_dir", None):
-        cmd += ["--step-log", str(Path(args.step_log_dir) / f"{policy.replace(':', '-')}.jsonl")]
-    cmd += args.server_arg or []
+    if config.draft and policy not in ("none", "chunked"):
+        cmd += ["--draft", config.draft]
+    if config.step_log_dir:
+        cmd += ["--step-log", str(Path(config.step_log_dir) / f"{policy.replace(':', '-')}.jsonl")]
+    cmd += list(config.server_args)
     return subprocess.Popen(cmd)
 
 
-def sweep(args) -> dict:
-    out_dir = Path(args.out_dir)
+def sweep(config: SweepConfig) -> dict:
+    out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    values = [None] if args.variable == "fluctuating" else [float(v) for v in args.values.split(",")]
-    unloaded = args.unloaded_tpot_ms
+    unloaded = config.bench.unloaded_tpot_ms
     results: dict[str, list[dict]] = {}
-    for policy in args.policies.split(","):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = start_server(args, policy, port)
-        try:
-            wait_healthy(url, server, timeout_s=3600)
-            model = served_model(url)
-            if unloaded is None:
-                unloaded = calibrate(url, model)
-                print(f"unloaded per-token latency ({policy}): {unloaded:.1f} ms", flush=True)
-            for value in values:
-                point = _point_args(
-                    args,
-                    policy,
-                    url,
-                    model,
-                    unloaded,
-                    value,
-                    out_dir / f"{policy.replace(':', '-')}_{args.variable}_{value}.json",
-                )
-                result = run_bench(point)
-                summary = {"policy": policy, "value": value, **{k: result[k] for k in ("wall_time_s", "categories")}}
-                results.setdefault(policy, []).append(summary)
-                c = result["categories"]["all"]
-                print(
-                    f"{policy:14s} {args.variable}={value}: attainment {c['attainment']:.0%}, "
-                    f"goodput {c['goodput_tokens_per_s']:.2f} tok/s",
-                    flush=True,
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=120)
-    summary = {"variable": args.variable, "unloaded_tpot_ms": unloaded, "results": results}
-    if args.merge:
-        summary = merge_into(out_dir / f"sweep_{args.variable}.json", summary)
-    (out_dir / f"sweep_{args.variable}.json").write_text(json.dumps(summary, indent=1))
-    plot_sweep(summary, out_dir / f"sweep_{args.variable}.png")
+    for policy in config.policies:
+        points, unloaded = _sweep_policy(config, policy, unloaded)
+        results.setdefault(policy, []).extend(points)
+    summary = {"variable": config.variable, "unloaded_tpot_ms": unloaded, "results": results}
+    if config.merge:
+        summary = merge_into(out_dir / f"sweep_{config.variable}.json", summary)
+    (out_dir / f"sweep_{config.variable}.json").write_text(json.dumps(summary, indent=1))
+    plot_sweep(summary, out_dir / f"sweep_{config.variable}.png")
     return summary
+
+
+def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> tuple[list[dict], float]:
+    """One server for `policy`, one run per value: the points' summaries, and the unloaded per-token
+    latency (measured on this server if not known yet)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(config, policy, port)
+    points = []
+    try:
+        wait_healthy(url, server, timeout_s=3600)
+        model = served_model(url)
+        if unloaded is None:
+            unloaded = calibrate(url, model)
+            print(f"unloaded per-token latency ({policy}): {unloaded:.1f} ms", flush=True)
+        for value in [None] if config.variable == "fluctuating" else config.values:
+            out = Path(config.out_dir) / f"{policy.replace(':', '-')}_{config.variable}_{value}.json"
+            result = run_bench(_point_config(config, policy, url, model, unloaded, value, out))
+            points.append({"policy": policy, "value": value, **{k: result[k] for k in ("wall_time_s", "categories")}})
+            c = result["categories"]["all"]
+            print(
+                f"{policy:14s} {config.variable}={value}: attainment {c['attainment']:.0%}, "
+                f"goodput {c['goodput_tokens_per_s']:.2f} tok/s",
+                flush=True,
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+    return points, unloaded
 
 
 def merge_into(path: Path, summary: dict) -> dict:
@@ -119,24 +158,33 @@ def merge_into(path: Path, summary: dict) -> dict:
     return {**old, "results": {**old["results"], **summary["results"]}}
 
 
-def _point_args(args, policy: str, url: str, model: str, unloaded: float, value: float | None, out: Path) -> Namespace:
-    """The sweep's own bench arguments, pointed at this server, with the swept variable set."""
-    point = dict(
-        vars(args),
+def _point_config(
+    config: SweepConfig, policy: str, url: str, model: str, unloaded: float, value: float | None, out: Path
+) -> BenchConfig:
+    """The sweep's own bench config, pointed at this server, with the swept variable set."""
+    base = config.bench
+    if config.variable == "fluctuating":
+        workload = replace(base.workload, arrival="fluctuating")
+    else:
+        workload = replace(base.workload, **{VARIABLES[config.variable]: value})
+    return replace(
+        base,
         url=url,
+        workload=workload,
         model=model,
         api_key=None,
         unloaded_tpot_ms=unloaded,
-        no_slo=is_peer(policy),
+        send_slo=not is_peer(policy),
         workload_file=None,
         save_workload=None,
         out=str(out),
+        context=_with_defaults(base.context, config.recorded_args()),
     )
-    if args.variable == "fluctuating":
-        point["arrival"] = "fluctuating"
-    else:
-        point[VARIABLES[args.variable]] = value
-    return Namespace(**point)
+
+
+def _with_defaults(context: Mapping[str, Any], settings: dict) -> dict:
+    """The context, with the sweep's settings where it has none (the command line's spelling wins)."""
+    return {**context, **{k: v for k, v in settings.items() if k not in context}}
 
 
 def plot_sweep(summary: dict, path: Path) -> None:
@@ -163,10 +211,26 @@ def plot_sweep(summary: dict, path: Path) -> None:
 def add_sweep_args(p) -> None:
     p.add_argument("--variable", default="rate", choices=list(VARIABLES))
     p.add_argument("--values", default="0.1,0.2,0.4,0.8", help="comma-separated values of the variable")
-    p.add_argument("--policies", default="none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve")
+    p.add_argument("--policies", default=",".join(DEFAULT_POLICIES))
     p.add_argument("--server-model", default="qwen2.5-coder-1.5b")
     p.add_argument("--draft", default="qwen2.5-coder-0.5b")
     p.add_argument("--server-arg", action="append", help="extra argument for `adaserve serve` (repeatable)")
     p.add_argument("--out-dir", default="benchmarks/results/sweep")
     p.add_argument("--step-log-dir", default=None, help="each server traces its steps to DIR/<policy>.jsonl")
     p.add_argument("--merge", action="store_true", help="add these policies to the sweep JSON already in --out-dir")
+
+
+def sweep_config(args) -> SweepConfig:
+    """The command line's SweepConfig (see add_sweep_args and add_bench_args)."""
+    return SweepConfig(
+        bench=bench_config(args),
+        variable=args.variable,
+        values=() if args.variable == "fluctuating" else tuple(float(v) for v in args.values.split(",")),
+        policies=tuple(args.policies.split(",")),
+        server_model=args.server_model,
+        draft=args.draft,
+        server_args=tuple(args.server_arg or ()),
+        out_dir=Path(args.out_dir),
+        step_log_dir=Path(args.step_log_dir) if args.step_log_dir else None,
+        merge=args.merge,
+    )

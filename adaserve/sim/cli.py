@@ -8,8 +8,16 @@ validate  replay each point of a measured `adaserve bench sweep` and compare
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from adaserve.sim.acceptance import DEFAULT_RECORDS
 from adaserve.sim.config import SimConfig
+
+if TYPE_CHECKING:  # (the commands import on use: `adaserve --help` stays quick)
+    from adaserve.sim.commands import ModelSources, SimRunConfig
+    from adaserve.sim.record import RecordConfig
+    from adaserve.sim.validate import ValidateConfig
 
 
 def add_simulate_parser(sub) -> None:
@@ -46,6 +54,15 @@ def add_simulate_parser(sub) -> None:
         default=None,
         help="category SLO, e.g. coding=tpot:1.2x or chat=tpot:50ms (overrides the bench multiples)",
     )
+    _add_server_args(p)
+    from adaserve.bench.run import add_workload_args
+
+    add_workload_args(p)
+    p.set_defaults(func=cmd_simulate)
+
+
+def _add_server_args(p) -> None:
+    """The simulated server and its calibration; what record runs and where the outputs go."""
     p.add_argument(
         "--step-overhead-ms",
         type=float,
@@ -60,6 +77,14 @@ def add_simulate_parser(sub) -> None:
         "predicted pass time; passes = host, and each model's passes fitted against the profile "
         "(a weight per cost-model term and a cost per extra sequence) over the sweep's logs; "
         "unloaded = measured - simulated unloaded TPOT; none = --step-overhead-ms",
+    )
+    p.add_argument(
+        "--replay-as",
+        action="append",
+        default=None,
+        metavar="MEASURED=POLICY",
+        help="validate: replay a measured policy as today's POLICY (adaserve=adaserve-cap for sweeps "
+        "measured before the SLO planner)",
     )
     p.add_argument(
         "--sim-runs",
@@ -81,22 +106,84 @@ def add_simulate_parser(sub) -> None:
         help="record: the speculation policy while recording (its width is the top-k recorded); "
         "several, comma-separated: the later ones fill the positions the earlier ones missed",
     )
-    from adaserve.bench.run import add_workload_args
-
-    add_workload_args(p)
-    p.set_defaults(func=cmd_simulate)
 
 
 def cmd_simulate(args) -> None:
     if args.action == "record":
         from adaserve.sim.record import record
 
-        record(args)
+        record(record_config(args))
     elif args.action == "validate":
         from adaserve.sim.validate import validate
 
-        validate(args)
+        validate(validate_config(args))
     else:
         from adaserve.sim.commands import run
 
-        run(args)
+        run(run_config(args))
+
+
+def sim_config(args) -> SimConfig:
+    """The simulated server the command line describes (before any calibration)."""
+    return SimConfig(
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        kv_capacity_tokens=args.kv_capacity_tokens,
+        step_overhead_ms=args.step_overhead_ms,
+        seed=args.seed,
+    )
+
+
+def model_sources(args) -> ModelSources:
+    from adaserve.sim.commands import ModelSources
+
+    return ModelSources(cost=args.cost, acceptance=args.acceptance, model=args.model, draft=args.draft)
+
+
+def run_config(args) -> SimRunConfig:
+    from adaserve.bench.run import workload_spec
+    from adaserve.sim.commands import SimRunConfig
+
+    return SimRunConfig(
+        sim=sim_config(args),
+        models=model_sources(args),
+        policies=tuple(args.policies.split(",")),
+        variable=args.variable,
+        values=tuple(float(v) for v in args.values.split(",")),
+        workload=workload_spec(vars(args)),
+        unloaded_tpot_ms=args.unloaded_tpot_ms,
+        slo_classes=tuple(args.slo_class or ()),
+        from_bench=tuple(Path(p) for p in args.from_bench or ()),
+        workload_file=Path(args.workload_file) if args.workload_file else None,
+        tokenizer=args.tokenizer,
+        out_dir=Path(args.out_dir),
+    )
+
+
+def validate_config(args) -> ValidateConfig:
+    from adaserve.sim.validate import ValidateConfig
+
+    return ValidateConfig(
+        bench_dirs=tuple(Path(d) for d in args.bench_dir),
+        sim=sim_config(args),
+        models=model_sources(args),
+        calibration=args.calibration,
+        sim_runs=args.sim_runs,
+        out_dir=Path(args.out_dir),
+        replay_as=dict(text.split("=", 1) for text in args.replay_as or ()),
+    )
+
+
+def record_config(args) -> RecordConfig:
+    from adaserve.sim.record import RecordConfig
+
+    return RecordConfig(
+        model=args.model,
+        draft=args.draft,
+        policies=tuple(args.record_policy.split(",")),
+        out=Path(args.out),
+        from_bench=tuple(Path(p) for p in args.from_bench or ()),
+        num_prompts=args.num_prompts,
+        output_tokens=args.output_tokens,
+        seed=args.seed,
+    )

@@ -17,21 +17,41 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from adaserve.bench.client import BenchRequest
 from adaserve.bench.datasets import category_prompts
 from adaserve.bench.workload import DEFAULT_MIX
 from adaserve.sampling import SamplingParams
-from adaserve.sim.acceptance import RecordedAcceptance, save_records
+from adaserve.sim.acceptance import DEFAULT_RECORDS, RecordedAcceptance, save_records
 from adaserve.sim.recorder import OfferRecorder
 
 
-def record(args) -> Path:
+@dataclass(frozen=True)
+class RecordConfig:
+    """`adaserve simulate record`: which pair to run, on which prompts, with which policies.
+
+    policies: the speculation policies while recording (the first one's width is the top-k recorded);
+        the later ones fill the positions the earlier ones missed
+    from_bench: bench result JSONs whose prompts to run; none: num_prompts of each category, each
+        asked for output_tokens (sampled with seed)"""
+
+    model: str = "qwen2.5-coder-1.5b"
+    draft: str = "qwen2.5-coder-0.5b"
+    policies: tuple[str, ...] = ("dynamic-tree:16:8:8",)
+    out: Path = DEFAULT_RECORDS
+    from_bench: tuple[Path, ...] = ()
+    num_prompts: int = 8
+    output_tokens: int = 128
+    seed: int = 0
+
+
+def record(config: RecordConfig) -> Path:
     from adaserve.engine.llm import LLM
 
-    policies = args.record_policy.split(",")
-    llm = LLM(args.model, draft=args.draft, spec_policy=policies[0], num_threads=2)
+    policies = list(config.policies)
+    llm = LLM(config.model, draft=config.draft, spec_policy=policies[0], num_threads=2)
     stats = OfferRecorder()
     llm.engine.add_spec_observer(stats)
     records, categories, prompt_keys = [], [], []
@@ -39,7 +59,7 @@ def record(args) -> Path:
         llm.engine.set_spec_policy(policy)
         covered = {(key, r.position) for r, key in zip(records, prompt_keys) if key}  # by the policies before
         num_before = len(records)
-        for batch, category, key, max_tokens in _batches(args):
+        for batch, category, key, max_tokens in _batches(config):
             stats.clear()
             llm.chat(batch, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))
             new = [r for r in stats.offers if not key or (key, r.position) not in covered]
@@ -52,7 +72,7 @@ def record(args) -> Path:
             f"{policy}: {len(records) - num_before - num_off} offer records on the target's path"
             + (" (positions the policies before it missed)" if k else f", {num_off} off it")
         )
-    out = Path(args.out)
+    out = Path(config.out)
     save_records(out, records, categories, prompt_keys)
     model = RecordedAcceptance(records, categories, prompt_keys)
     print(f"wrote {len(records)} offer records to {out} ({len(model.prompt_pools)} prompts named)")
@@ -62,16 +82,16 @@ def record(args) -> Path:
     return out
 
 
-def _batches(args):
+def _batches(config: RecordConfig):
     """(conversations run together, their category, their prompt key or "", output tokens)."""
-    if args.from_bench:
-        for request in _bench_prompts([Path(p) for p in args.from_bench]):
+    if config.from_bench:
+        for request in _bench_prompts([Path(p) for p in config.from_bench]):
             yield [request.messages], request.category, request.prompt_key, request.max_tokens
         return
-    rng = random.Random(args.seed)
+    rng = random.Random(config.seed)
     for category in DEFAULT_MIX:
-        prompts = rng.sample(category_prompts(category), args.num_prompts)
-        yield [[{"role": "user", "content": p}] for p in prompts], category, "", args.output_tokens
+        prompts = rng.sample(category_prompts(category), config.num_prompts)
+        yield [[{"role": "user", "content": p}] for p in prompts], category, "", config.output_tokens
 
 
 def _bench_prompts(paths: list[Path]) -> list[BenchRequest]:

@@ -12,14 +12,14 @@ Each policy's replay is calibrated with what its server measured (`--calibration
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from adaserve.bench.client import BenchRecord
 from adaserve.engine.step_log import StepRecord, read_step_log
 from adaserve.sched.cost_model import CostModel
-from adaserve.sim.commands import load_models, sim_config
+from adaserve.sim.commands import ModelSources, load_models
 from adaserve.sim.config import PassCorrection, SimConfig
 from adaserve.sim.run import simulate, unloaded_tpot_ms
 from adaserve.sim.step_timing import HostModel, fit_host_model, fit_pass_correction, run_timing
@@ -27,28 +27,49 @@ from adaserve.sim.workloads import from_bench_result
 from adaserve.slo import SLO
 
 
-def validate(args) -> dict:
-    bench_dirs = [Path(d) for d in args.bench_dir]
+@dataclass(frozen=True)
+class ValidateConfig:
+    """`adaserve simulate validate`: the sweeps to replay and the simulated server to replay them on.
+
+    bench_dirs: a bench sweep's output dirs (repeats of one sweep: the same workloads and SLOs)
+    sim: the simulated server before calibration (its seed is the first run's; step_overhead_ms
+        counts with calibration "none")
+    calibration: how each policy's replay is calibrated (see calibrated())
+    sim_runs: simulations per point (seeds sim.seed, sim.seed + 1, ...), averaged
+    replay_as: measured policy name -> the policy that ran then, under its name today (e.g. sweeps
+        measured before the SLO planner ran "adaserve" as today's "adaserve-cap")"""
+
+    bench_dirs: tuple[Path, ...]
+    sim: SimConfig = field(default_factory=SimConfig)
+    models: ModelSources = field(default_factory=ModelSources)
+    calibration: str = "host"
+    sim_runs: int = 5
+    out_dir: Path = Path("benchmarks/results/sim")
+    replay_as: dict[str, str] = field(default_factory=dict)
+
+
+def validate(config: ValidateConfig) -> dict:
+    bench_dirs = [Path(d) for d in config.bench_dirs]
     summaries = [json.loads((d / "sweep_rate.json").read_text()) for d in bench_dirs]
-    cost, acceptance = load_models(args)
+    cost, acceptance = load_models(config.models)
     rows, repeat_rows, timings = [], [], {}
     for policy, points in summaries[0]["results"].items():
         if policy.startswith("vllm:"):
             continue  # another engine: its scheduler is not ours to simulate
         configs = []  # per sweep: the simulated server, calibrated with what that sweep's servers logged
         for d, summary in zip(bench_dirs, summaries):
-            config, timings[f"{d}:{policy}"] = calibrated(args.calibration, sim_config(args), policy, d, summary, cost)
-            configs.append(replace(config, policy=policy))
+            sim, timings[f"{d}:{policy}"] = calibrated(config.calibration, config.sim, policy, d, summary, cost)
+            configs.append(replace(sim, policy=config.replay_as.get(policy, policy)))
             print(
-                f"{policy} ({args.calibration}, {d}): host {config.step_overhead_ms:.2f} ms per step + "
-                f"{config.host_ms_per_target_row:.3f} per target row + {config.host_ms_per_draft_row:.3f} per draft "
-                f"row, pass times x{config.time_scale:.3f}, target {config.target_pass}, draft {config.draft_pass}",
+                f"{policy} ({config.calibration}, {d}): host {sim.step_overhead_ms:.2f} ms per step + "
+                f"{sim.host_ms_per_target_row:.3f} per target row + {sim.host_ms_per_draft_row:.3f} per draft "
+                f"row, pass times x{sim.time_scale:.3f}, target {sim.target_pass}, draft {sim.draft_pass}",
                 flush=True,
             )
         for k, point in enumerate(points):
             measured = [_same_point(s, policy, k, point["value"])["categories"]["all"] for s in summaries]
             simulated, errors, num_own = _replay(
-                bench_dirs, configs, policy, point["value"], cost, acceptance, args.sim_runs
+                bench_dirs, configs, policy, point["value"], cost, acceptance, config.sim_runs
             )
             rows.append(_row(policy, point["value"], _mean(measured), simulated))
             rows[-1]["measured_attainment_range"] = [
@@ -62,10 +83,10 @@ def validate(args) -> dict:
     out = {
         "bench_dirs": [str(d) for d in bench_dirs],
         "cost_model": cost.meta,
-        "calibration": args.calibration,
+        "calibration": config.calibration,
         "timings": timings,
-        "sim_runs": args.sim_runs,
-        "first_seed": args.seed,
+        "sim_runs": config.sim_runs,
+        "first_seed": config.sim.seed,
         "rows": rows,
         "num_within_targets": _num_ok(rows),
         "num_points": len(rows),
@@ -74,7 +95,7 @@ def validate(args) -> dict:
     }
     if repeat_rows:
         out.update(repeat_rows=repeat_rows, repeat_num_within_targets=_num_ok(repeat_rows))
-    _report(out, Path(args.out_dir))
+    _report(out, Path(config.out_dir))
     return out
 
 
