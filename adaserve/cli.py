@@ -31,27 +31,39 @@ def _engine_args(
     p.add_argument(
         "--policy",
         default=default_policy,
-        help="none, chunked, chain:K, static-tree, dynamic-tree, smartspec, adaserve, adaserve-equal",
+        help="none, chunked, chain:K, static-tree, dynamic-tree, smartspec, adaserve, adaserve-cap, adaserve-equal",
     )
     p.add_argument("--cost-model", default=None, help="profile JSON (default: cached per model pair)")
 
 
+def engine_config(args, **overrides):
+    """The EngineConfig that the shared engine flags (_engine_args) describe, with overrides."""
+    from adaserve.config import EngineConfig
+
+    return EngineConfig(
+        **{
+            "model": args.model,
+            "device": args.device,
+            "kv_cache_memory": parse_memory(args.kv_cache_memory),
+            "block_size": args.block_size,
+            "max_num_seqs": args.max_num_seqs,
+            "max_num_batched_tokens": args.max_num_batched_tokens,
+            "max_model_len": args.max_model_len,
+            "num_threads": args.threads,
+            "draft": args.draft,
+            "spec_policy": args.policy or "none",
+            "cost_model": args.cost_model,
+            **overrides,
+        }
+    )
+
+
 def _llm(args):
+    from dataclasses import asdict
+
     from adaserve.engine.llm import LLM
 
-    return LLM(
-        args.model,
-        device=args.device,
-        kv_cache_memory=parse_memory(args.kv_cache_memory),
-        block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len,
-        num_threads=args.threads,
-        draft=args.draft,
-        spec_policy=args.policy or "none",
-        cost_model=args.cost_model,
-    )
+    return LLM(**asdict(engine_config(args)))
 
 
 def cmd_bench(args) -> None:
@@ -82,19 +94,9 @@ def cmd_demo(args) -> None:
 def cmd_profile(args) -> None:
     from pathlib import Path
 
-    from adaserve.config import EngineConfig
     from adaserve.engine.core import EngineCore
 
-    engine = EngineCore(
-        EngineConfig(
-            model=args.model,
-            draft=args.draft,
-            device=args.device,
-            num_threads=args.threads,
-            kv_cache_memory=parse_memory(args.kv_cache_memory),
-            max_num_batched_tokens=args.max_num_batched_tokens,
-        )
-    )
+    engine = EngineCore(engine_config(args, spec_policy="none", cost_model=None))  # (measures, loads no profile)
     cost = engine.load_cost_model(refresh=args.refresh)
     print(cost.to_json())
     print(
@@ -144,7 +146,6 @@ def cmd_serve(args) -> None:
 
     import uvicorn
 
-    from adaserve.config import EngineConfig
     from adaserve.engine.async_engine import AsyncEngine
     from adaserve.engine.core import EngineCore
     from adaserve.server.app import ServerConfig, create_app
@@ -157,21 +158,7 @@ def cmd_serve(args) -> None:
         draft = "qwen2.5-coder-0.5b"  # the default pair
     policy = args.policy or ("adaserve" if draft else "none")
     specs = [parse_slo_class(c) for c in (args.slo_class or DEFAULT_SLO_CLASSES)]
-    engine = EngineCore(
-        EngineConfig(
-            model=model,
-            draft=draft,
-            spec_policy=policy,
-            device=args.device,
-            num_threads=args.threads,
-            kv_cache_memory=parse_memory(args.kv_cache_memory),
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len,
-            cost_model=args.cost_model,
-            step_log=args.step_log,
-        )
-    )
+    engine = EngineCore(engine_config(args, model=model, draft=draft, spec_policy=policy, step_log=args.step_log))
     unloaded_ms = None
     if any(c.tpot_scale is not None for c in specs):
         cost = engine.cost_model or engine.load_cost_model()

@@ -15,15 +15,19 @@ PROMPTS = [
 ]
 
 
-def test_qwen_pair_greedy_speculation_equals_plain_greedy():
-    llm = LLM(
+def qwen_pair(policy: str) -> LLM:
+    return LLM(
         "qwen2.5-coder-1.5b",
         draft="qwen2.5-coder-0.5b",
-        spec_policy="static-tree",
+        spec_policy=policy,
         max_num_batched_tokens=256,
         kv_cache_memory=256 << 20,
         max_model_len=1024,
     )
+
+
+def test_qwen_pair_greedy_speculation_equals_plain_greedy():
+    llm = qwen_pair("static-tree")
     params = SamplingParams(max_tokens=48)
     results = {}
     for policy in ["none", "chain:4", "static-tree", "dynamic-tree"]:
@@ -40,14 +44,7 @@ def test_qwen_pair_tight_slo_gets_more_tokens_verified():
     """AdaServe's selection on the real pair with its profiled cost model: a tight and a loose
     request run together; the tight one gets more drafted tokens verified per iteration; output =
     plain greedy. (adaserve-cap: the planner would demote the unreachable 1 ms TPOT.)"""
-    llm = LLM(
-        "qwen2.5-coder-1.5b",
-        draft="qwen2.5-coder-0.5b",
-        spec_policy="adaserve-cap",
-        max_num_batched_tokens=256,
-        kv_cache_memory=256 << 20,
-        max_model_len=1024,
-    )
+    llm = qwen_pair("adaserve-cap")
     prompt = PROMPTS[1]
     engine = llm.engine
     tight = engine.add_request(prompt, SamplingParams(max_tokens=40, slo={"tpot_ms": 1.0}))
