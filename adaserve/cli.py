@@ -141,17 +141,15 @@ def cmd_generate(args) -> None:
 DEFAULT_SLO_CLASSES = ["coding=tpot:1.2x", "chat=tpot:2x", "summarization=tpot:6x"]  # the paper's ratios
 
 
-def cmd_serve(args) -> None:
+def build_server(args):
+    """(the started AsyncEngine, the FastAPI app) that `adaserve serve` runs with these flags."""
     import logging
-
-    import uvicorn
 
     from adaserve.engine.async_engine import AsyncEngine
     from adaserve.engine.core import EngineCore
     from adaserve.server.app import ServerConfig, create_app
     from adaserve.slo import parse_slo_class
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = args.model_pos or args.model
     draft = args.draft
     if draft is None and model == "qwen2.5-coder-1.5b":
@@ -175,8 +173,18 @@ def cmd_serve(args) -> None:
         slo_classes=classes,
         default_slo_class=args.default_slo_class,
     )
+    return async_engine, create_app(async_engine, config)
+
+
+def cmd_serve(args) -> None:
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    async_engine, app = build_server(args)
     try:
-        uvicorn.run(create_app(async_engine, config), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         async_engine.shutdown()
 

@@ -338,3 +338,23 @@ def test_mixed_slos_end_to_end_refusal_and_demotion(server, engine):
     assert 'adaserve_slo_demoted_requests_total{slo_class="hopeless"} 1.0' in metrics
     assert 'adaserve_slo_demoted_requests_total{slo_class="relaxed"}' not in metrics
     wait_idle(engine)
+
+
+def test_the_serve_command_builds_a_working_server(smollm2_dir):
+    """What `adaserve serve` starts, from its command line (its own wiring had no test)."""
+    from fastapi.testclient import TestClient
+
+    from adaserve.cli import build_parser, build_server
+
+    args = build_parser().parse_args(
+        ["serve", "--model", str(smollm2_dir), "--draft", "ngram", "--policy", "chain:2", "--slo-class", "chat=tpot:2s"]
+    )
+    engine, app = build_server(args)
+    try:
+        client = TestClient(app)
+        body = {"prompt": "Hello", "max_tokens": 4, "slo_class": "chat"}
+        response = client.post("/v1/completions", json=body).json()
+        assert response["usage"]["completion_tokens"] == 4 and response["usage"]["slo"]["tpot_ms"] == 2000.0
+        assert client.get("/v1/models").json()["data"][0]["id"] == str(smollm2_dir)
+    finally:
+        engine.shutdown()
