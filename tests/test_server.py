@@ -356,5 +356,7 @@ def test_the_serve_command_builds_a_working_server(smollm2_dir):
         response = client.post("/v1/completions", json=body).json()
         assert response["usage"]["completion_tokens"] == 4 and response["usage"]["slo"]["tpot_ms"] == 2000.0
         assert client.get("/v1/models").json()["data"][0]["id"] == str(smollm2_dir)
+        refused = client.post("/v1/completions", json={**body, "slo_policy": "reject"})  # no planner: never silent
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "slo_policy"
     finally:
         engine.shutdown()

@@ -130,6 +130,10 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
             params = body.sampling_params(max_tokens, slo, slo_class)
         except ValueError as e:
             raise APIError(400, str(e), "invalid_request_error") from e
+        if params.slo_policy == "reject" and not core.policy.planner:  # (nothing would ever refuse it)
+            message = "slo_policy 'reject' needs the SLO planner (policy adaserve)"
+            message += f"; this server runs {core.policy.name}"
+            raise APIError(400, message, "invalid_request_error", "slo_policy")
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         deltas = engine.generate(prompt_ids, params, request_id)
         first = await _first_delta(deltas)
