@@ -94,7 +94,7 @@ class StepPlanner:
         if fits is None:
             plan.limits = StepLimits(num_spec_tokens_per_seq=mean_tree)
             return plan
-        cap = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, (context, len(running)))
+        cap = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, (context, len(running), decode_ms))
         num_new = self._admissible(keeping, now, load, context, len(running))
         # Best-effort requests come strictly last: they run only while no request keeps a TPOT.
         plan.limits = StepLimits(cap, mean_tree, max(fits, load.num_decoding + cap), num_new, True)
@@ -108,13 +108,12 @@ class StepPlanner:
         given_up: list[Request],
         now: float,
         load: StepLoad,
-        batch: tuple[int, int],
+        batch: tuple[int, int, float],
     ) -> int:
         """Prompts get the running requests' comfortable slack (back on their line within
         recovery_tokens: `fits` tokens in all), or all of it (by max_tokens) when a prompt would be
         late otherwise; best-effort prompts alone get one step's slack (back on the line after it)."""
-        context, num_seqs = batch  # the running requests' cached tokens and count
-        decode_ms = self._step_ms(load, 0, context, num_seqs)
+        context, num_seqs, decode_ms = batch  # the running requests' cached tokens, count, decode step
         given_up_ids = {id(r) for r in given_up}
         if not any(not r.best_effort and id(r) not in given_up_ids for r in prefilling):
             return self._prefill_cap(self._fits(keeping, now, load, decode_ms, context, 1), load)
