@@ -27,6 +27,12 @@ def _engine_args(
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "gguf", "fp32"],
+        help="gguf: keep a GGUF model's weights quantized (int4/int8 CPU kernels); auto: gguf when possible",
+    )
     p.add_argument("--draft", default=None, help="draft model (preset, dir, .gguf) or 'ngram'")
     p.add_argument(
         "--policy",
@@ -50,6 +56,7 @@ def engine_config(args, **overrides):
             "max_num_batched_tokens": args.max_num_batched_tokens,
             "max_model_len": args.max_model_len,
             "num_threads": args.threads,
+            "weights": args.weights,
             "draft": args.draft,
             "spec_policy": args.policy or "none",
             "cost_model": args.cost_model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MiB = 1 << 20
+WEIGHT_FORMATS = ("auto", "gguf", "fp32")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     # None: the model's max_position_embeddings.
     max_model_len: int | None = None
+    # "gguf": keep a GGUF model's weights quantized (int4/int8 qgemm kernels, CPU); "fp32": dequantize
+    # them; "auto": gguf for GGUF models on CPU, else fp32.
+    weights: str = "auto"
     # Pack linear weights for oneDNN on CPU (2-2.6x faster for small token counts here).
     cpu_packed_linear: bool = True
     num_threads: int | None = None
@@ -41,6 +45,8 @@ class EngineConfig:
             raise ValueError("block_size and kv_cache_memory must be positive")
         if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.weights not in WEIGHT_FORMATS:
+            raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, not {self.weights!r}")
 
 
 def parse_memory(text: str | int) -> int:

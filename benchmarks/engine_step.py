@@ -22,14 +22,14 @@ from adaserve.kv.manager import KVCacheManager
 from adaserve.models.attention import SeqSpec, build_attention_metadata
 from adaserve.models.llama import KVCache
 from adaserve.models.loader import load_model
-from adaserve.models.sources import resolve_model
+from adaserve.models.sources import fp32_weights, resolve_model
 
 CONTEXT = 256
 
 
 class Ours:
     def __init__(self, model_dir, packed: bool, num_seqs: int) -> None:
-        self.model = load_model(model_dir, packed_linear=packed)
+        self.model = load_model(fp32_weights(model_dir), packed_linear=packed)
         self.kv = KVCacheManager(num_blocks=num_seqs * (CONTEXT + 80) // 16 + 8, block_size=16)
         self.cache = KVCache(self.model.cfg, self.kv.pool.num_blocks, 16, torch.float32, "cpu")
 

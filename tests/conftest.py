@@ -8,9 +8,9 @@ torch.set_num_threads(int(os.environ.get("ADASERVE_TEST_THREADS", "2")))
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
-    from adaserve.models.sources import resolve_model
+    from adaserve.models.sources import fp32_weights, resolve_model
 
-    return resolve_model("smollm2-135m", progress=False)
+    return fp32_weights(resolve_model("smollm2-135m", progress=False))  # transformers, the oracle, reads fp32
 
 
 @pytest.fixture(scope="session")

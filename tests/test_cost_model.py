@@ -121,7 +121,9 @@ def test_engine_profiles_once_per_model_pair_and_caches(tiny_model_dirs, tmp_pat
     assert EngineCore(config).cost_model == first  # read back from the cache, not measured again
     # A draft cut to its first layers is a different model: its own profile.
     args = (tiny_model_dirs["llama"], tiny_model_dirs["llama"])
-    assert profile_key(*args, None, "cpu", "float32", True) != profile_key(*args, 1, "cpu", "float32", True)
+    assert profile_key(*args, None, "cpu", "float32", "gguf") != profile_key(*args, 1, "cpu", "float32", "gguf")
+    # So is another weight format.
+    assert profile_key(*args, None, "cpu", "float32", "gguf") != profile_key(*args, None, "cpu", "float32", "fp32")
 
 
 def test_per_sequence_term_and_json_round_trip():

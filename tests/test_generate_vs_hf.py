@@ -39,7 +39,7 @@ def hf_greedy(smollm2_dir):
     ids=["batched", "chunked-prefill", "max-2-seqs"],
 )
 def test_greedy_matches_transformers(smollm2_dir, hf_greedy, engine_kwargs):
-    llm = LLM(str(smollm2_dir), **engine_kwargs)
+    llm = LLM(str(smollm2_dir), weights="fp32", **engine_kwargs)
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=64))
     for expected, out in zip(hf_greedy, outs):
         assert out.token_ids == expected
@@ -51,7 +51,7 @@ def test_preemption_recomputes_and_keeps_greedy_output(smollm2_dir, hf_greedy):
     from adaserve.models.loader import read_model_config
 
     per_token = read_model_config(smollm2_dir).kv_bytes_per_token()
-    llm = LLM(str(smollm2_dir), block_size=4, kv_cache_memory=24 * 4 * per_token)
+    llm = LLM(str(smollm2_dir), weights="fp32", block_size=4, kv_cache_memory=24 * 4 * per_token)
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=64))
     assert [o.token_ids for o in outs] == hf_greedy
     assert sum(o.num_preemptions for o in outs) > 0

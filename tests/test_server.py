@@ -210,7 +210,7 @@ def test_overload_is_429_with_retry_after(server, engine):
             "POST",
             server.url + "/v1/completions",
             timeout=60,
-            json={"model": MODEL, "prompt": "Tell a story.", "max_tokens": 200, "stream": True, "ignore_eos": True},
+            json={"model": MODEL, "prompt": "Tell a story.", "max_tokens": 1000, "stream": True, "ignore_eos": True},
         ) as s:
             next(s.iter_lines())
             r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "hi"})
@@ -221,13 +221,13 @@ def test_overload_is_429_with_retry_after(server, engine):
 
 
 def test_disconnect_mid_stream_frees_blocks(server, engine):
-    body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 400, "stream": True, "ignore_eos": True}
+    body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 2000, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as s:
         lines = s.iter_lines()
         for _ in range(3):
             next(lines)
         assert engine.engine.kv.num_free_blocks < engine.engine.kv.pool.num_blocks
-    wait_idle(engine, timeout=5.0)  # aborted and freed: 400 tokens would take far longer than 5 s
+    wait_idle(engine, timeout=5.0)  # aborted and freed: 2000 tokens would take far longer than 5 s
 
 
 def test_32_concurrent_streams_finish(server, engine):

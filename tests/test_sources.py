@@ -3,6 +3,7 @@
 import hashlib
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -53,9 +54,11 @@ def test_local_gguf_file_is_converted_and_cached(smollm2_dir, cache):
 
     gguf = json.loads((smollm2_dir / sources.COMPLETE_MARKER).read_text())["source"]  # the preset's .gguf
     out = resolve_model(str(gguf))
-    assert out.parent == cache / "models" and (out / "model.safetensors").exists()
+    assert out.parent == cache / "models" and sources.gguf_source(out) == Path(gguf)
+    assert not (out / "model.safetensors").exists()  # the engine reads the GGUF itself
     assert read_model_config(out) == read_model_config(smollm2_dir)
     assert resolve_model(str(gguf)) == out  # second time: from the cache
+    assert (sources.fp32_weights(out) / "model.safetensors").exists()  # fp32 only when asked for
 
 
 def test_local_hf_directory_is_used_as_is(smollm2_dir):

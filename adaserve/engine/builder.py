@@ -12,8 +12,10 @@ from adaserve.config import EngineConfig
 from adaserve.engine.executor import ModelExecutor
 from adaserve.kv.manager import KVCacheManager
 from adaserve.models.config import ModelConfig
+from adaserve.models.gguf_loader import load_gguf_model
+from adaserve.models.llama import CausalLM
 from adaserve.models.loader import load_model, read_model_config
-from adaserve.models.sources import resolve_model
+from adaserve.models.sources import fp32_weights, gguf_source, resolve_model
 from adaserve.spec.proposers import DraftModelProposer, NgramProposer, Proposer
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,49 @@ class Target:
     tokenizer: object
     max_model_len: int
     executor: ModelExecutor
+    weights: str  # "gguf" or "fp32": what the model runs on (see weight_format)
 
 
 def _load_tokenizer(model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def weight_format(config: EngineConfig, model_dir: Path) -> str:
+    """'gguf' (quantized kernels) or 'fp32' for this model, from config.weights."""
+    source, on_cpu = gguf_source(model_dir), torch.device(config.device).type == "cpu"
+    if config.weights == "fp32":
+        return "fp32"
+    if config.weights == "gguf":
+        if source is None:
+            raise ValueError(f"--weights gguf: {model_dir} did not come from a GGUF file (use --weights fp32)")
+        if not on_cpu:
+            raise ValueError(f"--weights gguf runs on the CPU kernels only; use --weights fp32 on {config.device}")
+        return "gguf"
+    if source is None or not on_cpu:
+        return "fp32"
+    try:
+        from adaserve.kernels import qgemm
+
+        qgemm()
+    except Exception as e:  # no compiler: still serve, slower
+        log.warning("quantized CPU kernels unavailable (%s: %s); running fp32 weights", type(e).__name__, e)
+        return "fp32"
+    return "gguf"
+
+
+def load_weights(
+    config: EngineConfig, model_dir: Path, max_positions: int, num_layers: int | None = None
+) -> tuple[CausalLM, str]:
+    """The model in the format weight_format picks, and that format."""
+    fmt = weight_format(config, model_dir)
+    if fmt == "gguf":
+        model = load_gguf_model(gguf_source(model_dir), read_model_config(model_dir), max_positions, num_layers)
+        return model, fmt
+    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
+    model_dir = fp32_weights(model_dir)
+    return load_model(model_dir, device, dtype, max_positions, config.cpu_packed_linear, num_layers), fmt
 
 
 def build_target(config: EngineConfig) -> Target:
@@ -49,10 +88,9 @@ def build_target(config: EngineConfig) -> Target:
     max_model_len = min(model_max, kv.capacity_tokens)
     if max_model_len < model_max:
         log.warning("max_model_len %d capped to the KV cache capacity %d", model_max, max_model_len)
-    model = load_model(model_dir, device, dtype, max_model_len + MAX_TREE_DEPTH, config.cpu_packed_linear)
-    return Target(
-        model_dir, model_config, _load_tokenizer(model_dir), max_model_len, ModelExecutor(model, kv, dtype, device)
-    )
+    model, weights = load_weights(config, model_dir, max_model_len + MAX_TREE_DEPTH)
+    executor = ModelExecutor(model, kv, dtype, device)
+    return Target(model_dir, model_config, _load_tokenizer(model_dir), max_model_len, executor, weights)
 
 
 def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor | None:
@@ -66,14 +104,7 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     bs = config.block_size
     # Everything the target holds, plus every request's largest draft tree.
     num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
-    model = load_model(
-        draft_dir,
-        device,
-        dtype,
-        target.max_model_len + MAX_TREE_DEPTH,
-        config.cpu_packed_linear,
-        num_layers=config.draft_num_layers,
-    )
+    model, _ = load_weights(config, draft_dir, target.max_model_len + MAX_TREE_DEPTH, config.draft_num_layers)
     return ModelExecutor(model, KVCacheManager(num_blocks, bs), dtype, device)
 
 

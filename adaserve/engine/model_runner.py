@@ -44,7 +44,7 @@ class ModelRunner:
         self.eos_token_ids = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
-        self.executor = target.executor
+        self.executor, self.weights = target.executor, target.weights
         self.kv = self.executor.kv
         self.draft = build_draft_executor(config, target)
         self.proposer = build_proposer(config, self.draft)
@@ -69,11 +69,17 @@ class ModelRunner:
             return CostModel.load(Path(config.cost_model))
         draft_dir = resolve_model(config.draft) if self.draft is not None else None
         key = profile_key(
-            self.model_dir, draft_dir, config.draft_num_layers, config.device, config.dtype, config.cpu_packed_linear
+            self.model_dir, draft_dir, config.draft_num_layers, config.device, config.dtype, self._linear_format()
         )
-        meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None}
+        meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None, "weights": self.weights}
         max_tokens = config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
         return load_or_profile(self.executor, self.draft, key, max_tokens, meta, refresh)
+
+    def _linear_format(self) -> str:
+        """What the linear layers run on, part of the profile key."""
+        if self.weights == "gguf":
+            return "gguf"
+        return "fp32-packed" if self.config.cpu_packed_linear else "fp32"
 
     def free(self, request_id: str) -> None:
         self.sampler.forget(request_id)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from adaserve.engine.executor import ModelExecutor
+from adaserve.kernels import cpu_flags
 from adaserve.models.sources import cache_root
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 
@@ -146,10 +147,11 @@ def _num_seqs_fit(executor: ModelExecutor, num_seqs: int, context: int) -> bool:
 
 
 def profile_key(
-    target_dir: Path, draft_dir: Path | None, draft_num_layers: int | None, device: str, dtype: str, packed: bool
+    target_dir: Path, draft_dir: Path | None, draft_num_layers: int | None, device: str, dtype: str, weights: str
 ) -> str:
     """Everything the latencies depend on: the models (a draft cut to its first layers is another
-    model), the device and number format, and the machine."""
+    model), the device, the weight format and number format, and the machine with its ISA flags
+    (a change of any of them is a new key, so the profile is measured again)."""
     cpu = platform.processor() or platform.machine()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -162,8 +164,9 @@ def profile_key(
         str(draft_num_layers),
         device,
         dtype,
-        str(packed),
+        weights,
         cpu,
+        " ".join(cpu_flags()),
         str(torch.get_num_threads()),
         torch.__version__,
         str(os.cpu_count()),

@@ -83,6 +83,7 @@ class AttentionGroup:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [num_tokens] int64, cache slot each new K/V is written to
     groups: list[AttentionGroup]
+    keys: object | None = None  # models.key_lists.KeyLists: the batch-invariant kernel's inputs (no groups)
 
 
 def group_sequences(
@@ -148,10 +149,17 @@ def build_attention_metadata(
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
     min_waste: int = MIN_WASTE,
+    invariant: bool = False,
 ) -> AttentionMetadata:
+    """`invariant`: key lists for the batch-invariant kernel instead of SDPA groups."""
     for s in seqs:
         if s.kv_len > len(s.block_table) * block_size:
             raise ValueError("block table too short for cached + new tokens")
+    slot_mapping = torch.tensor([slot for s in seqs for slot in s.slot_ids], dtype=torch.long, device=device)
+    if invariant:
+        from adaserve.models.key_lists import build_key_lists
+
+        return AttentionMetadata(slot_mapping, [], build_key_lists(seqs, block_size, device))
     offsets = [0]  # flat index of each sequence's first token
     for s in seqs:
         offsets.append(offsets[-1] + s.num_new)
@@ -167,7 +175,6 @@ def build_attention_metadata(
         if len(groups) > 1:  # one group holds every token in order: no index needed
             group.token_ids = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members])
         built.append(_to_device(group, device))
-    slot_mapping = torch.tensor([slot for s in seqs for slot in s.slot_ids], dtype=torch.long, device=device)
     return AttentionMetadata(slot_mapping, built)
 
 

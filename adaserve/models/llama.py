@@ -85,13 +85,36 @@ class Attention(nn.Module):
         k_cache, v_cache = kv.k[self.layer_idx], kv.v[self.layer_idx]  # [blocks, bs, kv_heads, d]
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
-        if len(meta.groups) == 1:
+        if meta.keys is not None:
+            out = self._attend_invariant(q, k_cache, v_cache, meta.keys)
+        elif len(meta.groups) == 1:
             out = self._attend(q, k_cache, v_cache, meta.groups[0])
         else:
             out = q.new_empty(num_tokens, self.num_heads * self.head_dim)
             for group in meta.groups:
                 out[group.token_ids] = self._attend(q[group.token_ids], k_cache, v_cache, group)
         return self.o_proj(out)  # [num_tokens, hidden]
+
+    def _attend_invariant(self, q: torch.Tensor, k_cache, v_cache, keys) -> torch.Tensor:
+        """q [num_tokens, heads, d] -> [num_tokens, heads * d], each row independent of the batch."""
+        from adaserve.kernels import qgemm
+
+        flat_k, flat_v = k_cache.view(-1, *k_cache.shape[2:]), v_cache.view(-1, *v_cache.shape[2:])
+        return (
+            qgemm()
+            .paged_attention(
+                q.float(),
+                flat_k,
+                flat_v,
+                keys.token_seq,
+                keys.base_offsets,
+                keys.base_slots,
+                keys.extra_offsets,
+                keys.extra_slots,
+                self.head_dim**-0.5,
+            )
+            .to(q.dtype)
+        )
 
     def _attend(self, q: torch.Tensor, k_cache, v_cache, group: AttentionGroup) -> torch.Tensor:
         """q [group_tokens, heads, d] -> [group_tokens, heads * d]."""
@@ -154,6 +177,9 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_positions or cfg.max_position_embeddings)
+        # Batch-invariant attention (explicit key lists) instead of SDPA groups: needed where small
+        # numeric differences get amplified, as by quantizing activations (the GGUF kernels).
+        self.batch_invariant = False
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: KVCache

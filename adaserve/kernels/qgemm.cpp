@@ -1,0 +1,261 @@
+// Quantized linear layers for CPU: int4 or int8 weights with a scale and an offset per group of 32
+// input features, activations quantized to int8 per group of 32 on the fly (as llama.cpp's Q8 dot
+// products do), integer dot products (AVX-512 VNNI, AVX2, or scalar), fp32 output.
+//
+// Every output row is computed by the same instructions in the same order whatever the number of
+// rows in the call, so a token's logits do not depend on what else is in the batch: speculative
+// verification of a 40-token tree gives the same target output as 40 one-token decodes.
+//
+// Layouts (adaserve/kernels/layout.py packs them), COLS = 16 output features per block, GROUP = 32:
+//   weight  uint8 [N / 16, K / 32, BYTES]: for quad j (inputs 4j..4j+3 of the group), byte
+//           (col * 4 + kk) of a 64-byte chunk holds input 4j + kk of column col.
+//           int4 (BYTES = 256): chunk c holds quad 2c in the low nibbles, quad 2c + 1 in the high ones.
+//           int8 (BYTES = 512): chunk j holds quad j as u = w + 128.
+//   scales  fp16 [N / 16, K / 32, 2, 16]: d then z per column, so that w = d * u + z.
+// Per group:  sum_k w_k x_k ~= s * (d * sum_k u_k q_k + z * sum_k q_k),  x_k ~= s * q_k.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t COLS = 16, GROUP = 32, MAX_ROWS = 8;
+
+// x [M, K] fp32 -> q int8 [M, K], scale [M, K/32], scaled_sum = scale * sum(q) [M, K/32].
+void quantize_rows(const float* x, int64_t num_groups, int8_t* q, float* scale, float* scaled_sum) {
+  at::parallel_for(0, num_groups, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* xs = x + i * GROUP;
+      float amax = 0.f;
+      for (int j = 0; j < GROUP; ++j) amax = std::max(amax, std::fabs(xs[j]));
+      const float s = amax / 127.f;
+      const float inv = s > 0.f ? 1.f / s : 0.f;
+      int sum = 0;
+      for (int j = 0; j < GROUP; ++j) {
+        const int v = static_cast<int>(std::nearbyint(xs[j] * inv));
+        q[i * GROUP + j] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      scale[i] = s;
+      scaled_sum[i] = s * static_cast<float>(sum);
+    }
+  });
+}
+
+struct Acts {
+  const int8_t* q;
+  const float* scale;
+  const float* scaled_sum;
+  int64_t K, G;
+};
+
+// One block of 16 columns for `rows` rows; plain C++ with the same arithmetic as the SIMD paths.
+template <bool INT4>
+void block_scalar(const uint8_t* w, const at::Half* sc, const Acts& a, int64_t rows, float* out, int64_t ldo) {
+  const int64_t bytes = INT4 ? 256 : 512;
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t col = 0; col < COLS; ++col) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < a.G; ++g) {
+        const uint8_t* wg = w + g * bytes;
+        const int8_t* xq = a.q + m * a.K + g * GROUP;
+        int32_t dot = 0;
+        for (int j = 0; j < 8; ++j) {
+          for (int kk = 0; kk < 4; ++kk) {
+            int u;
+            if (INT4) {
+              const uint8_t byte = wg[(j / 2) * 64 + col * 4 + kk];
+              u = (j % 2) ? (byte >> 4) : (byte & 15);
+            } else {
+              u = wg[j * 64 + col * 4 + kk];
+            }
+            dot += u * xq[4 * j + kk];
+          }
+        }
+        const float d = static_cast<float>(sc[g * 32 + col]), z = static_cast<float>(sc[g * 32 + 16 + col]);
+        acc = std::fmaf(static_cast<float>(dot), d * a.scale[m * a.G + g], acc);
+        acc = std::fmaf(z, a.scaled_sum[m * a.G + g], acc);
+      }
+      out[m * ldo + col] = acc;
+    }
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+constexpr const char* KERNEL_ISA = "avx512_vnni";
+
+template <int ROWS, bool INT4>
+void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  __m512 acc[ROWS];
+  for (int m = 0; m < ROWS; ++m) acc[m] = _mm512_setzero_ps();
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int64_t g = 0; g < a.G; ++g) {
+    __m512i wq[8];
+    if constexpr (INT4) {
+      const uint8_t* wg = w + g * 256;
+      for (int c = 0; c < 4; ++c) {
+        const __m512i packed = _mm512_loadu_si512(wg + 64 * c);
+        wq[2 * c] = _mm512_and_si512(packed, low);
+        wq[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+      }
+    } else {
+      for (int j = 0; j < 8; ++j) wq[j] = _mm512_loadu_si512(w + g * 512 + 64 * j);
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + g * 32)));
+    const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + g * 32 + 16)));
+    for (int m = 0; m < ROWS; ++m) {
+      const int8_t* xq = a.q + m * a.K + g * GROUP;
+      // Two chains of four: dpbusd's latency, not its throughput, would bound one chain of eight.
+      __m512i dot_even = _mm512_setzero_si512(), dot_odd = _mm512_setzero_si512();
+      for (int j = 0; j < 8; j += 2) {
+        int32_t quads[2];
+        std::memcpy(quads, xq + 4 * j, 8);
+        dot_even = _mm512_dpbusd_epi32(dot_even, wq[j], _mm512_set1_epi32(quads[0]));
+        dot_odd = _mm512_dpbusd_epi32(dot_odd, wq[j + 1], _mm512_set1_epi32(quads[1]));
+      }
+      const __m512i dot = _mm512_add_epi32(dot_even, dot_odd);
+      const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(a.scale[m * a.G + g]));
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), ds, acc[m]);
+      acc[m] = _mm512_fmadd_ps(z, _mm512_set1_ps(a.scaled_sum[m * a.G + g]), acc[m]);
+    }
+  }
+  for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(out + m * ldo, acc[m]);
+}
+
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+constexpr const char* KERNEL_ISA = "avx2";
+
+// u (unsigned, < 128) times q (signed) summed over each lane's 4 bytes, as VNNI's dpbusd does.
+inline __m256i dot4(__m256i u, __m256i q) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1));
+}
+
+// Two halves of 8 columns each, so that the weights of one half fit in the 16 ymm registers.
+template <int ROWS, bool INT4>
+void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (int half = 0; half < 2; ++half) {
+    __m256 acc[ROWS];
+    for (int m = 0; m < ROWS; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < a.G; ++g) {
+      __m256i wq[8];
+      if constexpr (INT4) {
+        const uint8_t* wg = w + g * 256 + 32 * half;
+        for (int c = 0; c < 4; ++c) {
+          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * c));
+          wq[2 * c] = _mm256_and_si256(packed, low);
+          wq[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+        }
+      } else {  // signed w = u - 128, so that maddubs cannot saturate: |q| * sign(w, q)
+        for (int j = 0; j < 8; ++j) {
+          const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 512 + 64 * j + 32 * half));
+          wq[j] = _mm256_xor_si256(u, bias);
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 32 + 8 * half)));
+      const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 32 + 16 + 8 * half)));
+      for (int m = 0; m < ROWS; ++m) {
+        const int8_t* xq = a.q + m * a.K + g * GROUP;
+        __m256i dot = _mm256_setzero_si256();
+        int32_t qsum = 0;
+        for (int j = 0; j < 8; ++j) {
+          int32_t quad;
+          std::memcpy(&quad, xq + 4 * j, 4);
+          const __m256i q = _mm256_set1_epi32(quad);
+          if constexpr (INT4) {
+            dot = _mm256_add_epi32(dot, dot4(wq[j], q));
+          } else {
+            dot = _mm256_add_epi32(dot, dot4(_mm256_sign_epi8(q, q), _mm256_sign_epi8(wq[j], q)));
+            qsum += xq[4 * j] + xq[4 * j + 1] + xq[4 * j + 2] + xq[4 * j + 3];
+          }
+        }
+        if constexpr (!INT4) dot = _mm256_add_epi32(dot, _mm256_set1_epi32(128 * qsum));  // back to sum u * q
+        const __m256 ds = _mm256_mul_ps(d, _mm256_set1_ps(a.scale[m * a.G + g]));
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), ds, acc[m]);
+        acc[m] = _mm256_fmadd_ps(z, _mm256_set1_ps(a.scaled_sum[m * a.G + g]), acc[m]);
+      }
+    }
+    for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(out + m * ldo + 8 * half, acc[m]);
+  }
+}
+
+#else
+constexpr const char* KERNEL_ISA = "scalar";
+
+template <int ROWS, bool INT4>
+void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  block_scalar<INT4>(w, sc, a, ROWS, out, ldo);
+}
+#endif
+
+template <bool INT4>
+void block_rows(const uint8_t* w, const at::Half* sc, const Acts& a, int64_t rows, float* out, int64_t ldo) {
+  switch (rows) {
+    case 1: return block_simd<1, INT4>(w, sc, a, out, ldo);
+    case 2: return block_simd<2, INT4>(w, sc, a, out, ldo);
+    case 3: return block_simd<3, INT4>(w, sc, a, out, ldo);
+    case 4: return block_simd<4, INT4>(w, sc, a, out, ldo);
+    case 5: return block_simd<5, INT4>(w, sc, a, out, ldo);
+    case 6: return block_simd<6, INT4>(w, sc, a, out, ldo);
+    case 7: return block_simd<7, INT4>(w, sc, a, out, ldo);
+    default: return block_simd<8, INT4>(w, sc, a, out, ldo);
+  }
+}
+
+torch::Tensor linear(torch::Tensor x, torch::Tensor weight, torch::Tensor scales, bool int4, bool scalar) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be fp32 [M, K]");
+  TORCH_CHECK(weight.dim() == 3 && weight.scalar_type() == torch::kUInt8, "weight must be uint8 [N/16, K/32, B]");
+  TORCH_CHECK(scales.scalar_type() == torch::kHalf, "scales must be fp16");
+  x = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), G = K / GROUP, N = weight.size(0) * COLS;
+  TORCH_CHECK(K % GROUP == 0 && weight.size(1) == G && weight.size(2) == (int4 ? 256 : 512), "weight shape");
+  TORCH_CHECK(scales.numel() == weight.size(0) * G * 2 * COLS, "scales shape");
+  auto q = torch::empty({M, K}, x.options().dtype(torch::kInt8));
+  auto act_scale = torch::empty({M, G}, x.options());
+  auto act_sum = torch::empty({M, G}, x.options());
+  quantize_rows(x.data_ptr<float>(), M * G, q.data_ptr<int8_t>(), act_scale.data_ptr<float>(),
+                act_sum.data_ptr<float>());
+  auto out = torch::empty({M, N}, x.options());
+  const uint8_t* w = weight.data_ptr<uint8_t>();
+  const at::Half* sc = scales.data_ptr<at::Half>();
+  const int64_t wbytes = G * weight.size(2), sbytes = G * 2 * COLS;
+  float* o = out.data_ptr<float>();
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = act_scale.data_ptr<float>();
+  const float* ssp = act_sum.data_ptr<float>();
+  at::parallel_for(0, weight.size(0), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t cb = begin; cb < end; ++cb) {
+      for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
+        const int64_t rows = std::min(MAX_ROWS, M - m0);
+        const Acts a{qp + m0 * K, sp + m0 * G, ssp + m0 * G, K, G};
+        float* dst = o + m0 * N + cb * COLS;
+        if (scalar) {
+          int4 ? block_scalar<true>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N)
+               : block_scalar<false>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N);
+        } else {
+          int4 ? block_rows<true>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N)
+               : block_rows<false>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+std::string isa() { return KERNEL_ISA; }
+
+}  // namespace
+
+void register_attention(pybind11::module& m);  // attention.cpp
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  register_attention(m);
+  m.def("linear", &linear, "x [M, K] fp32 @ quantized weight^T -> [M, N] fp32");
+  m.def("isa", &isa, "the instruction set this build uses");
+}

@@ -1,0 +1,113 @@
+"""The quantized CPU kernels: layout, SIMD vs plain C++, accuracy, batch invariance, GGUF decoding."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+from adaserve.kernels import qgemm
+from adaserve.kernels.layout import cat, pack, quantize_int8, to_int8, unpack, unpack_rows
+from adaserve.models.gguf_weights import llama_rope_row_order, pack_tensor
+
+
+def random_int4(num_out=64, num_in=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randint(0, 16, (num_out, num_in), dtype=torch.uint8, generator=g)
+    d = torch.rand(num_out, num_in // 32, generator=g) * 0.02
+    z = -torch.rand(num_out, num_in // 32, generator=g) * 0.1
+    return pack(u, d, z, int4=True), u, d, z
+
+
+def run(pw, x, scalar=False):
+    return qgemm().linear(x, pw.weight, pw.scales, pw.int4, scalar)
+
+
+def test_pack_unpack_roundtrip_with_fp16_scales():
+    pw, u, d, z = random_int4()
+    expected = u.float().view(64, 3, 32) * d.half().float()[..., None] + z.half().float()[..., None]
+    assert torch.equal(unpack(pw), expected.view(64, 96))
+    rows = torch.tensor([5, 0, 63, 17])
+    assert torch.equal(unpack_rows(pw, rows), expected.view(64, 96)[rows])
+    assert torch.equal(unpack(to_int8(pw)), unpack(pw))  # int4 -> int8 layout is exact
+
+
+def test_cat_promotes_to_int8_when_parts_differ():
+    a, _, _, _ = random_int4(32, 64, seed=1)
+    b = quantize_int8(torch.randn(16, 64))
+    fused = cat([a, b])
+    assert not fused.int4 and fused.out_features == 48
+    assert torch.equal(unpack(fused), torch.cat([unpack(a), unpack(b)]))
+
+
+@pytest.mark.parametrize("int4", [True, False])
+@pytest.mark.parametrize("num_rows", [1, 3, 8, 13, 20])
+def test_simd_equals_plain_cpp_and_tracks_the_fp32_product(int4, num_rows):
+    pw = random_int4()[0] if int4 else quantize_int8(torch.randn(64, 96))
+    x = torch.randn(num_rows, 96, generator=torch.Generator().manual_seed(num_rows))
+    y = run(pw, x)
+    assert torch.equal(y, run(pw, x, scalar=True))
+    reference = x @ unpack(pw).t()
+    assert ((y - reference).norm() / reference.norm()) < 0.02  # int8 activations: ~0.5 % here
+
+
+def test_each_row_is_independent_of_the_batch():
+    pw = random_int4(128, 256)[0]
+    x = torch.randn(19, 256)
+    y = run(pw, x)
+    for i in (0, 7, 8, 18):
+        assert torch.equal(run(pw, x[i : i + 1])[0], y[i])
+    assert torch.equal(run(pw, x[5:14]), y[5:14])
+
+
+def test_zero_rows_and_zero_inputs():
+    pw = random_int4()[0]
+    assert run(pw, torch.zeros(0, 96)).shape == (0, 64)
+    # x = 0: every group scale is 0, the output is exactly 0
+    assert torch.equal(run(pw, torch.zeros(2, 96)), torch.zeros(2, 64))
+
+
+def _reader_tensor(values: np.ndarray, qtype: QT) -> SimpleNamespace:
+    data = quantize(values, qtype)
+    return SimpleNamespace(data=data, tensor_type=qtype, shape=list(reversed(values.shape)))
+
+
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0])
+def test_gguf_blocks_keep_their_values(qtype):
+    values = np.random.default_rng(0).standard_normal((32, 256)).astype(np.float32)
+    t = _reader_tensor(values, qtype)
+    expected = dequantize(t.data, qtype).reshape(32, 256)
+    # Q4_0 / Q8_0 keep the file's fp16 scale exactly; Q4_1's offset too.
+    assert torch.equal(unpack(pack_tensor(t)), torch.from_numpy(expected))
+
+
+def test_gguf_q4_k_up_to_the_rounding_of_its_scales():
+    rng = np.random.default_rng(1)
+    num_rows, num_blocks = 16, 2  # rows of 512 weights: two 256-weight super-blocks
+    blocks = rng.integers(0, 256, size=(num_rows * num_blocks, 144), dtype=np.uint8)
+    blocks[:, 0:2] = np.array([0.01], dtype=np.float16).view(np.uint8)  # d, dmin: finite fp16
+    blocks[:, 2:4] = np.array([0.004], dtype=np.float16).view(np.uint8)
+    t = SimpleNamespace(data=blocks.reshape(num_rows, -1), tensor_type=QT.Q4_K, shape=[512, num_rows])
+    expected = torch.from_numpy(dequantize(t.data, QT.Q4_K).reshape(num_rows, 512))
+    got = unpack(pack_tensor(t))
+    # d * sc and dmin * m are stored as fp16 (11-bit mantissa): |error| <= 2^-11 (15 |d sc| + |dmin m|),
+    # below 5e-3 for these scales (d sc <= 0.63, dmin m <= 0.25), on weights up to ~9.5.
+    assert (got - expected).abs().max() < 5e-3
+
+
+def test_requantized_formats_stay_close():
+    values = np.random.default_rng(2).standard_normal((32, 256)).astype(np.float32)
+    t = _reader_tensor(values, QT.Q5_0)
+    expected = torch.from_numpy(dequantize(t.data, QT.Q5_0).reshape(32, 256))
+    got = unpack(pack_tensor(t))
+    assert ((got - expected).norm() / expected.norm()) < 0.01
+
+
+def test_llama_row_order_matches_transformers_reverse_permute():
+    rows, heads = 24, 3
+    w = np.arange(rows * 2).reshape(rows, 2)
+    dim = rows // heads // 2
+    hf = w.reshape(heads, dim, 2, 2).swapaxes(2, 1).reshape(rows, 2)  # transformers' reverse_permute
+    assert np.array_equal(w[llama_rope_row_order(rows, heads)], hf)
