@@ -1,0 +1,44 @@
+"""SmolLM2 with its GGUF weights kept quantized, against the same weights dequantized to fp32."""
+
+import pytest
+import torch
+
+from adaserve import LLM
+
+TEXT = (
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n"
+    "The capital of France is Paris. Once upon a time, in a small village, there lived an old baker."
+)
+
+
+def next_token_logits(llm: LLM, token_ids: list[int]) -> torch.Tensor:
+    executor = llm.engine.runner.executor
+    slots = executor.kv.reserve("probe", len(token_ids))
+    seq = executor.seq_input("probe", token_ids, list(range(len(token_ids))), slots, 0)
+    logits = executor.logits(executor.forward([seq]))  # [num_tokens, vocab]
+    executor.kv.free("probe")
+    return logits
+
+
+@pytest.fixture(scope="module")
+def both(smollm2_dir):
+    return LLM(str(smollm2_dir), weights="gguf"), LLM(str(smollm2_dir), weights="fp32")
+
+
+def test_auto_picks_the_quantized_weights_for_a_gguf_model(smollm2_dir, both):
+    assert LLM(str(smollm2_dir)).engine.runner.weights == "gguf"
+    assert [llm.engine.runner.weights for llm in both] == ["gguf", "fp32"]
+
+
+def test_quantized_logits_track_the_dequantized_model(both):
+    gguf, fp32 = both
+    ids = gguf.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    quant, ref = next_token_logits(gguf, ids), next_token_logits(fp32, ids)
+    agreement = (quant.argmax(-1) == ref.argmax(-1)).float().mean()
+    cosine = torch.nn.functional.cosine_similarity(quant, ref, dim=-1).min()
+    assert agreement >= 0.9 and cosine > 0.98, (agreement, cosine)
+
+
+def test_weights_gguf_is_refused_for_a_model_without_a_gguf_file(tiny_model_dirs):
+    with pytest.raises(ValueError, match="did not come from a GGUF file"):
+        LLM(str(tiny_model_dirs["llama"]), weights="gguf")
