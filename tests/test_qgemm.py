@@ -42,10 +42,11 @@ def test_cat_promotes_to_int8_when_parts_differ():
     assert torch.equal(unpack(fused), torch.cat([unpack(a), unpack(b)]))
 
 
+@pytest.mark.parametrize("num_out", [64, 48])  # 48: an odd number of 16-column blocks
 @pytest.mark.parametrize("int4", [True, False])
 @pytest.mark.parametrize("num_rows", [1, 3, 8, 13, 20])
-def test_simd_equals_plain_cpp_and_tracks_the_fp32_product(int4, num_rows):
-    pw = random_int4()[0] if int4 else quantize_int8(torch.randn(64, 96))
+def test_simd_equals_plain_cpp_and_tracks_the_fp32_product(int4, num_rows, num_out):
+    pw = random_int4(num_out)[0] if int4 else quantize_int8(torch.randn(num_out, 96))
     x = torch.randn(num_rows, 96, generator=torch.Generator().manual_seed(num_rows))
     y = run(pw, x)
     assert torch.equal(y, run(pw, x, scalar=True))

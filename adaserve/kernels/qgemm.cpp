@@ -24,7 +24,7 @@
 
 namespace {
 
-constexpr int64_t COLS = 16, GROUP = 32, MAX_ROWS = 8;
+constexpr int64_t COLS = 16, GROUP = 32, MAX_ROWS = 8, PAIR_ROWS = 4;
 
 // x [M, K] fp32 -> q int8 [M, K], scale [M, K/32], scaled_sum = scale * sum(q) [M, K/32].
 void quantize_rows(const float* x, int64_t num_groups, int8_t* q, float* scale, float* scaled_sum) {
@@ -89,46 +89,72 @@ void block_scalar(const uint8_t* w, const at::Half* sc, const Acts& a, int64_t r
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 constexpr const char* KERNEL_ISA = "avx512_vnni";
 
-template <int ROWS, bool INT4>
-void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
-  __m512 acc[ROWS];
-  for (int m = 0; m < ROWS; ++m) acc[m] = _mm512_setzero_ps();
+// NB column blocks (16 columns each, `wstride` / `sstride` apart) at once, so that each broadcast
+// activation quad feeds NB dot products; for each quad j: unpack it for every block, then every row.
+template <int ROWS, int NB, bool INT4>
+void blocks_avx512(const uint8_t* w, int64_t wstride, const at::Half* sc, int64_t sstride, const Acts& a, float* out,
+                   int64_t ldo) {
+  __m512 acc[NB][ROWS];
+  for (int b = 0; b < NB; ++b)
+    for (int m = 0; m < ROWS; ++m) acc[b][m] = _mm512_setzero_ps();
   const __m512i low = _mm512_set1_epi8(0x0F);
   for (int64_t g = 0; g < a.G; ++g) {
-    __m512i wq[8];
-    if constexpr (INT4) {
-      const uint8_t* wg = w + g * 256;
-      for (int c = 0; c < 4; ++c) {
-        const __m512i packed = _mm512_loadu_si512(wg + 64 * c);
-        wq[2 * c] = _mm512_and_si512(packed, low);
-        wq[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low);
+    __m512i dot[NB][ROWS];
+    for (int b = 0; b < NB; ++b)
+      for (int m = 0; m < ROWS; ++m) dot[b][m] = _mm512_setzero_si512();
+    for (int j = 0; j < 8; ++j) {
+      __m512i wq[NB];
+      for (int b = 0; b < NB; ++b) {
+        if constexpr (INT4) {  // chunk j / 2: quad j in the low nibbles when j is even, else the high ones
+          const __m512i packed = _mm512_loadu_si512(w + b * wstride + g * 256 + 64 * (j / 2));
+          wq[b] = _mm512_and_si512(j % 2 ? _mm512_srli_epi16(packed, 4) : packed, low);
+        } else {
+          wq[b] = _mm512_loadu_si512(w + b * wstride + g * 512 + 64 * j);
+        }
       }
-    } else {
-      for (int j = 0; j < 8; ++j) wq[j] = _mm512_loadu_si512(w + g * 512 + 64 * j);
+      for (int m = 0; m < ROWS; ++m) {
+        int32_t quad;
+        std::memcpy(&quad, a.q + m * a.K + g * GROUP + 4 * j, 4);
+        const __m512i x = _mm512_set1_epi32(quad);
+        for (int b = 0; b < NB; ++b) dot[b][m] = _mm512_dpbusd_epi32(dot[b][m], wq[b], x);
+      }
     }
-    const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + g * 32)));
-    const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + g * 32 + 16)));
-    for (int m = 0; m < ROWS; ++m) {
-      const int8_t* xq = a.q + m * a.K + g * GROUP;
-      // Two chains of four: dpbusd's latency, not its throughput, would bound one chain of eight.
-      __m512i dot_even = _mm512_setzero_si512(), dot_odd = _mm512_setzero_si512();
-      for (int j = 0; j < 8; j += 2) {
-        int32_t quads[2];
-        std::memcpy(quads, xq + 4 * j, 8);
-        dot_even = _mm512_dpbusd_epi32(dot_even, wq[j], _mm512_set1_epi32(quads[0]));
-        dot_odd = _mm512_dpbusd_epi32(dot_odd, wq[j + 1], _mm512_set1_epi32(quads[1]));
+    for (int b = 0; b < NB; ++b) {
+      const at::Half* sg = sc + b * sstride + g * 32;
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg)));
+      const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sg + 16)));
+      for (int m = 0; m < ROWS; ++m) {
+        const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(a.scale[m * a.G + g]));
+        acc[b][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[b][m]), ds, acc[b][m]);
+        acc[b][m] = _mm512_fmadd_ps(z, _mm512_set1_ps(a.scaled_sum[m * a.G + g]), acc[b][m]);
       }
-      const __m512i dot = _mm512_add_epi32(dot_even, dot_odd);
-      const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(a.scale[m * a.G + g]));
-      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), ds, acc[m]);
-      acc[m] = _mm512_fmadd_ps(z, _mm512_set1_ps(a.scaled_sum[m * a.G + g]), acc[m]);
     }
   }
-  for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(out + m * ldo, acc[m]);
+  for (int b = 0; b < NB; ++b)
+    for (int m = 0; m < ROWS; ++m) _mm512_storeu_ps(out + m * ldo + b * COLS, acc[b][m]);
+}
+
+template <int ROWS, bool INT4>
+void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  blocks_avx512<ROWS, 1, INT4>(w, 0, sc, 0, a, out, ldo);
+}
+
+constexpr bool PAIRED = true;  // two column blocks per call, up to PAIR_ROWS rows (registers: 4 x 2 x 2)
+
+template <bool INT4>
+void pair_rows(const uint8_t* w, int64_t wstride, const at::Half* sc, int64_t sstride, const Acts& a, int64_t rows,
+               float* out, int64_t ldo) {
+  switch (rows) {
+    case 1: return blocks_avx512<1, 2, INT4>(w, wstride, sc, sstride, a, out, ldo);
+    case 2: return blocks_avx512<2, 2, INT4>(w, wstride, sc, sstride, a, out, ldo);
+    case 3: return blocks_avx512<3, 2, INT4>(w, wstride, sc, sstride, a, out, ldo);
+    default: return blocks_avx512<4, 2, INT4>(w, wstride, sc, sstride, a, out, ldo);
+  }
 }
 
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 constexpr const char* KERNEL_ISA = "avx2";
+constexpr bool PAIRED = false;
 
 // u (unsigned, < 128) times q (signed) summed over each lane's 4 bytes, as VNNI's dpbusd does.
 inline __m256i dot4(__m256i u, __m256i q) {
@@ -187,10 +213,18 @@ void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out,
 
 #else
 constexpr const char* KERNEL_ISA = "scalar";
+constexpr bool PAIRED = false;
 
 template <int ROWS, bool INT4>
 void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
   block_scalar<INT4>(w, sc, a, ROWS, out, ldo);
+}
+#endif
+
+#if !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__))
+template <bool INT4>
+void pair_rows(const uint8_t*, int64_t, const at::Half*, int64_t, const Acts&, int64_t, float*, int64_t) {
+  TORCH_CHECK(false, "no paired kernel on this ISA");
 }
 #endif
 
@@ -229,18 +263,25 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor weight, torch::Tensor scales
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = act_scale.data_ptr<float>();
   const float* ssp = act_sum.data_ptr<float>();
-  at::parallel_for(0, weight.size(0), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t cb = begin; cb < end; ++cb) {
-      for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
-        const int64_t rows = std::min(MAX_ROWS, M - m0);
+  // Work units of one column block, or two where the ISA has the paired kernel; rows in tiles.
+  const int64_t num_blocks = weight.size(0), unit = (PAIRED && !scalar) ? 2 : 1;
+  const int64_t tile = unit == 2 ? PAIR_ROWS : MAX_ROWS;
+  at::parallel_for(0, (num_blocks + unit - 1) / unit, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t cb0 = u * unit, blocks = std::min(unit, num_blocks - cb0);
+      for (int64_t m0 = 0; m0 < M; m0 += tile) {
+        const int64_t rows = std::min(tile, M - m0);
         const Acts a{qp + m0 * K, sp + m0 * G, ssp + m0 * G, K, G};
-        float* dst = o + m0 * N + cb * COLS;
-        if (scalar) {
-          int4 ? block_scalar<true>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N)
-               : block_scalar<false>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N);
+        float* dst = o + m0 * N + cb0 * COLS;
+        if (blocks == 2) {
+          int4 ? pair_rows<true>(w + cb0 * wbytes, wbytes, sc + cb0 * sbytes, sbytes, a, rows, dst, N)
+               : pair_rows<false>(w + cb0 * wbytes, wbytes, sc + cb0 * sbytes, sbytes, a, rows, dst, N);
+        } else if (scalar) {
+          int4 ? block_scalar<true>(w + cb0 * wbytes, sc + cb0 * sbytes, a, rows, dst, N)
+               : block_scalar<false>(w + cb0 * wbytes, sc + cb0 * sbytes, a, rows, dst, N);
         } else {
-          int4 ? block_rows<true>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N)
-               : block_rows<false>(w + cb * wbytes, sc + cb * sbytes, a, rows, dst, N);
+          int4 ? block_rows<true>(w + cb0 * wbytes, sc + cb0 * sbytes, a, rows, dst, N)
+               : block_rows<false>(w + cb0 * wbytes, sc + cb0 * sbytes, a, rows, dst, N);
         }
       }
     }
