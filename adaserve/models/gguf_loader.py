@@ -69,4 +69,18 @@ def load_gguf_model(
         raise ValueError(f"{gguf_path}: no GGUF tensor for {leftover[:5]}")
     model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_positions or cfg.max_position_embeddings)
     model.batch_invariant = True  # int8 activations amplify batch-shape noise; see key_lists.py
+    del tensors
+    _release_freed_memory()
     return model.eval().requires_grad_(False)
+
+
+def _release_freed_memory() -> None:
+    """Hand the decoding's freed buffers back to the OS (glibc keeps them otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

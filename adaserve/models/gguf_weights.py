@@ -15,9 +15,10 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, ReaderTensor
 from gguf.quants import Q4_K, dequantize
 
-from adaserve.kernels.layout import PackedWeight, pack, quantize_int8
+from adaserve.kernels.layout import PackedWeight, cat, pack, quantize_int8
 
 INT4_TYPES = (QT.Q4_0, QT.Q4_1, QT.Q4_K)
+REQUANT_ROWS = 4096  # a multiple of the kernels' 16-column blocks
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:
@@ -67,7 +68,15 @@ def pack_tensor(t: ReaderTensor, row_order: np.ndarray | None = None) -> PackedW
     if t.tensor_type == QT.Q8_0:
         u, d = _q8_0_parts(t)
         return pack(rows(u), rows(d), rows(-128 * d), int4=False)
-    return quantize_int8(rows(dense_tensor(t)))
+    # In row chunks: a whole fp32 copy of a 150k-row output head would be ~1 GB of transient memory.
+    num_rows = t.data.shape[0]
+    order = np.arange(num_rows) if row_order is None else row_order
+    chunks = []
+    for start in range(0, num_rows, REQUANT_ROWS):
+        picked = t.data[order[start : start + REQUANT_ROWS]]
+        values = dequantize(picked, t.tensor_type).reshape(len(picked), -1)
+        chunks.append(quantize_int8(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))))
+    return cat(chunks)
 
 
 def dense_tensor(t: ReaderTensor) -> np.ndarray:
