@@ -42,3 +42,18 @@ def test_quantized_logits_track_the_dequantized_model(both):
 def test_weights_gguf_is_refused_for_a_model_without_a_gguf_file(tiny_model_dirs):
     with pytest.raises(ValueError, match="did not come from a GGUF file"):
         LLM(str(tiny_model_dirs["llama"]), weights="gguf")
+
+
+def test_packed_weights_are_cached_and_a_corrupt_cache_is_rebuilt(smollm2_dir, tmp_path, monkeypatch):
+    from adaserve.models.gguf_loader import cached_state
+    from adaserve.models.loader import read_model_config
+    from adaserve.models.sources import gguf_source
+
+    monkeypatch.setenv("ADASERVE_CACHE", str(tmp_path))
+    gguf, cfg = gguf_source(smollm2_dir), read_model_config(smollm2_dir)
+    first = cached_state(gguf, cfg)
+    (cache_file,) = (tmp_path / "packed").glob("*.safetensors")
+    assert all(torch.equal(first[k], v) for k, v in cached_state(gguf, cfg).items())  # read back
+    cache_file.write_bytes(b"torn write")
+    again = cached_state(gguf, cfg)
+    assert all(torch.equal(first[k], v) for k, v in again.items()) and cache_file.stat().st_size > 1000

@@ -1,17 +1,26 @@
-"""Build our CausalLM straight from a GGUF file, its matrices kept quantized (QuantLinear)."""
+"""Build our CausalLM straight from a GGUF file, its matrices kept quantized (QuantLinear).
+
+Decoding a GGUF file into the kernels' layout takes tens of seconds for a 1.5B model, so the packed
+tensors are cached once per file (`<cache>/packed/`, keyed by the file's name, size, mtime and the
+layout version) and later loads read them back in about a second.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from adaserve.kernels.layout import cat
+from adaserve.kernels.layout import PackedWeight, cat
 from adaserve.models.config import ModelConfig
 from adaserve.models.gguf_weights import dense_tensor, llama_rope_row_order, open_gguf, pack_tensor
 from adaserve.models.llama import CausalLM, Rotary
 from adaserve.models.quantized import QuantEmbedding, QuantLinear
 
+log = logging.getLogger(__name__)
+LAYOUT_VERSION = 1  # bump when the packed layout or the decoding changes: old caches are not read
 # Our fused linear -> the GGUF tensors concatenated into it, in order.
 FUSED = {
     "self_attn.qkv_proj": ("attn_q", "attn_k", "attn_v"),
@@ -26,52 +35,109 @@ def _dense(tensors, name: str) -> torch.Tensor:
     return torch.from_numpy(dense_tensor(tensors[name]).copy())
 
 
-def _layer_linear(tensors, cfg: ModelConfig, layer: int, parts: tuple[str, ...]) -> QuantLinear:
-    packed, biases = [], []
-    for part in parts:
-        t = tensors[f"blk.{layer}.{part}.weight"]
-        order = None
-        if cfg.model_type == "llama" and part in ("attn_q", "attn_k"):
-            order = llama_rope_row_order(t.data.shape[0], cfg.num_heads if part == "attn_q" else cfg.num_kv_heads)
-        packed.append(pack_tensor(t, order))
-        bias_name = f"blk.{layer}.{part}.bias"
-        if bias_name in tensors:
-            biases.append(_dense(tensors, bias_name))
-    return QuantLinear(cat(packed), torch.cat(biases) if biases else None)
+def _put(state: dict, name: str, packed: PackedWeight) -> None:
+    state[f"{name}.weight"], state[f"{name}.scales"] = packed.weight, packed.scales
 
 
-def _replace(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
+def _layer_state(tensors, cfg: ModelConfig, layer: int, state: dict) -> None:
+    for ours, parts in FUSED.items():
+        packed, biases = [], []
+        for part in parts:
+            t = tensors[f"blk.{layer}.{part}.weight"]
+            order = None
+            if cfg.model_type == "llama" and part in ("attn_q", "attn_k"):
+                heads = cfg.num_heads if part == "attn_q" else cfg.num_kv_heads
+                order = llama_rope_row_order(t.data.shape[0], heads)
+            packed.append(pack_tensor(t, order))
+            if f"blk.{layer}.{part}.bias" in tensors:
+                biases.append(_dense(tensors, f"blk.{layer}.{part}.bias"))
+        _put(state, f"layers.{layer}.{ours}", cat(packed))
+        if biases:
+            state[f"layers.{layer}.{ours}.bias"] = torch.cat(biases)
+    for ours, theirs in NORMS.items():
+        state[f"layers.{layer}.{ours}.weight"] = _dense(tensors, f"blk.{layer}.{theirs}.weight")
+
+
+def gguf_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Every tensor of the model in our names, matrices packed. A tied head has no embed_tokens.*."""
+    tensors = open_gguf(gguf_path)
+    state = {"norm.weight": _dense(tensors, "output_norm.weight")}
+    _put(state, "embed_tokens", pack_tensor(tensors["token_embd.weight"]))
+    if "output.weight" in tensors:
+        _put(state, "lm_head", pack_tensor(tensors["output.weight"]))
+    else:  # tied: the head reads the embedding's tensors
+        state["lm_head.weight"], state["lm_head.scales"] = (
+            state.pop("embed_tokens.weight"),
+            state.pop("embed_tokens.scales"),
+        )
+    for i in range(cfg.num_layers):
+        _layer_state(tensors, cfg, i, state)
+    return state
+
+
+def _packed(state: dict, name: str) -> PackedWeight:
+    weight = state[f"{name}.weight"]
+    return PackedWeight(weight, state[f"{name}.scales"], int4=weight.shape[2] == 256)
+
+
+def model_from_state(state: dict, cfg: ModelConfig, max_positions: int | None = None) -> CausalLM:
+    """The model over packed tensors (cfg.num_layers may keep only the first layers)."""
+    with torch.device("meta"):
+        model = CausalLM(cfg, max_positions)
+    head = _packed(state, "lm_head")
+    model.lm_head = QuantLinear(head)
+    model.embed_tokens = QuantEmbedding(_packed(state, "embed_tokens") if "embed_tokens.weight" in state else head)
+    norms = {"norm.weight": state["norm.weight"]}
+    for i in range(cfg.num_layers):
+        for ours in FUSED:
+            name = f"layers.{i}.{ours}"
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, QuantLinear(_packed(state, name), state.get(f"{name}.bias")))
+        for ours in NORMS:
+            norms[f"layers.{i}.{ours}.weight"] = state[f"layers.{i}.{ours}.weight"]
+    model.load_state_dict(norms, strict=False, assign=True)
+    leftover = [n for n, p in model.named_parameters() if p.is_meta]
+    if leftover:
+        raise ValueError(f"no packed tensor for {leftover[:5]}")
+    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_positions or cfg.max_position_embeddings)
+    model.batch_invariant = True  # int8 activations amplify batch-shape noise; see key_lists.py
+    return model.eval().requires_grad_(False)
+
+
+def _cache_path(gguf_path: Path) -> Path:
+    from adaserve.models.sources import cache_root
+
+    stat = gguf_path.stat()
+    return cache_root() / "packed" / f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-v{LAYOUT_VERSION}.safetensors"
+
+
+def cached_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The packed tensors: from the cache when it holds this file, else decoded and cached."""
+    gguf_path = Path(gguf_path)
+    path = _cache_path(gguf_path)
+    if path.exists():
+        try:
+            return load_file(str(path))
+        except Exception as e:  # a torn or corrupt cache file: decode again
+            log.warning("ignoring unreadable packed-weight cache %s: %s", path, e)
+    log.info("packing %s for the CPU kernels (once; cached in %s)", gguf_path.name, path.parent)
+    state = gguf_state(gguf_path, cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(partial))
+    partial.rename(path)
+    _release_freed_memory()
+    return state
 
 
 def load_gguf_model(
     gguf_path: str | Path, cfg: ModelConfig, max_positions: int | None = None, num_layers: int | None = None
 ) -> CausalLM:
     """`cfg` comes from the converted model directory (read_model_config); CPU only."""
-    tensors = open_gguf(gguf_path)
+    state = cached_state(gguf_path, cfg)
     if num_layers is not None:
         cfg = ModelConfig(**{**cfg.__dict__, "num_layers": num_layers})
-    with torch.device("meta"):
-        model = CausalLM(cfg, max_positions)
-    embed = pack_tensor(tensors["token_embd.weight"])
-    head = pack_tensor(tensors["output.weight"]) if "output.weight" in tensors else embed
-    model.embed_tokens, model.lm_head = QuantEmbedding(embed), QuantLinear(head)
-    norms = {"norm.weight": _dense(tensors, "output_norm.weight")}
-    for i in range(cfg.num_layers):
-        for ours, parts in FUSED.items():
-            _replace(model, f"layers.{i}.{ours}", _layer_linear(tensors, cfg, i, parts))
-        for ours, theirs in NORMS.items():
-            norms[f"layers.{i}.{ours}.weight"] = _dense(tensors, f"blk.{i}.{theirs}.weight")
-    model.load_state_dict(norms, strict=False, assign=True)
-    leftover = [n for n, p in model.named_parameters() if p.is_meta]
-    if leftover:
-        raise ValueError(f"{gguf_path}: no GGUF tensor for {leftover[:5]}")
-    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_positions or cfg.max_position_embeddings)
-    model.batch_invariant = True  # int8 activations amplify batch-shape noise; see key_lists.py
-    del tensors
-    _release_freed_memory()
-    return model.eval().requires_grad_(False)
+    return model_from_state(state, cfg, max_positions)
 
 
 def _release_freed_memory() -> None:
