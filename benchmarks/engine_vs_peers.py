@@ -11,6 +11,9 @@ with `ignore_eos`, streamed so that times are taken client-side the same way for
                       samples taken every 0.5 s while it ran; a sum over processes, so pages shared
                       between processes count once per process)
 
+Output tokens are the server's streamed usage.completion_tokens; servers that send no usage
+(llama-cpp-python) are counted by content chunks, one token each.
+
 Usage: python benchmarks/engine_vs_peers.py --systems adaserve:none,adaserve:spec,llamacpp:plain
   systems: adaserve:none|spec, llamacpp:plain|spec (C++ llama-server), llamacpp-python:plain|spec
   (llama-cpp-python's server), vllm:plain|ngram (needs benchmarks/peers/vllm_cpu.sh's big venv)
