@@ -56,7 +56,7 @@ def engine(smollm2_dir, tmp_path_factory):
             cost_model=str(path),
             max_num_seqs=40,
             max_num_batched_tokens=256,
-            max_model_len=512,
+            max_model_len=2560,  # room for the long streams the abort tests cancel
         )
     )
     eng = AsyncEngine(core, max_pending_requests=64)
@@ -154,7 +154,7 @@ def test_slo_by_header_and_stop_strings(server):
         ({"model": MODEL, "prompt": "hi", "slo": {"tpot_ms": -5}}, 400, "tpot_ms"),
         ({"model": MODEL, "prompt": "hi", "slo": {"tpot": 5}}, 400, "slo"),
         ({"model": MODEL, "prompt": "hi", "slo_class": "gold"}, 400, "unknown slo_class"),
-        ({"model": MODEL, "prompt": "hi " * 600}, 400, "maximum context length is 512"),
+        ({"model": MODEL, "prompt": "hi " * 2600}, 400, "maximum context length is 2560"),
         ({"model": MODEL, "prompt": "hi", "max_tokens": 5000}, 400, "you requested"),
         ({"model": MODEL, "prompt": [10**9]}, 400, "token ids"),
         ({"model": "gpt-4", "prompt": "hi"}, 404, "does not exist"),
