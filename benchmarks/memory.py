@@ -78,8 +78,10 @@ def main() -> None:
     for fmt in args.formats.split(","):
         cmd = [sys.executable, __file__, "--child", fmt, "--model", args.model, "--draft", args.draft]
         cmd += ["--policy", args.policy]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        row = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{fmt}: the measuring process failed:\n{done.stderr[-3000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row))
     result = {"model": args.model, "draft": args.draft, "policy": args.policy, "rows": rows}

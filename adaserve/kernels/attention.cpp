@@ -86,5 +86,6 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_cache, torch::Ten
 }  // namespace
 
 void register_attention(pybind11::module& m) {
-  m.def("paged_attention", &paged_attention, "batch-invariant attention over explicit key slot lists");
+  m.def("paged_attention", &paged_attention, "batch-invariant attention over explicit key slot lists",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -297,6 +297,8 @@ void register_attention(pybind11::module& m);  // attention.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_attention(m);
-  m.def("linear", &linear, "x [M, K] fp32 @ quantized weight^T -> [M, N] fp32");
+  // Without the GIL: the server's event loop (streaming, new requests) runs while a step computes.
+  m.def("linear", &linear, "x [M, K] fp32 @ quantized weight^T -> [M, N] fp32",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("isa", &isa, "the instruction set this build uses");
 }
