@@ -8,7 +8,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
-from adaserve.kernels import qgemm
+from adaserve.kernels import cpu_flags, qgemm
 from adaserve.kernels.layout import cat, pack, quantize_int8, to_int8, unpack, unpack_rows
 from adaserve.models.gguf_weights import llama_rope_row_order, pack_tensor
 
@@ -112,3 +112,22 @@ def test_llama_row_order_matches_transformers_reverse_permute():
     dim = rows // heads // 2
     hf = w.reshape(heads, dim, 2, 2).swapaxes(2, 1).reshape(rows, 2)  # transformers' reverse_permute
     assert np.array_equal(w[llama_rope_row_order(rows, heads)], hf)
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="no AVX2")
+def test_the_avx2_build_equals_plain_cpp(tmp_path):
+    """On an AVX-512 machine the default build never runs the AVX2 path: build it on purpose."""
+    from torch.utils.cpp_extension import load
+
+    from adaserve.kernels import SOURCES
+
+    flags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+    ops = load(
+        "qgemm_avx2_test", [str(s) for s in SOURCES], flags, extra_ldflags=["-fopenmp"], build_directory=str(tmp_path)
+    )
+    assert ops.isa() == "avx2"
+    for pw in (random_int4(48)[0], quantize_int8(torch.randn(48, 96))):
+        x = torch.randn(13, 96)
+        y = ops.linear(x, pw.weight, pw.scales, pw.int4, False)
+        assert torch.equal(y, ops.linear(x, pw.weight, pw.scales, pw.int4, True))
+        assert torch.equal(y, run(pw, x, scalar=True))  # and equal to the default build's plain path
