@@ -29,9 +29,6 @@ class PackedWeight:
     def in_features(self) -> int:
         return self.weight.shape[1] * GROUP
 
-    def nbytes(self) -> int:
-        return self.weight.nbytes + self.scales.nbytes
-
 
 def pack(u: torch.Tensor, d: torch.Tensor, z: torch.Tensor, int4: bool) -> PackedWeight:
     """u uint8 [N, K]; d, z [N, K / 32] (any float dtype; stored as fp16)."""

@@ -62,14 +62,10 @@ def gguf_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tenso
     """Every tensor of the model in our names, matrices packed. A tied head has no embed_tokens.*."""
     tensors = open_gguf(gguf_path)
     state = {"norm.weight": _dense(tensors, "output_norm.weight")}
-    _put(state, "embed_tokens", pack_tensor(tensors["token_embd.weight"]))
-    if "output.weight" in tensors:
+    untied = "output.weight" in tensors  # tied: the head reads the embedding's tensors
+    _put(state, "embed_tokens" if untied else "lm_head", pack_tensor(tensors["token_embd.weight"]))
+    if untied:
         _put(state, "lm_head", pack_tensor(tensors["output.weight"]))
-    else:  # tied: the head reads the embedding's tensors
-        state["lm_head.weight"], state["lm_head.scales"] = (
-            state.pop("embed_tokens.weight"),
-            state.pop("embed_tokens.scales"),
-        )
     for i in range(cfg.num_layers):
         _layer_state(tensors, cfg, i, state)
     return state

@@ -13,25 +13,20 @@ class QuantLinear(nn.Module):
     """y = x @ w.T + b with w group-quantized (int4 or int8); x is quantized to int8 per 32 inputs.
 
     Each output row depends only on its own input row (see qgemm.cpp), so results do not change
-    with the batch around them. `scalar=True` runs the plain C++ path (tests compare the two).
+    with the batch around them.
     """
 
-    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None, scalar: bool = False) -> None:
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.int4 = packed.in_features, packed.out_features, packed.int4
         self.register_buffer("weight", packed.weight)
         self.register_buffer("scales", packed.scales)
         self.register_buffer("bias", None if bias is None else bias.float())
-        self.scalar = scalar
         self._ops = qgemm()
-
-    @property
-    def packed(self) -> PackedWeight:
-        return PackedWeight(self.weight, self.scales, self.int4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()  # [num_tokens, in]
-        out = self._ops.linear(flat, self.weight, self.scales, self.int4, self.scalar)  # [num_tokens, out]
+        out = self._ops.linear(flat, self.weight, self.scales, self.int4, False)  # [num_tokens, out]
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
