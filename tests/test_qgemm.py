@@ -10,7 +10,9 @@ from gguf.quants import dequantize, quantize
 
 from adaserve.kernels import cpu_flags, qgemm
 from adaserve.kernels.layout import cat, pack, quantize_int8, to_int8, unpack, unpack_rows
+from adaserve.models.attention import SeqSpec
 from adaserve.models.gguf_weights import llama_rope_row_order, pack_tensor
+from adaserve.models.key_lists import build_key_lists
 
 
 def random_int4(num_out=64, num_in=96, seed=0):
@@ -131,3 +133,13 @@ def test_the_avx2_build_equals_plain_cpp(tmp_path):
         y = ops.linear(x, pw.weight, pw.scales, pw.int4, False)
         assert torch.equal(y, ops.linear(x, pw.weight, pw.scales, pw.int4, True))
         assert torch.equal(y, run(pw, x, scalar=True))  # and equal to the default build's plain path
+    # The attention kernel's portable loops do the AVX-512 path's additions in the same order.
+    g = torch.Generator().manual_seed(3)
+    k_cache, v_cache = torch.randn(40, 2, 128, generator=g), torch.randn(40, 2, 128, generator=g)
+    q = torch.randn(9, 12, 128, generator=g)
+    tree = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    seqs = [SeqSpec([0, 1, 2], list(range(20, 26)), 7), SeqSpec([3, 4], [30, 31, 32], 5, tree)]
+    keys = build_key_lists(seqs, 4, "cpu")
+    args = (keys.token_seq, keys.base_offsets, keys.base_slots, keys.extra_offsets, keys.extra_slots, 0.1)
+    expected = qgemm().paged_attention(q, k_cache, v_cache, *args)
+    assert torch.equal(ops.paged_attention(q, k_cache, v_cache, *args), expected)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 PROFILE_ID = "__profile__"
 DEFAULT_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 PAIR_TOKENS = 64  # new tokens of the pass that measures the context-pair term
+# Passes this long take a second or more and vary by a few percent run to run: one timing each is
+# enough, and the profile (which `make demo` waits for on a fresh machine) stays short.
+LONG_PASS_TOKENS = 128
 
 
 def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> float:
@@ -77,7 +80,7 @@ def _timed_batch(executor: ModelExecutor, context: int, num_seqs: int, reps: int
 
 
 def profile_curve(
-    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 4096, reps: int = 3
+    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 2048, reps: int = 3
 ) -> LatencyCurve:
     room = min(executor.kv.capacity_tokens, executor.max_positions)
     long_context = min(long_context, room - max(grid) - executor.kv.block_size)
@@ -85,16 +88,19 @@ def profile_curve(
     try:
         _fill_context(executor, context)
         _timed_forward(executor, context, 1)  # warm-up
-        medians = [statistics.median(_timed_forward(executor, context, n) for _ in range(reps)) for n in grid]
+        medians = [
+            statistics.median(_timed_forward(executor, context, n) for _ in range(reps if n < LONG_PASS_TOKENS else 1))
+            for n in grid
+        ]
         beta, delta = _context_terms(executor, grid, medians, context, long_context, reps)
     finally:
         executor.kv.free(PROFILE_ID)
     # The curve is for `context` cached tokens; store it as if context-free (its pairs included).
     base = [m - beta * context - delta * (n - 1) * context for n, m in zip(grid, medians)]
     curve = LatencyCurve(grid, tuple(max(1e-3, b) for b in base), beta, 0.0, delta, logit_row_ms(executor, reps=reps))
-    # Sequences of a few hundred tokens each, as in a busy batch: gamma also carries the per-sequence
+    # Sequences of `context` tokens each, as in a busy batch: gamma also carries the per-sequence
     # KV gathering that a single sequence's pass does not pay.
-    seq_context = 2 * context
+    seq_context = context
     num_seqs = max((n for n in grid if n <= 16 and _num_seqs_fit(executor, n, seq_context)), default=1)
     if num_seqs < 2:
         return curve

@@ -8,6 +8,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <immintrin.h>
+
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -16,16 +19,131 @@ namespace {
 
 constexpr int LANES = 16;
 
-// Dot product with 16 partial sums, combined in a fixed order (vectorizes without -ffast-math).
+// Dot product with 16 partial sums (lane l takes elements l, l + 16, ...), folded in a fixed tree
+// (lanes l += l + 8, then l += l + 4, l + 2, l + 1), then the tail in order. The AVX-512 path
+// runs the same additions in the same order as the portable one, so both give the same bits.
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+inline float fold(__m512 acc) {  // the fixed tree: lanes l += l + 8, l + 4, l + 2, l + 1
+  __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+#endif
+
 inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[LANES] = {0};
   int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  float s = fold(acc);
+#else
+  float acc[LANES] = {0};
   for (; i + LANES <= n; i += LANES)
-    for (int l = 0; l < LANES; ++l) acc[l] += a[i + l] * b[i + l];
-  float s = 0.f;
-  for (int l = 0; l < LANES; ++l) s += acc[l];
+    for (int l = 0; l < LANES; ++l) acc[l] = std::fma(a[i + l], b[i + l], acc[l]);
+  for (int width = LANES / 2; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  float s = acc[0];
+#endif
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+constexpr int64_t MAX_HEADS = 8;
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// dot(q + g * D, k, D) for NH heads at once, each with dot's own additions (the same bits), the key
+// chunk loaded once for all of them.
+template <int NH>
+void dots_avx512(const float* q, const float* k, int64_t D, float scale, float* out, int64_t out_stride) {
+  __m512 acc[NH];
+  for (int g = 0; g < NH; ++g) acc[g] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + LANES <= D; i += LANES) {
+    const __m512 ki = _mm512_loadu_ps(k + i);
+    for (int g = 0; g < NH; ++g) acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + i), ki, acc[g]);
+  }
+  for (int g = 0; g < NH; ++g) {
+    float s = fold(acc[g]);
+    for (int64_t r = i; r < D; ++r) s += q[g * D + r] * k[r];
+    out[g * out_stride] = s * scale;
+  }
+}
+#endif
+
+// out[g * out_stride] = dot(q + g * D, k, D) * scale for num_heads consecutive query heads.
+inline void dots(const float* q, int64_t num_heads, const float* k, int64_t D, float scale, float* out,
+                 int64_t out_stride) {
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+  using Kernel = void (*)(const float*, const float*, int64_t, float, float*, int64_t);
+  static constexpr Kernel kernels[MAX_HEADS] = {dots_avx512<1>, dots_avx512<2>, dots_avx512<3>, dots_avx512<4>,
+                                                dots_avx512<5>, dots_avx512<6>, dots_avx512<7>, dots_avx512<8>};
+  kernels[num_heads - 1](q, k, D, scale, out, out_stride);
+#else
+  for (int64_t g = 0; g < num_heads; ++g) out[g * out_stride] = dot(q + g * D, k, D) * scale;
+#endif
+}
+
+// out[g] = sum over j in order of probs[g][j] * v[slots[j]], for num_heads heads that share one key
+// list. Each output lane accumulates its own fused multiply-adds in key order whatever the tiling;
+// the AVX-512 path keeps a 16-lane chunk of every head in registers across the whole key list.
+#if defined(__AVX512F__)
+template <int NH>  // heads as a constant, so the accumulators live in registers
+void weighted_sum_avx512(const float* probs, int64_t probs_stride, const int64_t* slots, int64_t n, const float* v,
+                         int64_t v_stride, int64_t D, float* out) {
+  for (int64_t c = 0; c + LANES <= D; c += LANES) {
+    __m512 acc[NH];
+    for (int g = 0; g < NH; ++g) acc[g] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m512 vj = _mm512_loadu_ps(v + slots[j] * v_stride + c);
+      for (int g = 0; g < NH; ++g) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(probs[g * probs_stride + j]), vj, acc[g]);
+    }
+    for (int g = 0; g < NH; ++g) _mm512_storeu_ps(out + g * D + c, acc[g]);
+  }
+}
+#endif
+
+inline void weighted_sum(const float* probs, int64_t probs_stride, int64_t num_heads, const int64_t* slots, int64_t n,
+                         const float* v, int64_t v_stride, int64_t D, float* out) {
+  int64_t c = 0;
+#if defined(__AVX512F__)
+  using Kernel = void (*)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, int64_t, float*);
+  static constexpr Kernel kernels[MAX_HEADS] = {
+      weighted_sum_avx512<1>, weighted_sum_avx512<2>, weighted_sum_avx512<3>, weighted_sum_avx512<4>,
+      weighted_sum_avx512<5>, weighted_sum_avx512<6>, weighted_sum_avx512<7>, weighted_sum_avx512<8>};
+  kernels[num_heads - 1](probs, probs_stride, slots, n, v, v_stride, D, out);
+  c = D / LANES * LANES;
+#endif
+  for (; c < D; ++c)
+    for (int64_t g = 0; g < num_heads; ++g) {
+      float acc = 0.f;
+      for (int64_t j = 0; j < n; ++j) acc = std::fma(probs[g * probs_stride + j], v[slots[j] * v_stride + c], acc);
+      out[g * D + c] = acc;
+    }
+}
+
+// One work item: up to TILE consecutive tokens of one sequence x the `group` query heads that share
+// one KV head. The tile walks each token's key list in order, so a key row shared by several of
+// its queries (the sequence's cached prefix, a causal chunk) is loaded once for all of them.
+// Every query row still runs exactly the untiled loop: the same dot products, max, sum and
+// accumulation in the same key order, so its bits do not depend on its tile mates.
+constexpr int64_t TILE = 16;
+
+struct Tile {
+  int64_t first, count, kvh;  // tokens [first, first + count), all of one sequence
+};
+
+// Worked example, T = 20 tokens of sequences [0 x 18, 1 x 2], KVH = 2:
+// tiles (0, 16), (16, 2), (18, 2), each once per KV head -> 6 work items.
+std::vector<Tile> make_tiles(const int64_t* seq, int64_t T, int64_t KVH) {
+  std::vector<Tile> tiles;
+  for (int64_t t = 0; t < T;) {
+    int64_t n = 1;
+    while (t + n < T && n < TILE && seq[t + n] == seq[t]) ++n;
+    for (int64_t kvh = 0; kvh < KVH; ++kvh) tiles.push_back({t, n, kvh});
+    t += n;
+  }
+  return tiles;
 }
 
 // q [T, H, D]; k_cache, v_cache [num_slots, KVH, D]; token_seq [T]; base_offsets [S + 1] into
@@ -51,32 +169,56 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_cache, torch::Ten
   const int64_t* es = extra_slots.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, T * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+  const std::vector<Tile> tiles = make_tiles(seq, T, KVH);
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> slots;
-    for (int64_t th = begin; th < end; ++th) {
-      const int64_t t = th / H, h = th % H, kvh = h / group, s = seq[t];
-      slots.assign(bs + bo[s], bs + bo[s + 1]);
-      slots.insert(slots.end(), es + eo[t], es + eo[t + 1]);
-      const int64_t n = static_cast<int64_t>(slots.size());
-      scores.resize(n);
-      const float* qrow = qp + (t * H + h) * D;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < n; ++j) {
-        scores[j] = dot(qrow, kp + (slots[j] * KVH + kvh) * D, D) * fscale;
-        m = std::max(m, scores[j]);
+    std::vector<float> scores;  // [count * group, max_len]: row r = (token r / group, head r % group)
+    for (int64_t w = begin; w < end; ++w) {
+      const Tile tile = tiles[w];
+      const int64_t s = seq[tile.first], num_base = bo[s + 1] - bo[s], rows = tile.count * group;
+      const int64_t* base = bs + bo[s];
+      int64_t max_len = 0;
+      for (int64_t i = 0; i < tile.count; ++i) {
+        const int64_t t = tile.first + i;
+        max_len = std::max(max_len, num_base + eo[t + 1] - eo[t]);
       }
-      float total = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
-        scores[j] = std::exp(scores[j] - m);
-        total += scores[j];
+      scores.assign(rows * max_len, 0.f);
+      // The slot of token i's j-th key (-1 past the end of its list).
+      auto slot_of = [&](int64_t i, int64_t j) -> int64_t {
+        const int64_t t = tile.first + i;
+        if (j < num_base) return base[j];
+        j -= num_base;
+        return j < eo[t + 1] - eo[t] ? es[eo[t] + j] : -1;
+      };
+      const int64_t h0 = tile.kvh * group;
+      for (int64_t j = 0; j < max_len; ++j)
+        for (int64_t i = 0; i < tile.count; ++i) {
+          const int64_t slot = slot_of(i, j);
+          if (slot < 0) continue;
+          const float* krow = kp + (slot * KVH + tile.kvh) * D;
+          for (int64_t g0 = 0; g0 < group; g0 += MAX_HEADS)
+            dots(qp + ((tile.first + i) * H + h0 + g0) * D, std::min(MAX_HEADS, group - g0), krow, D, fscale,
+                 scores.data() + (i * group + g0) * max_len + j, max_len);
+        }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t t = tile.first + r / group, n = num_base + eo[t + 1] - eo[t];
+        float* row = scores.data() + r * max_len;
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
+        float total = 0.f;
+        for (int64_t j = 0; j < n; ++j) {
+          row[j] = std::exp(row[j] - m);
+          total += row[j];
+        }
+        for (int64_t j = 0; j < n; ++j) row[j] = row[j] / total;
       }
-      float* orow = op + (t * H + h) * D;
-      for (int64_t d = 0; d < D; ++d) orow[d] = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
-        const float p = scores[j] / total;
-        const float* vrow = vp + (slots[j] * KVH + kvh) * D;
-        for (int64_t d = 0; d < D; ++d) orow[d] += p * vrow[d];
+      for (int64_t i = 0; i < tile.count; ++i) {
+        const int64_t t = tile.first + i, n = num_base + eo[t + 1] - eo[t];
+        slots.resize(n);
+        for (int64_t j = 0; j < n; ++j) slots[j] = slot_of(i, j);
+        for (int64_t g0 = 0; g0 < group; g0 += MAX_HEADS)
+          weighted_sum(scores.data() + (i * group + g0) * max_len, max_len, std::min(MAX_HEADS, group - g0),
+                       slots.data(), n, vp + tile.kvh * D, KVH * D, D, op + (t * H + h0 + g0) * D);
       }
     }
   });
