@@ -163,24 +163,31 @@ def build_server(args):
         draft = "qwen2.5-coder-0.5b"  # the default pair
     policy = args.policy or ("adaserve" if draft else "none")
     specs = [parse_slo_class(c) for c in (args.slo_class or DEFAULT_SLO_CLASSES)]
-    engine = EngineCore(engine_config(args, model=model, draft=draft, spec_policy=policy, step_log=args.step_log))
-    unloaded_ms = None
-    if any(c.tpot_scale is not None for c in specs):
-        cost = engine.cost_model or engine.load_cost_model()
-        unloaded_ms = cost.verify_ms(1, 256)  # plain decoding, one request, a short context
+    config = engine_config(args, model=model, draft=draft, spec_policy=policy, step_log=args.step_log)
+    needs_unloaded_ms = any(c.tpot_scale is not None for c in specs)
+
+    def build() -> EngineCore:  # on the engine thread (see AsyncEngine)
+        engine = EngineCore(config)
+        if needs_unloaded_ms and engine.cost_model is None:
+            engine.cost_model = engine.load_cost_model()
+        return engine
+
+    async_engine = AsyncEngine(build, max_pending_requests=args.max_pending_requests)
+    async_engine.start()
+    engine = async_engine.engine
+    # plain decoding, one request, a short context
+    unloaded_ms = engine.cost_model.verify_ms(1, 256) if needs_unloaded_ms else None
     classes = {c.name: c.resolve(unloaded_ms) for c in specs}
     for name, slo in classes.items():
         logging.info("SLO class %s: tpot %s ms, ttft %s ms", name, slo.tpot_ms, slo.ttft_ms)
-    async_engine = AsyncEngine(engine, max_pending_requests=args.max_pending_requests)
-    async_engine.start()
-    config = ServerConfig(
+    server_config = ServerConfig(
         served_model_name=args.served_model_name or model,
         model_aliases=(model, str(engine.runner.model_dir)),
         api_key=args.api_key,
         slo_classes=classes,
         default_slo_class=args.default_slo_class,
     )
-    return async_engine, create_app(async_engine, config)
+    return async_engine, create_app(async_engine, server_config)
 
 
 def cmd_serve(args) -> None:

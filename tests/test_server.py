@@ -47,20 +47,25 @@ def engine(smollm2_dir, tmp_path_factory):
     )
     path = tmp_path_factory.mktemp("cost") / "cost.json"
     cost.save(path)
-    core = EngineCore(
-        EngineConfig(
-            model=str(smollm2_dir),
-            draft=str(smollm2_dir),
-            draft_num_layers=3,
-            spec_policy="adaserve",
-            cost_model=str(path),
-            max_num_seqs=40,
-            max_num_batched_tokens=256,
-            max_model_len=2560,  # room for the long streams the abort tests cancel
-        )
+    config = EngineConfig(
+        model=str(smollm2_dir),
+        draft=str(smollm2_dir),
+        draft_num_layers=3,
+        spec_policy="adaserve",
+        cost_model=str(path),
+        max_num_seqs=40,
+        max_num_batched_tokens=256,
+        max_model_len=2560,  # room for the long streams the abort tests cancel
     )
-    eng = AsyncEngine(core, max_pending_requests=64)
+    built_on = []
+
+    def build() -> EngineCore:
+        built_on.append(threading.current_thread().name)
+        return EngineCore(config)
+
+    eng = AsyncEngine(build, max_pending_requests=64)
     eng.start()
+    assert built_on == ["adaserve-engine"]  # every pass on one thread: one OpenMP pool
     yield eng
     eng.shutdown()
 
@@ -212,7 +217,10 @@ def test_overload_is_429_with_retry_after(server, engine):
             timeout=60,
             json={"model": MODEL, "prompt": "Tell a story.", "max_tokens": 1000, "stream": True, "ignore_eos": True},
         ) as s:
-            next(s.iter_lines())
+            # Hold the line iterator: one dropped unfinished is closed when the garbage collector
+            # gets to it, and httpcore then closes the connection (the server aborts the stream).
+            lines = s.iter_lines()
+            next(lines)
             r = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": "hi"})
             assert r.status_code == 429 and r.headers["retry-after"] == "1"
     finally:
@@ -360,3 +368,13 @@ def test_the_serve_command_builds_a_working_server(smollm2_dir):
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "slo_policy"
     finally:
         engine.shutdown()
+
+
+def test_an_engine_that_fails_to_build_raises_from_start():
+    def build() -> EngineCore:
+        raise ValueError("no such model")
+
+    eng = AsyncEngine(build)
+    with pytest.raises(RuntimeError, match="building the engine failed") as info:
+        eng.start()
+    assert isinstance(info.value.__cause__, ValueError) and not eng.is_alive

@@ -14,7 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adaserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineOverloadedError
 from adaserve.outputs import RequestOutput
@@ -75,14 +77,8 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
     async def _internal_error(_, e: Exception):
         return error_response(500, f"internal error: {e}", "internal_error")
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if config.api_key and request.url.path.startswith("/v1"):
-            header = request.headers.get("authorization", "")
-            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-            if not secrets.compare_digest(token.encode(), config.api_key.encode()):
-                return error_response(401, "missing or invalid API key", "authentication_error")
-        return await call_next(request)
+    if config.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
 
     @app.get("/health")
     async def health():
@@ -153,6 +149,25 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
         return final_body(fmt, final, on_finish(final))
 
     return app
+
+
+class APIKeyMiddleware:
+    """Bearer-token check on /v1 routes, as plain ASGI: Starlette's BaseHTTPMiddleware (what
+    @app.middleware builds) relays every streamed chunk through a memory stream and a task group;
+    this passes receive and send through untouched, and only when a key is set."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            header = Headers(scope=scope).get("authorization", "")
+            token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            if not secrets.compare_digest(token.encode(), self.api_key.encode()):
+                response = error_response(401, "missing or invalid API key", "authentication_error")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _tokenize(core, prompt) -> list[int]:
