@@ -146,8 +146,75 @@ std::vector<Tile> make_tiles(const int64_t* seq, int64_t T, int64_t KVH) {
   return tiles;
 }
 
-// q [T, H, D]; k_cache, v_cache [num_slots, KVH, D]; token_seq [T]; base_offsets [S + 1] into
-// base_slots (each sequence's cached positions); extra_offsets [T + 1] into extra_slots.
+// The step's tensors as raw pointers: q [T, H, D]; k, v [num_slots, KVH, D]; seq [T] (each token's
+// sequence); base_offsets [S + 1] into base_slots (each sequence's cached positions);
+// extra_offsets [T + 1] into extra_slots (each token's visible positions of this step).
+struct Step {
+  const float *q, *k, *v;
+  const int64_t *seq, *base_offsets, *base_slots, *extra_offsets, *extra_slots;
+  int64_t H, KVH, D, group;
+  float scale;
+  float* out;  // [T, H, D]
+
+  int64_t num_base(int64_t t) const { return base_offsets[seq[t] + 1] - base_offsets[seq[t]]; }
+  int64_t num_keys(int64_t t) const { return num_base(t) + extra_offsets[t + 1] - extra_offsets[t]; }
+  // The slot of token t's j-th key (-1 past the end of its list).
+  int64_t slot(int64_t t, int64_t j) const {
+    const int64_t nb = num_base(t);
+    if (j < nb) return base_slots[base_offsets[seq[t]] + j];
+    j -= nb;
+    return j < extra_offsets[t + 1] - extra_offsets[t] ? extra_slots[extra_offsets[t] + j] : -1;
+  }
+};
+
+// scores [count * group, max_len], row r = (token first + r / group, head r % group of the KV
+// head): q . k * scale, walking key index j outermost so the tile's tokens share each key row.
+void tile_scores(const Step& st, const Tile& tile, int64_t max_len, float* scores) {
+  const int64_t h0 = tile.kvh * st.group;
+  for (int64_t j = 0; j < max_len; ++j)
+    for (int64_t i = 0; i < tile.count; ++i) {
+      const int64_t t = tile.first + i, slot = st.slot(t, j);
+      if (slot < 0) continue;
+      const float* krow = st.k + (slot * st.KVH + tile.kvh) * st.D;
+      for (int64_t g0 = 0; g0 < st.group; g0 += MAX_HEADS)
+        dots(st.q + (t * st.H + h0 + g0) * st.D, std::min(MAX_HEADS, st.group - g0), krow, st.D, st.scale,
+             scores + (i * st.group + g0) * max_len + j, max_len);
+    }
+}
+
+// Each row's first n scores -> probabilities, in key order.
+void softmax_rows(const Step& st, const Tile& tile, int64_t max_len, float* scores) {
+  for (int64_t r = 0; r < tile.count * st.group; ++r) {
+    const int64_t n = st.num_keys(tile.first + r / st.group);
+    float* row = scores + r * max_len;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
+    float total = 0.f;
+    for (int64_t j = 0; j < n; ++j) {
+      row[j] = std::exp(row[j] - m);
+      total += row[j];
+    }
+    for (int64_t j = 0; j < n; ++j) row[j] = row[j] / total;
+  }
+}
+
+void attend_tile(const Step& st, const Tile& tile, std::vector<float>& scores, std::vector<int64_t>& slots) {
+  int64_t max_len = 0;
+  for (int64_t i = 0; i < tile.count; ++i) max_len = std::max(max_len, st.num_keys(tile.first + i));
+  scores.assign(tile.count * st.group * max_len, 0.f);
+  tile_scores(st, tile, max_len, scores.data());
+  softmax_rows(st, tile, max_len, scores.data());
+  const int64_t h0 = tile.kvh * st.group;
+  for (int64_t i = 0; i < tile.count; ++i) {
+    const int64_t t = tile.first + i, n = st.num_keys(t);
+    slots.resize(n);
+    for (int64_t j = 0; j < n; ++j) slots[j] = st.slot(t, j);
+    for (int64_t g0 = 0; g0 < st.group; g0 += MAX_HEADS)
+      weighted_sum(scores.data() + (i * st.group + g0) * max_len, max_len, std::min(MAX_HEADS, st.group - g0),
+                   slots.data(), n, st.v + tile.kvh * st.D, st.KVH * st.D, st.D, st.out + (t * st.H + h0 + g0) * st.D);
+  }
+}
+
 torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor token_seq,
                               torch::Tensor base_offsets, torch::Tensor base_slots, torch::Tensor extra_offsets,
                               torch::Tensor extra_slots, double scale) {
@@ -157,70 +224,16 @@ torch::Tensor paged_attention(torch::Tensor q, torch::Tensor k_cache, torch::Ten
   q = q.contiguous();
   const int64_t T = q.size(0), H = q.size(1), D = q.size(2), KVH = k_cache.size(1);
   TORCH_CHECK(H % KVH == 0 && k_cache.size(2) == D, "head shapes");
-  const int64_t group = H / KVH;
   auto out = torch::empty({T, H, D}, q.options());
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k_cache.data_ptr<float>();
-  const float* vp = v_cache.data_ptr<float>();
-  const int64_t* seq = token_seq.data_ptr<int64_t>();
-  const int64_t* bo = base_offsets.data_ptr<int64_t>();
-  const int64_t* bs = base_slots.data_ptr<int64_t>();
-  const int64_t* eo = extra_offsets.data_ptr<int64_t>();
-  const int64_t* es = extra_slots.data_ptr<int64_t>();
-  float* op = out.data_ptr<float>();
-  const float fscale = static_cast<float>(scale);
-  const std::vector<Tile> tiles = make_tiles(seq, T, KVH);
+  const Step st{q.data_ptr<float>(),          k_cache.data_ptr<float>(),       v_cache.data_ptr<float>(),
+                token_seq.data_ptr<int64_t>(), base_offsets.data_ptr<int64_t>(), base_slots.data_ptr<int64_t>(),
+                extra_offsets.data_ptr<int64_t>(), extra_slots.data_ptr<int64_t>(), H, KVH, D, H / KVH,
+                static_cast<float>(scale), out.data_ptr<float>()};
+  const std::vector<Tile> tiles = make_tiles(st.seq, T, KVH);
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
     std::vector<int64_t> slots;
-    std::vector<float> scores;  // [count * group, max_len]: row r = (token r / group, head r % group)
-    for (int64_t w = begin; w < end; ++w) {
-      const Tile tile = tiles[w];
-      const int64_t s = seq[tile.first], num_base = bo[s + 1] - bo[s], rows = tile.count * group;
-      const int64_t* base = bs + bo[s];
-      int64_t max_len = 0;
-      for (int64_t i = 0; i < tile.count; ++i) {
-        const int64_t t = tile.first + i;
-        max_len = std::max(max_len, num_base + eo[t + 1] - eo[t]);
-      }
-      scores.assign(rows * max_len, 0.f);
-      // The slot of token i's j-th key (-1 past the end of its list).
-      auto slot_of = [&](int64_t i, int64_t j) -> int64_t {
-        const int64_t t = tile.first + i;
-        if (j < num_base) return base[j];
-        j -= num_base;
-        return j < eo[t + 1] - eo[t] ? es[eo[t] + j] : -1;
-      };
-      const int64_t h0 = tile.kvh * group;
-      for (int64_t j = 0; j < max_len; ++j)
-        for (int64_t i = 0; i < tile.count; ++i) {
-          const int64_t slot = slot_of(i, j);
-          if (slot < 0) continue;
-          const float* krow = kp + (slot * KVH + tile.kvh) * D;
-          for (int64_t g0 = 0; g0 < group; g0 += MAX_HEADS)
-            dots(qp + ((tile.first + i) * H + h0 + g0) * D, std::min(MAX_HEADS, group - g0), krow, D, fscale,
-                 scores.data() + (i * group + g0) * max_len + j, max_len);
-        }
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t t = tile.first + r / group, n = num_base + eo[t + 1] - eo[t];
-        float* row = scores.data() + r * max_len;
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
-        float total = 0.f;
-        for (int64_t j = 0; j < n; ++j) {
-          row[j] = std::exp(row[j] - m);
-          total += row[j];
-        }
-        for (int64_t j = 0; j < n; ++j) row[j] = row[j] / total;
-      }
-      for (int64_t i = 0; i < tile.count; ++i) {
-        const int64_t t = tile.first + i, n = num_base + eo[t + 1] - eo[t];
-        slots.resize(n);
-        for (int64_t j = 0; j < n; ++j) slots[j] = slot_of(i, j);
-        for (int64_t g0 = 0; g0 < group; g0 += MAX_HEADS)
-          weighted_sum(scores.data() + (i * group + g0) * max_len, max_len, std::min(MAX_HEADS, group - g0),
-                       slots.data(), n, vp + tile.kvh * D, KVH * D, D, op + (t * H + h0 + g0) * D);
-      }
-    }
+    for (int64_t w = begin; w < end; ++w) attend_tile(st, tiles[w], scores, slots);
   });
   return out.view({T, H * D});
 }
