@@ -164,19 +164,19 @@ def build_server(args):
     policy = args.policy or ("adaserve" if draft else "none")
     specs = [parse_slo_class(c) for c in (args.slo_class or DEFAULT_SLO_CLASSES)]
     config = engine_config(args, model=model, draft=draft, spec_policy=policy, step_log=args.step_log)
-    needs_unloaded_ms = any(c.tpot_scale is not None for c in specs)
+    unloaded_ms = None
 
-    def build() -> EngineCore:  # on the engine thread (see AsyncEngine)
+    def build() -> EngineCore:  # on the engine thread (see AsyncEngine), profiling included
+        nonlocal unloaded_ms
         engine = EngineCore(config)
-        if needs_unloaded_ms and engine.cost_model is None:
-            engine.cost_model = engine.load_cost_model()
+        if any(c.tpot_scale is not None for c in specs):
+            cost = engine.cost_model or engine.load_cost_model()
+            unloaded_ms = cost.verify_ms(1, 256)  # plain decoding, one request, a short context
         return engine
 
     async_engine = AsyncEngine(build, max_pending_requests=args.max_pending_requests)
     async_engine.start()
     engine = async_engine.engine
-    # plain decoding, one request, a short context
-    unloaded_ms = engine.cost_model.verify_ms(1, 256) if needs_unloaded_ms else None
     classes = {c.name: c.resolve(unloaded_ms) for c in specs}
     for name, slo in classes.items():
         logging.info("SLO class %s: tpot %s ms, ttft %s ms", name, slo.tpot_ms, slo.ttft_ms)

@@ -1,10 +1,11 @@
 """Measure the cost model: target and draft forward latency vs tokens, and the attention cost of
 context. Cached per model pair and machine as JSON (adaserve.sched.cost_model.CostModel).
 
-Each point is the median of `reps` timed forwards of one sequence of N new tokens (causal, like a
-chain or a prefill chunk) over a `context`-token prefix, run through the engine's own executor and
-KV cache. The context term is the latency difference of a 1-token pass over a long vs short prefix,
-the context-pair term that of a multi-token pass (less the context term); the per-sequence term
+Each point is the median of `reps` timed forwards (one, for passes of LONG_PASS_TOKENS or more) of
+one sequence of N new tokens (causal, like a chain or a prefill chunk) over a `context`-token prefix,
+run through the engine's own executor and KV cache; prefixes are reserved in the cache, not computed.
+The context term is the latency difference of a 1-token pass over a long vs short prefix, the
+context-pair term that of a multi-token pass (less the context term); the per-sequence term
 compares B one-token sequences with one sequence of B tokens; the logits-row term times the lm_head
 over 64 rows against one.
 """
@@ -49,7 +50,7 @@ def _timed_forward(executor: ModelExecutor, context: int, num_tokens: int) -> fl
     return elapsed * 1000.0
 
 
-def _fill_context(executor: ModelExecutor, context: int, request_id: str = PROFILE_ID) -> None:
+def _reserve_context(executor: ModelExecutor, context: int, request_id: str = PROFILE_ID) -> None:
     """Give the request `context` cached positions. Their KV is not computed: what a pass costs
     does not depend on the values it reads, and prefilling 4096 tokens to time a decode over them
     was most of the profile's time (which `make demo` waits for on a fresh machine)."""
@@ -62,7 +63,7 @@ def _timed_batch(executor: ModelExecutor, context: int, num_seqs: int, reps: int
     ids = [f"{PROFILE_ID}{i}" for i in range(num_seqs)]
     try:
         for rid in ids:
-            _fill_context(executor, context, rid)
+            _reserve_context(executor, context, rid)
         times = []
         for _ in range(reps + 1):
             seqs = [executor.seq_input(rid, [11], [context], executor.kv.reserve(rid, 1), context) for rid in ids]
@@ -84,7 +85,7 @@ def profile_curve(
     long_context = min(long_context, room - max(grid) - executor.kv.block_size)
     grid = tuple(n for n in grid if context + n <= room)
     try:
-        _fill_context(executor, context)
+        _reserve_context(executor, context)
         _timed_forward(executor, context, 1)  # warm-up
         medians = [
             statistics.median(_timed_forward(executor, context, n) for _ in range(reps if n < LONG_PASS_TOKENS else 1))
@@ -134,7 +135,7 @@ def _context_terms(
     if long_context <= context:
         return 0.0, 0.0
     short = statistics.median(_timed_forward(executor, context, 1) for _ in range(reps + 2))
-    _fill_context(executor, long_context)
+    _reserve_context(executor, long_context)
     long = statistics.median(_timed_forward(executor, long_context, 1) for _ in range(reps + 2))
     beta = max(0.0, (long - short) / (long_context - context))
     q = grid[min(len(grid) - 1, bisect.bisect_left(grid, PAIR_TOKENS))]

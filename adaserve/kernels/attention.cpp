@@ -19,41 +19,35 @@ namespace {
 
 constexpr int LANES = 16;
 
-// Dot product with 16 partial sums (lane l takes elements l, l + 16, ...), folded in a fixed tree
-// (lanes l += l + 8, then l += l + 4, l + 2, l + 1), then the tail in order. The AVX-512 path
-// runs the same additions in the same order as the portable one, so both give the same bits.
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-inline float fold(__m512 acc) {  // the fixed tree: lanes l += l + 8, l + 4, l + 2, l + 1
+// Dot products keep 16 partial sums (lane l takes elements l, l + 16, ...), folded in a fixed tree
+// (lanes l += l + 8, then l += l + 4, l + 2, l + 1), then the tail in order. dots_avx512 and the
+// portable dot below run the same additions in the same order, so both builds give the same bits.
+inline float fold(__m512 acc) {
   __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
   __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
-#endif
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-  __m512 acc = _mm512_setzero_ps();
-  for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
-  float s = fold(acc);
 #else
+inline float dot(const float* a, const float* b, int64_t n) {
   float acc[LANES] = {0};
+  int64_t i = 0;
   for (; i + LANES <= n; i += LANES)
     for (int l = 0; l < LANES; ++l) acc[l] = std::fma(a[i + l], b[i + l], acc[l]);
   for (int width = LANES / 2; width >= 1; width /= 2)
     for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
   float s = acc[0];
-#endif
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
 }
+#endif
 
 constexpr int64_t MAX_HEADS = 8;
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-// dot(q + g * D, k, D) for NH heads at once, each with dot's own additions (the same bits), the key
-// chunk loaded once for all of them.
+// The portable dot(q + g * D, k, D) for NH heads at once, with its additions (the same bits), the
+// key chunk loaded once for all of them.
 template <int NH>
 void dots_avx512(const float* q, const float* k, int64_t D, float scale, float* out, int64_t out_stride) {
   __m512 acc[NH];
