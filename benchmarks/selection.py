@@ -61,9 +61,9 @@ def main() -> None:
         {1: 30.0, 16: 40.0, 64: 90.0, 256: 300.0, 1024: 1200.0}, {1: 10.0, 64: 20.0, 512: 100.0}
     )
     policy = AdaServePolicy(cost)
-    policy.begin_step(args.requests, 256 * args.requests)
     seqs = [SeqState(50.0 if r else None, 0.0, 20, 256) for r in reqs]
     ctx = SelectionContext(budget=args.budget, num_batched_tokens=args.requests, now=1.0, seqs=seqs)
+    policy.begin_step(ctx)
     pure = time_it(lambda: select_nodes(trees, reqs, args.budget, 8, 16), args.reps)
     full = time_it(lambda: policy.select(trees, ctx), args.reps)
     chosen = policy.select(trees, ctx)

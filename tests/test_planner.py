@@ -23,9 +23,10 @@ COST = CostModel(LatencyCurve((1, 1001), (10.0, 1010.0)), LatencyCurve((1, 1001)
 BLOCK = 16
 
 
-def planner(max_tokens=512, recovery_tokens=1) -> StepPlanner:
-    """recovery_tokens=1: a running request must be back on its TPOT line right after the step."""
-    return StepPlanner(COST, max_tokens, BLOCK, recovery_tokens)
+def planner(max_tokens=512, recovery_tokens=1, tpot_headroom=1.0) -> StepPlanner:
+    """recovery_tokens=1: a running request must be back on its TPOT line right after the step;
+    tpot_headroom=1.0: the plans keep the TPOT itself (the tables' arithmetic stays exact)."""
+    return StepPlanner(COST, max_tokens, BLOCK, recovery_tokens, tpot_headroom)
 
 
 def decoding(decoded: int, since_first_s: float, tpot_ms=50.0, max_tokens=100, now=10.0) -> Request:
@@ -60,20 +61,31 @@ def test_prefill_fills_exactly_the_tightest_slack(decoded, since_first_s, slack_
 
 
 def test_a_long_step_may_be_made_good_over_the_recovery_tokens():
-    """As the planner's worked example: tpot 50 ms, 10 tokens in 0.375 s, 2 tokens a step, 40 ms
-    decode steps, back on the line within 4 tokens -> 700 - 375 - 40 = 285 ms of slack (back on it
-    right after the step: 550 - 375 = 175 ms)."""
+    """As the planner's worked example: tpot 50 ms, 10 tokens in 0.375 s, 2 tokens a step, 13 ms
+    decode steps (trees of 4 tokens), back on the line within 4 tokens -> 700 - 375 - 13 = 312 ms
+    of slack (plain steps of 10 ms would leave 700 - 375 - 3 x 10 = 295; back on the line right
+    after the step: 550 - 375 = 175 ms)."""
     r = decoding(10, 0.375)
     r.spec_stats.num_verifications, r.spec_stats.num_accepted = 5, 5  # 2 tokens per verification
-    load = StepLoad(31, 1)  # its tree of 31 tokens: a 40 ms decode step
+    load = StepLoad(4, 1)
     w = waiting("w", 100, ttft_ms=5000)  # a prompt with a deadline it makes either way
     plan = planner(recovery_tokens=4).plan(10.0, [r], [w], load)
-    assert plan.limits.max_prefill_tokens == COST.target.max_tokens_within(285.0, 30, 512) - 31 == 245
-    assert plan.limits.max_step_tokens == 276  # the selection may fill the same 285 ms
-    assert planner(recovery_tokens=1).plan(10.0, [r], [w], load).limits.max_prefill_tokens == 175 - 9 - 31
+    assert plan.limits.max_prefill_tokens == COST.target.max_tokens_within(312.0, 30, 512) - 4 == 299
+    assert plan.limits.max_step_tokens == 303  # the selection may fill the same 312 ms
+    assert planner(recovery_tokens=1).plan(10.0, [r], [w], load).limits.max_prefill_tokens == 175 - 9 - 4
     w.best_effort = True  # a best-effort prompt alone gets one step's slack, the selection still all
     plan = planner(recovery_tokens=4).plan(10.0, [r], [w], load)
-    assert (plan.limits.max_prefill_tokens, plan.limits.max_step_tokens) == (175 - 9 - 31, 276)
+    assert (plan.limits.max_prefill_tokens, plan.limits.max_step_tokens) == (175 - 9 - 4, 303)
+
+
+def test_a_slow_tree_step_does_not_demote_a_request_that_plain_steps_keep():
+    """Trees of 31 tokens after 100 ms of drafting: 140 ms for 2 tokens, 70 ms a token, over its
+    50 ms TPOT. Plain steps of 10 ms keep it, so it is not lost: the policy can stop drafting."""
+    r = decoding(0, 0.0)
+    load = StepLoad(31, 1, draft_ms=100.0, mean_tokens_per_step=2.0)
+    plan = planner(recovery_tokens=4).plan(10.0, [r], [], load)
+    assert not plan.demote
+    assert plan.limits.max_new_requests > 0  # plain steps leave room to start more
 
 
 def test_a_prompt_due_soon_may_spend_all_the_slack_a_running_request_has_left():
@@ -247,3 +259,12 @@ def test_best_effort_requests_wait_while_a_request_keeps_its_tpot():
     lost.best_effort = True
     assert planner().plan(10.0, [r, lost], [], StepLoad(2, 2)).limits.pause_best_effort
     assert not planner().plan(10.0, [lost], [], StepLoad(1, 1)).limits.pause_best_effort
+
+
+def test_steps_are_planned_within_the_headroom_and_demotion_judged_on_the_tpot():
+    """On its line at 50 ms (10 tokens in 0.5 s): with a 0.9 headroom the plan keeps it on a 45 ms
+    line, 40 ms behind already, so prompts get the least a step carries; yet it is not demoted."""
+    r = decoding(10, 0.5)
+    plan = planner(tpot_headroom=0.9).plan(10.0, [r], [], StepLoad(1, 1))
+    assert plan.limits.max_prefill_tokens == BLOCK and not plan.demote
+    assert planner().plan(10.0, [r], [], StepLoad(1, 1)).limits.max_prefill_tokens == 40

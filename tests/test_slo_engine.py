@@ -28,11 +28,11 @@ def plain(smollm2_dir):
     return [o.token_ids for o in llm.generate([PROMPT, OTHER], SamplingParams(max_tokens=40))]
 
 
-def make_llm(smollm2_dir, cost_path, policy):
+def make_llm(smollm2_dir, cost_path, policy, draft_num_layers=30):
     return LLM(
         str(smollm2_dir),
         draft=str(smollm2_dir),
-        draft_num_layers=3,
+        draft_num_layers=draft_num_layers,
         spec_policy=policy,
         cost_model=cost_path,
         max_num_batched_tokens=256,
@@ -69,7 +69,9 @@ def test_the_planner_demotes_an_unreachable_slo_and_serves_it_to_the_end(smollm2
 
 @pytest.mark.parametrize("policy", ["adaserve", "adaserve-cap", "adaserve-equal", "smartspec", "chunked"])
 def test_slo_policies_keep_greedy_output(smollm2_dir, cost_path, plain, policy):
-    llm = make_llm(smollm2_dir, cost_path, policy)
+    # The whole model as its own draft: the 3-layer one is accepted so rarely that adaserve, judging
+    # each depth by what it yielded, soon stops drafting, and acceptance would go untested.
+    llm = make_llm(smollm2_dir, cost_path, policy, draft_num_layers=30)
     params = [SamplingParams(max_tokens=40, slo={"tpot_ms": 30.0}), SamplingParams(max_tokens=40)]
     outs = llm.generate([PROMPT, OTHER], params)
     assert [o.token_ids for o in outs] == plain

@@ -47,6 +47,15 @@ def test_slos_and_urgent_share_and_scale():
     assert {r.max_tokens for r in reqs} == {64}
 
 
+def test_a_calibrated_prefill_gives_ttft_targets_that_grow_with_the_prompt():
+    """ttft = (multiple x unloaded + 3 x prefill) x scale; "def f():" is 2 tokens at 4 chars each,
+    "long text" 2: coding (10 x 100 + 3 x 2 x 5) x 0.5 = 515 ms, summarization (40 x 100 + 30) x 0.5."""
+    spec = WorkloadSpec(num_requests=200, prefill_ms_per_token=5.0, slo_scale=0.5, seed=2)
+    ttfts = {r.category: r.slo.ttft_ms for r in build_workload(spec, 100.0, PROMPTS)}
+    assert ttfts["coding"] == 515.0 and ttfts["summarization"] == 2015.0
+    assert all(r.slo.ttft_ms is None for r in build_workload(WorkloadSpec(num_requests=20), 100.0, PROMPTS))
+
+
 def test_fluctuating_rates_follow_the_pieces():
     spec = WorkloadSpec(arrival="fluctuating", pieces="100:0.5,100:4", num_requests=None, duration_s=400, seed=0)
     times = arrival_times(spec, random.Random(0))
@@ -122,7 +131,7 @@ def test_a_committed_bench_result_still_rebuilds_its_requests():
 
 def test_a_sweep_point_records_its_args_as_before_without_the_api_key():
     """The sweep that wrote COMMITTED_POINT, run again: its point's "args" are the same, key for key
-    and in order, but the API key."""
+    and in order, but the API key and flags added since."""
     import json
     from pathlib import Path
 
@@ -136,6 +145,7 @@ def test_a_sweep_point_records_its_args_as_before_without_the_api_key():
     point = _point_config(
         config, "none", old["url"], old["model"], old["unloaded_tpot_ms"], 0.08, Path(old["out"])
     ).recorded_args()
+    assert point.pop("ttft") is False  # (a flag added since: TTFT targets, off by default)
     assert list(point.items()) == [(k, v) for k, v in old.items() if k != "api_key"]
     peer = _point_config(config, "vllm:plain", old["url"], old["model"], 100.0, 0.16, Path(old["out"]))
     assert not peer.send_slo and peer.recorded_args()["no_slo"] and peer.workload.rate == 0.16

@@ -8,7 +8,7 @@ import json
 import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class BenchConfig:
     unloaded_tpot_ms: float | None = None  # None: calibrate on the server
     workload_file: str | None = None  # replay these requests instead of building `workload`
     send_slo: bool = True
+    ttft: bool = False  # TTFT targets: calibrate the server's prefill (unless the workload has it)
     save_workload: str | None = None
     out: str | None = None  # the metrics JSON
     context: Mapping[str, Any] = field(default_factory=dict)
@@ -50,6 +51,7 @@ class BenchConfig:
             "unloaded_tpot_ms": self.unloaded_tpot_ms,
             "workload_file": self.workload_file,
             "no_slo": not self.send_slo,
+            "ttft": self.ttft,
             "save_workload": self.save_workload,
             "out": self.out,
         }
@@ -73,6 +75,29 @@ def calibrate(url: str, model: str, num_requests: int = 3, max_tokens: int = 64)
     return statistics.median(tpots)
 
 
+def calibrate_prefill(url: str, model: str, unloaded_tpot_ms: float, num_runs: int = 2) -> float:
+    """An idle server's prefill time per prompt token (ms): the fastest TTFT of the longest
+    summarization prompt (one output token), less one unloaded token time, over its prompt tokens."""
+    prompt = max(category_prompts("summarization"), key=len)
+    req = BenchRequest(0.0, "calibration", [{"role": "user", "content": prompt}], 1, SLO())
+    per_token = []
+    for _ in range(num_runs):
+        record = asyncio.run(run_load(url, model, [req], send_slo=False, progress=False))[0]
+        num_prompt_tokens = (record.server_usage or {}).get("prompt_tokens")
+        if record.error or record.timing.ttft_s is None or not num_prompt_tokens:
+            raise RuntimeError(f"prefill calibration request failed: {record.error or 'no usage'}")
+        per_token.append(max(0.0, record.timing.ttft_s * 1000.0 - unloaded_tpot_ms) / num_prompt_tokens)
+    return min(per_token)
+
+
+def with_ttft_targets(config: BenchConfig, url: str, model: str, unloaded_tpot_ms: float) -> BenchConfig:
+    """The config with the server's prefill calibrated into its workload (TTFT targets), if asked."""
+    if not config.ttft or config.workload.prefill_ms_per_token is not None:
+        return config
+    ms = calibrate_prefill(url, model, unloaded_tpot_ms)
+    return replace(config, workload=replace(config.workload, prefill_ms_per_token=round(ms, 4)))
+
+
 def run_bench(config: BenchConfig) -> dict:
     url = config.url.rstrip("/")
     model = config.model or served_model(url)
@@ -81,6 +106,7 @@ def run_bench(config: BenchConfig) -> dict:
         unloaded = None
     else:
         unloaded = config.unloaded_tpot_ms or calibrate(url, model)
+        config = with_ttft_targets(config, url, model, unloaded)
         spec = config.workload
         prompts = {c: category_prompts(c) for c in spec.category_weights()}
         requests = build_workload(spec, unloaded, prompts)
@@ -133,6 +159,9 @@ def add_bench_args(p) -> None:
     p.add_argument("--api-key", default=None)
     add_workload_args(p)
     p.add_argument("--no-slo", action="store_true", help="don't send SLOs (servers without SLO support)")
+    p.add_argument(
+        "--ttft", action="store_true", help="TTFT targets too (joint SLOs): calibrate the server's prefill per token"
+    )
     p.add_argument("--save-workload", default=None)
     p.add_argument("--out", default=None, help="metrics JSON")
 
@@ -147,6 +176,7 @@ def bench_config(args) -> BenchConfig:
         unloaded_tpot_ms=args.unloaded_tpot_ms,
         workload_file=args.workload_file,
         send_slo=not args.no_slo,
+        ttft=args.ttft,
         save_workload=args.save_workload,
         out=args.out,
         context={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},

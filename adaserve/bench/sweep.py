@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from adaserve.bench.run import BenchConfig, bench_config, calibrate, run_bench, served_model
+from adaserve.bench.run import BenchConfig, bench_config, calibrate, run_bench, served_model, with_ttft_targets
 from adaserve.bench.server_process import free_port, wait_healthy
 
 VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_scale", "fluctuating": None}
@@ -105,7 +105,7 @@ def sweep(config: SweepConfig) -> dict:
     unloaded = config.bench.unloaded_tpot_ms
     results: dict[str, list[dict]] = {}
     for policy in config.policies:
-        points, unloaded = _sweep_policy(config, policy, unloaded)
+        points, unloaded, config = _sweep_policy(config, policy, unloaded)
         results.setdefault(policy, []).extend(points)
     summary = {"variable": config.variable, "unloaded_tpot_ms": unloaded, "results": results}
     if config.merge:
@@ -115,9 +115,10 @@ def sweep(config: SweepConfig) -> dict:
     return summary
 
 
-def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> tuple[list[dict], float]:
-    """One server for `policy`, one run per value: the points' summaries, and the unloaded per-token
-    latency (measured on this server if not known yet)."""
+def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> tuple[list[dict], float, SweepConfig]:
+    """One server for `policy`, one run per value: the points' summaries, the unloaded per-token
+    latency and the config with the prefill calibrated for TTFT targets (both measured on this
+    server if not known yet, then the same for every policy)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(config, policy, port)
@@ -128,6 +129,7 @@ def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> t
         if unloaded is None:
             unloaded = calibrate(url, model)
             print(f"unloaded per-token latency ({policy}): {unloaded:.1f} ms", flush=True)
+        config = replace(config, bench=with_ttft_targets(config.bench, url, model, unloaded))
         for value in [None] if config.variable == "fluctuating" else config.values:
             out = Path(config.out_dir) / f"{policy.replace(':', '-')}_{config.variable}_{value}.json"
             result = run_bench(_point_config(config, policy, url, model, unloaded, value, out))
@@ -141,7 +143,7 @@ def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> t
     finally:
         server.terminate()
         server.wait(timeout=120)
-    return points, unloaded
+    return points, unloaded, config
 
 
 def merge_into(path: Path, summary: dict) -> dict:

@@ -12,7 +12,8 @@ calibration run). The paper's categories: coding 1.2x, chat and summarization lo
 Given the unloaded prefill time of a prompt (`prefill_ms(num_prompt_tokens)`: a calibration run or
 the cost model), each request also gets a TTFT target that grows with its prompt:
     ttft = (ttft_multiples[category] x unloaded_tpot_ms + ttft_prefill_scale x prefill_ms) x slo_scale
-(prompt tokens estimated at CHARS_PER_TOKEN). Without it, TTFT has no target (the paper's protocol).
+(prompt tokens estimated at CHARS_PER_TOKEN; prefill_ms from the spec's calibrated
+prefill_ms_per_token, or a cost model). Without it, TTFT has no target (the paper's protocol).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class WorkloadSpec:
     seed: int = 0
     ttft_multiples: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TTFT_MULTIPLES))
     ttft_prefill_scale: float = DEFAULT_TTFT_PREFILL_SCALE
+    # The server's unloaded prefill time per prompt token (`adaserve bench --ttft` calibrates it):
+    # with it, requests get TTFT targets (see the module docstring); None: TTFT has no target.
+    prefill_ms_per_token: float | None = None
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or self.output_tokens < 1 or self.slo_scale <= 0 or self.cv <= 0:
@@ -128,6 +132,9 @@ def build_workload(
     """`prompts[category]` lists the texts to draw from (see adaserve.bench.datasets); with
     `prefill_ms` (unloaded prefill time of a prompt of that many tokens) requests get TTFT targets."""
     rng = random.Random(spec.seed)
+    if prefill_ms is None and spec.prefill_ms_per_token is not None:
+        ms_per_token = spec.prefill_ms_per_token
+        prefill_ms = lambda n: ms_per_token * n
     weights = spec.category_weights()
     categories, probs = list(weights), list(weights.values())
     requests = []

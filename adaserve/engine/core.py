@@ -204,7 +204,7 @@ class EngineCore:
         draft_start = time.perf_counter()
         decoding = [c for c in step.chunks if c.is_decode] if self.spec else []
         if decoding:
-            trees = self.spec.propose(decoding)  # speculate: a candidate tree per decoding request
+            trees = self.spec.propose(decoding, step)  # speculate: a candidate tree per decoding request
             selected = self.spec.select(decoding, trees, step)  # select: nodes within the spare budget
             self.spec.attach(decoding, trees, selected)  # reserve their KV, hang the trees on the chunks
         draft_seconds = time.perf_counter() - draft_start

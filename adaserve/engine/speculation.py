@@ -53,10 +53,10 @@ class SpecDecoder:
         self._candidates: dict[str, CandidateTree] = {}  # this step's trees, until verified
         self._step_accepted = 0
 
-    def propose(self, chunks: list[ScheduledChunk]) -> list[CandidateTree]:
+    def propose(self, chunks: list[ScheduledChunk], step: SchedulerOutput) -> list[CandidateTree]:
         """Per decoding chunk, its request's candidate tree (root = its pending token)."""
         requests = [c.request for c in chunks]
-        self.policy.begin_step(len(requests), sum(r.num_computed_tokens for r in requests))
+        self.policy.begin_step(self._context(requests, step))
         if self.policy.depth > 0:
             return self.proposer.propose(requests, self.policy)
         # The policy chose not to speculate this step (e.g. SmartSpec under heavy load).
@@ -66,8 +66,10 @@ class SpecDecoder:
         self, chunks: list[ScheduledChunk], trees: list[CandidateTree], step: SchedulerOutput
     ) -> list[list[int]]:
         """Per tree, the drafted nodes to verify: the policy's choice within the step's spare budget."""
-        requests = [c.request for c in chunks]
-        ctx = SelectionContext(
+        return self.policy.select(trees, self._context([c.request for c in chunks], step))
+
+    def _context(self, requests: list[Request], step: SchedulerOutput) -> SelectionContext:
+        return SelectionContext(
             budget=step.spare_tokens,
             num_batched_tokens=step.num_batched_tokens,
             now=self.clock(),
@@ -81,7 +83,6 @@ class SpecDecoder:
                 for r in requests
             ],
         )
-        return self.policy.select(trees, ctx)
 
     def attach(self, chunks: list[ScheduledChunk], trees: list[CandidateTree], selections: list[list[int]]) -> None:
         for chunk, tree, selected in zip(chunks, trees, selections):

@@ -4,7 +4,7 @@ Both come from the cost model and every request's two deadlines. Plain Python; n
 
 TPOT (running requests past their first token). TPOT is an average, so a long step need not break
 it: the request only has to be back on its TPOT line within its next h tokens (h = recovery_tokens,
-or what it has left). A request that has decoded k tokens e seconds after its first token, gains g
+or half what it has left). A request that has decoded k tokens e seconds after its first token, gains g
 tokens a step (its measured mean: accepted drafts + the bonus token; at first the mean of all), and
 decodes in steps of d seconds after this one, has gained h tokens after this step of t seconds and
 h / g - 1 more steps; it is on its line then iff e + t + (h / g - 1) * d <= (k + h) * tpot. So its
@@ -18,9 +18,13 @@ first at the rate the planned steps carry prompt tokens. Whenever the order make
 longest prefill taken so far is dropped (Moore-Hodgson: the most requests on time on one machine);
 the dropped ones cannot make their deadline behind the others and are demoted.
 
-A running request is demoted when its slack by max_tokens is negative: at its measured pace and the
-current decode steps it will miss its TPOT. New requests start only while decoding stays within every
-running request's slack, and best-effort requests run only while no request keeps a TPOT.
+Two paces are open to the decoding requests: the current one (draft passes plus a verification of
+last step's trees, g tokens a step) and plain decoding (one token a step, no draft). The speculation
+policy may switch to either, so a request's slack is the larger of the two: a slow tree step must
+not make a request look lost that plain steps would keep on its line. A running request is demoted
+when its slack by max_tokens is negative at both paces: it will miss its TPOT whatever the policy
+does. New requests start only while decoding stays within every running request's slack (at either
+pace), and best-effort requests run only while no request keeps a TPOT.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ from adaserve.sched.scheduler import StepLimits
 
 RECOVERY_TOKENS = 64  # a long step must be made good within this many tokens (see above)
 MAX_ADMISSIONS = 64  # new requests one step may start (the planner checks each against the slack)
+# Steps are planned to keep each request on a line this fraction of its TPOT: acceptance is random
+# and the cost model an estimate, so a plan that spends every predicted ms ends late half the time.
+# Demotion is judged on the TPOT itself.
+TPOT_HEADROOM = 0.9
 MIN_OWN_VERIFICATIONS = 4  # before that many, a request's tokens per step is the all-request mean
 
 
@@ -53,6 +61,15 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """A way the decoding requests may run from now on: steps of step_ms, speculating (each request
+    gains its measured tokens per step) or not (one token a step)."""
+
+    step_ms: float
+    speculating: bool = False
+
+
+@dataclass(frozen=True)
 class StepLoad:
     """What the decoding requests will put into this step (the engine's estimate)."""
 
@@ -64,22 +81,29 @@ class StepLoad:
 
 class StepPlanner:
     def __init__(
-        self, cost: CostModel, max_num_batched_tokens: int, block_size: int, recovery_tokens: int = RECOVERY_TOKENS
+        self,
+        cost: CostModel,
+        max_num_batched_tokens: int,
+        block_size: int,
+        recovery_tokens: int = RECOVERY_TOKENS,
+        tpot_headroom: float = TPOT_HEADROOM,
     ) -> None:
         self.cost = cost
         self.max_num_batched_tokens = max_num_batched_tokens
         self.block_size = block_size
         self.recovery_tokens = recovery_tokens
+        self.tpot_headroom = tpot_headroom
 
     def plan(self, now: float, running: list[Request], waiting: Iterable[Request], load: StepLoad) -> StepPlan:
         context = sum(r.num_computed_tokens for r in running)
         decode_ms = load.draft_ms + self.cost.verify_ms(max(1, load.num_decode_tokens), context, len(running))
+        paces = (Pace(decode_ms, True), Pace(self.cost.verify_ms(max(1, load.num_decoding), context, len(running))))
         plan = StepPlan()
         keeping = []  # running requests that can still meet their TPOT
         for r in running:
             if not _keeps_tpot(r):
                 continue
-            if self._slack_ms(r, now, decode_ms, load.mean_tokens_per_step, None) < 0:
+            if self._slack_ms(r, now, paces, load.mean_tokens_per_step, None, headroom=1.0) < 0:
                 plan.demote.append(r)  # its tokens are flowing: served on, best-effort, never cut off
             else:
                 keeping.append(r)
@@ -90,11 +114,11 @@ class StepPlanner:
         for r in given_up:
             _give_up(plan, r)
         mean_tree = -(-max(0, load.num_decode_tokens - load.num_decoding) // max(1, load.num_decoding))
-        fits = self._fits(keeping, now, load, decode_ms, context, self.recovery_tokens)
+        fits = self._fits(keeping, now, load, paces, context, self.recovery_tokens)
         if fits is None:
             plan.limits = StepLimits(num_spec_tokens_per_seq=mean_tree)
             return plan
-        cap = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, (context, len(running), decode_ms))
+        cap = self._prompt_budget(fits, keeping, prefilling, given_up, now, load, (context, len(running), paces))
         num_new = self._admissible(keeping, now, load, context, len(running))
         # Best-effort requests come strictly last: they run only while no request keeps a TPOT.
         plan.limits = StepLimits(cap, mean_tree, max(fits, load.num_decoding + cap), num_new, True)
@@ -113,13 +137,13 @@ class StepPlanner:
         """Prompts get the running requests' comfortable slack (back on their line within
         recovery_tokens: `fits` tokens in all), or all of it (by max_tokens) when a prompt would be
         late otherwise; best-effort prompts alone get one step's slack (back on the line after it)."""
-        context, num_seqs, decode_ms = batch  # the running requests' cached tokens, count, decode step
+        context, num_seqs, paces = batch  # the running requests' cached tokens, count, decode paces
         given_up_ids = {id(r) for r in given_up}
         if not any(not r.best_effort and id(r) not in given_up_ids for r in prefilling):
-            return self._prefill_cap(self._fits(keeping, now, load, decode_ms, context, 1), load)
+            return self._prefill_cap(self._fits(keeping, now, load, paces, context, 1), load)
         cap = self._prefill_cap(fits, load)
         if len(_late_prefills(prefilling, now, cap / self._step_ms(load, cap, context, num_seqs))) > len(given_up):
-            cap = self._prefill_cap(self._fits(keeping, now, load, decode_ms, context, None), load)
+            cap = self._prefill_cap(self._fits(keeping, now, load, paces, context, None), load)
         return cap
 
     def _prefill_cap(self, fits: int, load: StepLoad) -> int:
@@ -129,51 +153,76 @@ class StepPlanner:
         return load.draft_ms + self.cost.verify_ms(load.num_decode_tokens + num_prefill_tokens, context, num_seqs)
 
     def _fits(
-        self, keeping: list[Request], now: float, load: StepLoad, decode_ms: float, context: int, h: int | None
+        self, keeping: list[Request], now: float, load: StepLoad, paces: tuple[Pace, ...], context: int, h: int | None
     ) -> int | None:
         """The tokens a step may carry within the smallest slack (None: no running request has one)."""
         g = load.mean_tokens_per_step
-        slack_ms = min((self._slack_ms(r, now, decode_ms, g, h) for r in keeping), default=math.inf)
+        slack_ms = min((self._slack_ms(r, now, paces, g, h) for r in keeping), default=math.inf)
         if not math.isfinite(slack_ms):
             return None
         return self.cost.target.max_tokens_within(slack_ms - load.draft_ms, context, self.max_num_batched_tokens)
 
-    def _slack_ms(self, r: Request, now: float, decode_ms: float, mean_tokens: float, h: int | None) -> float:
+    def _slack_ms(
+        self,
+        r: Request,
+        now: float,
+        paces: tuple[Pace, ...],
+        mean_tokens: float,
+        h: int | None,
+        headroom: float | None = None,
+    ) -> float:
         """How long this step may take with r back on its TPOT line within its next h tokens (None:
-        by max_tokens)."""
-        fixed_ms, per_step = self._slack_terms(r, now, mean_tokens, h)
-        return fixed_ms - per_step * decode_ms
+        by max_tokens), at the better of the paces."""
+        slacks = []
+        for pace in paces:
+            fixed_ms, per_step = self._slack_terms(r, now, mean_tokens if pace.speculating else None, h, headroom)
+            slacks.append(fixed_ms - per_step * pace.step_ms)
+        return max(slacks)
 
-    def _slack_terms(self, r: Request, now: float, mean_tokens: float, h: int | None) -> tuple[float, float]:
-        """The slack as fixed_ms - per_step x (decode step ms): it falls with longer decode steps."""
+    def _slack_terms(
+        self, r: Request, now: float, mean_tokens: float | None, h: int | None, headroom: float | None = None
+    ) -> tuple[float, float]:
+        """The slack as fixed_ms - per_step x (decode step ms): it falls with longer decode steps.
+        mean_tokens None: plain decoding (one token a step, whatever r's speculation gained)."""
         num_decoded, left = r.num_output_tokens - 1, r.params.max_tokens - r.num_output_tokens
-        h = max(1, left if h is None else min(h, left))
+        # A horizon given is capped at half the tokens left: the reserve for a pace slower than
+        # predicted (with short outputs, recovering "by max_tokens" would spend every last ms).
+        h = max(1, left if h is None else min(h, left // 2))
         stats = r.spec_stats
-        g = stats.mean_accepted_tokens if stats.num_verifications >= MIN_OWN_VERIFICATIONS else mean_tokens
+        g = 1.0
+        if mean_tokens is not None:
+            g = stats.mean_accepted_tokens if stats.num_verifications >= MIN_OWN_VERIFICATIONS else mean_tokens
         g = max(1.0, g)
         elapsed_ms = 1000.0 * (now - r.first_token_time)
-        return (num_decoded + h) * r.params.slo.tpot_ms - elapsed_ms, max(0.0, h / g - 1.0)
+        tpot_ms = r.params.slo.tpot_ms * (self.tpot_headroom if headroom is None else headroom)
+        return (num_decoded + h) * tpot_ms - elapsed_ms, max(0.0, h / g - 1.0)
 
     def _admissible(self, keeping: list[Request], now: float, load: StepLoad, context: int, num_seqs: int) -> int:
         """How many more requests may start decoding without a running one missing its TPOT by
-        max_tokens: each brings the average tree and context to every later decode step."""
-        longest_ms = math.inf  # the decode step every running request tolerates from now on
-        for r in keeping:
-            fixed_ms, per_step = self._slack_terms(r, now, load.mean_tokens_per_step, None)
-            if per_step > 0:
-                longest_ms = min(longest_ms, fixed_ms / per_step)
+        max_tokens: each brings the average tree (or, decoding plainly, one token) and context to
+        every later decode step. The more of the two paces allows."""
         n = max(1, load.num_decoding)
-        tokens, seq_context = load.num_decode_tokens / n, context / max(1, num_seqs)
-        m = 0
-        while m < MAX_ADMISSIONS:
-            more = m + 1
-            step_ms = load.draft_ms * (n + more) / n + self.cost.verify_ms(
-                round(load.num_decode_tokens + more * tokens), round(context + more * seq_context), num_seqs + more
-            )
-            if step_ms > longest_ms:
-                break
-            m = more
-        return m
+        seq_context = context / max(1, num_seqs)
+        plain = (None, 0.0, 1.0)  # (mean tokens a step, draft ms per request, tokens per request)
+        spec = (load.mean_tokens_per_step, load.draft_ms / n, load.num_decode_tokens / n)
+        best = 0
+        for mean_tokens, draft_ms_per_seq, tokens_per_seq in (spec, plain):
+            longest_ms = math.inf  # the decode step every running request tolerates from now on
+            for r in keeping:
+                fixed_ms, per_step = self._slack_terms(r, now, mean_tokens, None)
+                if per_step > 0:
+                    longest_ms = min(longest_ms, fixed_ms / per_step)
+            m = 0
+            while m < MAX_ADMISSIONS:
+                num = n + m + 1  # decoding requests with one more admitted
+                step_ms = draft_ms_per_seq * num + self.cost.verify_ms(
+                    round(num * tokens_per_seq), round(context + (m + 1) * seq_context), num_seqs + m + 1
+                )
+                if step_ms > longest_ms:
+                    break
+                m += 1
+            best = max(best, m)
+        return best
 
 
 def _keeps_tpot(r: Request) -> bool:

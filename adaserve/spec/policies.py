@@ -68,8 +68,9 @@ class SpecPolicy(Protocol):
     top_k: int  # children offered per frontier node
     max_tokens_per_seq: int  # most drafted nodes it ever verifies per request and step
 
-    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
-        """Before drafting: adapt depth/width to the load (fixed policies do nothing)."""
+    def begin_step(self, ctx: SelectionContext) -> None:
+        """Before drafting: adapt depth/width to the load and the requests' SLOs (fixed policies do
+        nothing)."""
         ...
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
@@ -93,7 +94,7 @@ class FixedPolicy:
     top_k: int
     max_tokens_per_seq: int
 
-    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
+    def begin_step(self, ctx: SelectionContext) -> None:
         pass
 
     def record(self, num_proposed_depth: int, num_accepted: int) -> None:

@@ -3,8 +3,11 @@ Plain Python; no torch. They implement adaserve.spec.policies.SpecPolicy.
 
 AdaServe, each step (docs/method.md):
   begin_step  adaptive shape from the number n of decoding requests:
-                depth d = clip(B1 // (n + c1) - 1, min_depth, max_depth)
                 width w = clip(B2 // n + c2, 1, max_width)
+                depth d, by `depth_rule`:
+                  "goodput"  (default) the most expected tokens per second, 0 (no drafting) to
+                             max_depth: on a CPU a draft pass costs half the target's
+                  "paper"    clip(B1 // (n + c1) - 1, min_depth, max_depth)
               B1 / B2 = profiled verify / draft budgets (tokens one pass takes within
               `budget_factor` x its one-token latency).
   expand      per request and layer, keep the w children with the highest path probability.
@@ -40,9 +43,12 @@ class AdaptiveShape:
     budget_factor: float = 2.0
     n_max_factor: float = 1.2  # per-request cap in the SLO phase: n_max = factor * B1 / n
     # How depth follows the load: "goodput" picks the depth of highest expected tokens per second
-    # (cost model, measured acceptance); "paper" is the paper's clip(B1 // (n + c1) - 1), which
-    # falls to 1 once n approaches B1 whatever the acceptance.
+    # (cost model, measured acceptance; 0 = no drafting is a choice); "paper" is the paper's
+    # clip(B1 // (n + c1) - 1), which falls to 1 once n approaches B1 whatever the acceptance.
     depth_rule: str = "goodput"
+
+
+DEPTH_RULES = ("goodput", "paper")
 
 
 def clip(x: int, lo: int, hi: int) -> int:
@@ -78,10 +84,32 @@ class ChainGoodput:
         self._trials = self.decay * self._trials + num_accepted + rejected
 
 
+class DepthOutcomes:
+    """What drafting d layers has yielded per request and step (decayed means): tokens gained
+    (accepted drafts + the bonus token) and drafted nodes verified. AdaServe's selection verifies
+    more than a chain of d (wider trees, SLO quotas) and the draft's path probabilities are not the
+    target's acceptance, so a depth is judged by what it did, once it was tried."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.decay = decay
+        self._sums: dict[int, list[float]] = {}  # depth -> [tokens, nodes, weight]
+
+    def record(self, depth: int, tokens_per_seq: float, nodes_per_seq: float) -> None:
+        sums = self._sums.setdefault(depth, [0.0, 0.0, 0.0])
+        sums[0] = self.decay * sums[0] + tokens_per_seq
+        sums[1] = self.decay * sums[1] + nodes_per_seq
+        sums[2] = self.decay * sums[2] + 1.0
+
+    def means(self, depth: int) -> tuple[float, float] | None:
+        """(tokens, verified drafted nodes) per request and step at `depth`; None: never tried."""
+        sums = self._sums.get(depth)
+        return (sums[0] / sums[2], sums[1] / sums[2]) if sums else None
+
+
 class AdaServePolicy:
     def __init__(self, cost: CostModel, shape: AdaptiveShape = AdaptiveShape(), name: str = "adaserve") -> None:
-        if shape.depth_rule not in ("goodput", "paper"):
-            raise ValueError(f"depth_rule must be 'goodput' or 'paper', got {shape.depth_rule!r}")
+        if shape.depth_rule not in DEPTH_RULES:
+            raise ValueError(f"depth_rule must be one of {DEPTH_RULES}, got {shape.depth_rule!r}")
         self.cost, self.shape, self.name = cost, shape, name
         self.goodput = ChainGoodput(cost)
         self.verify_budget = cost.verify_budget(shape.budget_factor)
@@ -91,16 +119,37 @@ class AdaServePolicy:
         self.depth, self.width = shape.max_depth, shape.max_width
         self._num_context_tokens = 0
         self._last_num_selected = 0  # drafted nodes verified last step: the guess for this one
+        self.outcomes = DepthOutcomes()
+        self._step: list[int] = [0, 0, 0]  # the last step's [depth, requests, tokens gained]
 
-    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
-        n, s = max(1, num_requests), self.shape
+    def begin_step(self, ctx: SelectionContext) -> None:
+        n, s = max(1, len(ctx.seqs)), self.shape
+        num_context_tokens = sum(seq.num_context_tokens for seq in ctx.seqs)
+        self._num_context_tokens = num_context_tokens
         self.width = clip(self.draft_budget // n + s.c2, 1, s.max_width)
         if s.depth_rule == "paper":
             self.depth = clip(self.verify_budget // (n + s.c1) - 1, s.min_depth, s.max_depth)
-        else:
-            depths = range(s.min_depth, s.max_depth + 1)
-            self.depth = self.goodput.best_depth(depths, n, num_context_tokens, self.width)
-        self._num_context_tokens = num_context_tokens
+        else:  # 0 is a choice: drafting nothing when no depth pays
+            self._close_step()
+            self.depth = max(range(0, s.max_depth + 1), key=lambda d: self.expected_rate(d, n))
+
+    def expected_rate(self, depth: int, num_seqs: int) -> float:
+        """Expected tokens per ms of a step drafting `depth` layers for num_seqs requests: as
+        measured at that depth (DepthOutcomes), else the chain model (ChainGoodput)."""
+        measured = self.outcomes.means(depth) if depth > 0 else (1.0, 0.0)
+        if measured is None:
+            return self.goodput.expected_rate(depth, num_seqs, self._num_context_tokens, self.width)
+        tokens, nodes = measured
+        ms = self.cost.verify_ms(round(num_seqs * (1 + nodes)), self._num_context_tokens, num_seqs)
+        ms += self.cost.speculation_ms(num_seqs, depth, self.width, self._num_context_tokens)
+        return num_seqs * tokens / ms
+
+    def _close_step(self) -> None:
+        """Record what the last step's depth yielded (its tokens arrive through record())."""
+        depth, num_seqs, num_tokens = self._step
+        if depth > 0 and num_seqs > 0:
+            self.outcomes.record(depth, num_tokens / num_seqs, self._last_num_selected / num_seqs)
+        self._step = [0, 0, 0]
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, self.width)
@@ -123,6 +172,7 @@ class AdaServePolicy:
             trees, self.requirements(ctx, t_iter_s), ctx.budget, self.depth, n_max, self._pays_off(n, ctx)
         )
         self._last_num_selected = sum(len(c) for c in chosen)
+        self._step = [self.depth, n, 0]
         return chosen
 
     def _pays_off(self, num_seqs: int, ctx: SelectionContext):
@@ -145,6 +195,7 @@ class AdaServePolicy:
 
     def record(self, num_proposed_depth: int, num_accepted: int) -> None:
         self.goodput.record(num_proposed_depth, num_accepted)
+        self._step[2] += num_accepted + 1
 
 
 class AdaServeEqualPolicy(AdaServePolicy):
@@ -186,8 +237,9 @@ class SmartSpecPolicy:
         """Expected tokens per ms of a step verifying a k-chain for every request."""
         return self.goodput.expected_rate(k, num_seqs, num_context_tokens)
 
-    def begin_step(self, num_requests: int, num_context_tokens: int) -> None:
-        self.depth = self.goodput.best_depth(range(self.max_depth + 1), max(1, num_requests), num_context_tokens)
+    def begin_step(self, ctx: SelectionContext) -> None:
+        num_context_tokens = sum(seq.num_context_tokens for seq in ctx.seqs)
+        self.depth = self.goodput.best_depth(range(self.max_depth + 1), max(1, len(ctx.seqs)), num_context_tokens)
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, 1)
