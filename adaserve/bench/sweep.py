@@ -27,7 +27,8 @@ from adaserve.bench.server_process import free_port, wait_healthy
 VARIABLES = {"rate": "rate", "urgent_share": "urgent_share", "slo_scale": "slo_scale", "fluctuating": None}
 
 
-PEER_SCRIPT = "benchmarks/peers/vllm_cpu.sh"
+# Other engines, measured with the same client and SLOs (judged client-side): "<peer>:<mode>".
+PEER_SCRIPTS = {"vllm": "benchmarks/peers/vllm_cpu.sh", "llamacpp": "benchmarks/peers/llama_cpp.sh"}
 
 
 DEFAULT_POLICIES = ("none", "chunked", "chain:4", "static-tree", "dynamic-tree", "smartspec", "adaserve")
@@ -69,14 +70,16 @@ class SweepConfig:
 
 
 def is_peer(policy: str) -> bool:
-    return policy.startswith("vllm:")
+    return policy.partition(":")[0] in PEER_SCRIPTS
 
 
 def start_server(config: SweepConfig, policy: str, port: int) -> subprocess.Popen:
     if is_peer(policy):
-        if not Path(PEER_SCRIPT).exists():
-            raise SystemExit(f"{policy} needs {PEER_SCRIPT}: run the sweep from the repository root")
-        return subprocess.Popen(["bash", PEER_SCRIPT, policy.partition(":")[2], str(port)])
+        peer, _, mode = policy.partition(":")
+        script = PEER_SCRIPTS[peer]
+        if not Path(script).exists():
+            raise SystemExit(f"{policy} needs {script}: run the sweep from the repository root")
+        return subprocess.Popen(["bash", script, mode, str(port)])
     cmd = [
         sys.executable,
         "-m",
