@@ -40,48 +40,71 @@ class SLO:
         return self.tpot_ms is not None or self.ttft_ms is not None
 
 
+# A class's relative TTFT target ('ttft:10x') adds this many times the prompt's own prefill time to
+# its base, so a long prompt gets a proportionate target (as the benchmark's workloads do).
+TTFT_PREFILL_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class SLOClass:
+    """A resolved class: a TPOT target, and a TTFT target of ttft_base_ms plus ttft_prefill_scale x
+    the prompt's prefill time. Worked example: base 600 ms, scale 3, a prompt whose prefill takes
+    400 ms -> TTFT target 1,800 ms."""
+
+    tpot_ms: float | None = None
+    ttft_base_ms: float | None = None
+    ttft_prefill_scale: float = 0.0
+
+    def slo(self, prefill_ms: float = 0.0) -> SLO:
+        """The SLO of a request of this class whose prompt takes prefill_ms to prefill."""
+        ttft = None if self.ttft_base_ms is None else self.ttft_base_ms + self.ttft_prefill_scale * prefill_ms
+        return SLO(tpot_ms=self.tpot_ms, ttft_ms=ttft)
+
+
 @dataclass(frozen=True)
 class SLOClassSpec:
     """A named class as configured: tpot either absolute (ms) or a multiple of the unloaded
-    per-token latency ('1.2x'); ttft absolute."""
+    per-token latency ('1.2x'); ttft absolute, or relative ('10x': that many unloaded token times
+    plus TTFT_PREFILL_SCALE x the prompt's prefill)."""
 
     name: str
     tpot_ms: float | None = None
     tpot_scale: float | None = None
     ttft_ms: float | None = None
+    ttft_scale: float | None = None
 
-    def resolve(self, unloaded_tpot_ms: float | None) -> SLO:
-        tpot = self.tpot_ms
-        if self.tpot_scale is not None:
-            if unloaded_tpot_ms is None:
-                raise ValueError(
-                    f"SLO class {self.name!r} is relative ({self.tpot_scale}x); it needs a measured latency"
-                )
-            tpot = self.tpot_scale * unloaded_tpot_ms
-        return SLO(tpot_ms=tpot, ttft_ms=self.ttft_ms)
+    @property
+    def is_relative(self) -> bool:
+        return self.tpot_scale is not None or self.ttft_scale is not None
+
+    def resolve(self, unloaded_tpot_ms: float | None) -> SLOClass:
+        if self.is_relative and unloaded_tpot_ms is None:
+            raise ValueError(f"SLO class {self.name!r} is relative (x); it needs a measured latency")
+        tpot = self.tpot_ms if self.tpot_scale is None else self.tpot_scale * unloaded_tpot_ms
+        if self.ttft_scale is None:
+            return SLOClass(tpot, self.ttft_ms)
+        return SLOClass(tpot, self.ttft_scale * unloaded_tpot_ms, TTFT_PREFILL_SCALE)
 
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|x)\s*$")
 
 
 def parse_slo_class(text: str) -> SLOClassSpec:
-    """'coding=tpot:1.2x' | 'chat=tpot:50ms' | 'batch=tpot:2s,ttft:30s'."""
+    """'coding=tpot:1.2x' | 'chat=tpot:50ms' | 'batch=tpot:2s,ttft:30s' | 'coding=tpot:1.2x,ttft:10x'."""
     name, sep, body = text.partition("=")
     if not sep or not name.strip() or not body.strip():
         raise ValueError(f"SLO class must look like NAME=tpot:50ms[,ttft:2s], got {text!r}")
-    fields: dict[str, float | None] = {"tpot_ms": None, "tpot_scale": None, "ttft_ms": None}
+    fields: dict[str, float | None] = {"tpot_ms": None, "tpot_scale": None, "ttft_ms": None, "ttft_scale": None}
     for part in body.split(","):
         key, _, value = part.partition(":")
         m = _DURATION.match(value)
         if key.strip() not in ("tpot", "ttft") or not m:
-            raise ValueError(f"bad SLO term {part!r} in {text!r}: use tpot:<N>ms|<N>s|<N>x or ttft:<N>ms|<N>s")
+            raise ValueError(f"bad SLO term {part!r} in {text!r}: use tpot:<N>ms|<N>s|<N>x or ttft:<N>ms|<N>s|<N>x")
         number, unit = float(m.group(1)), m.group(2)
         if number <= 0:
             raise ValueError(f"SLO values must be positive: {part!r}")
         if unit == "x":
-            if key.strip() != "tpot":
-                raise ValueError(f"only tpot can be relative (x): {part!r}")
-            fields["tpot_scale"] = number
+            fields[f"{key.strip()}_scale"] = number
         else:
             fields[f"{key.strip()}_ms"] = number * (1000.0 if unit == "s" else 1.0)
     return SLOClassSpec(name.strip(), **fields)

@@ -18,7 +18,7 @@ from adaserve.engine.async_engine import AsyncEngine
 from adaserve.engine.core import EngineCore
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.server.app import ServerConfig, create_app
-from adaserve.slo import SLO
+from adaserve.slo import SLOClass
 
 MODEL = "smollm2"
 API_KEY = "sk-test"
@@ -72,8 +72,13 @@ def engine(smollm2_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(engine):
-    classes = {"chat": SLO(tpot_ms=500.0), "coding": SLO(tpot_ms=100.0, ttft_ms=5000.0)}
-    live = LiveServer(create_app(engine, ServerConfig(MODEL, slo_classes=classes)))
+    classes = {
+        "chat": SLOClass(tpot_ms=500.0),
+        "coding": SLOClass(tpot_ms=100.0, ttft_base_ms=5000.0),
+        "batch": SLOClass(ttft_base_ms=1000.0, ttft_prefill_scale=3.0),  # + 3 x the prompt's prefill
+    }
+    config = ServerConfig(MODEL, slo_classes=classes, prefill_ms=lambda num_tokens: 10.0 * num_tokens)
+    live = LiveServer(create_app(engine, config))
     yield live
     live.stop()
 
@@ -127,6 +132,8 @@ def test_chat_stream_equals_non_stream_with_slo_class(client):
     whole = client.chat.completions.create(**kwargs)
     assert whole.choices[0].message.role == "assistant"
     assert whole.usage.model_extra["slo_class"] == "chat" and whole.usage.model_extra["slo"]["tpot_ms"] == 500.0
+    batch = client.chat.completions.create(**{**kwargs, "extra_body": {"slo_class": "batch"}}).usage
+    assert batch.model_extra["slo"]["ttft_ms"] == 1000.0 + 3 * 10.0 * batch.prompt_tokens  # grows with the prompt
     chunks = list(client.chat.completions.create(stream=True, **kwargs))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content

@@ -67,13 +67,17 @@ def test_parse_slo_class(text, tpot_ms, scale, ttft_ms):
 
 
 def test_relative_class_resolves_against_measured_latency():
-    assert parse_slo_class("coding=tpot:1.5x").resolve(200.0) == SLO(tpot_ms=300.0)
+    assert parse_slo_class("coding=tpot:1.5x").resolve(200.0).slo() == SLO(tpot_ms=300.0)
     with pytest.raises(ValueError, match="needs a measured latency"):
         parse_slo_class("coding=tpot:1.5x").resolve(None)
+    # ttft:10x: 10 unloaded token times plus 3 x the prompt's prefill (here 400 ms).
+    coding = parse_slo_class("coding=tpot:1.2x,ttft:10x").resolve(50.0)
+    assert coding.slo(prefill_ms=400.0) == SLO(tpot_ms=60.0, ttft_ms=500.0 + 1200.0)
+    assert parse_slo_class("batch=ttft:2s").resolve(None).slo(prefill_ms=400.0) == SLO(ttft_ms=2000.0)
 
 
 @pytest.mark.parametrize(
-    "text", ["coding", "=tpot:1x", "a=tpot:", "a=tpot:-5ms", "a=ttft:2x", "a=speed:5ms", "a=tpot:5h"]
+    "text", ["coding", "=tpot:1x", "a=tpot:", "a=tpot:-5ms", "a=ttft:0x", "a=speed:5ms", "a=tpot:5h"]
 )
 def test_bad_slo_classes_are_clear_errors(text):
     with pytest.raises(ValueError):

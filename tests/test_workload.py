@@ -145,7 +145,9 @@ def test_a_sweep_point_records_its_args_as_before_without_the_api_key():
     point = _point_config(
         config, "none", old["url"], old["model"], old["unloaded_tpot_ms"], 0.08, Path(old["out"])
     ).recorded_args()
-    assert point.pop("ttft") is False  # (a flag added since: TTFT targets, off by default)
+    assert point.pop("no_ttft") is False  # (flags added since: TTFT targets are now on by default,
+    assert point.pop("prefill_ms_per_token") is None  # calibrated unless given,
+    assert point.pop("reuse_server") is False  # and every point has its own server)
     assert list(point.items()) == [(k, v) for k, v in old.items() if k != "api_key"]
     peer = _point_config(config, "vllm:plain", old["url"], old["model"], 100.0, 0.16, Path(old["out"]))
     assert not peer.send_slo and peer.recorded_args()["no_slo"] and peer.workload.rate == 0.16
@@ -165,3 +167,17 @@ def test_bench_args_are_the_command_line_without_the_api_key():
     recorded = BenchConfig(workload=spec, api_key="s3cret").recorded_args()
     assert workload_spec(recorded) == spec and "api_key" not in recorded
     assert "mix" not in BenchConfig().recorded_args()
+
+
+def test_the_demo_report_names_every_late_first_token_and_whether_it_was_demoted(capsys):
+    from adaserve.bench.client import BenchRecord
+    from adaserve.bench.demo import print_report
+    from adaserve.slo import SLO
+
+    slo = SLO(tpot_ms=100.0, ttft_ms=1000.0)
+    on_time = BenchRecord("coding", slo, 0.0, 0.5, [0.5, 0.6], 2, server_usage={"slo_demoted": False})
+    late = BenchRecord("coding", slo, 0.0, 3.0, [3.0, 3.1], 2, server_usage={"slo_demoted": True})
+    print_report([on_time, late], wall_s=4.0)
+    out = capsys.readouterr().out
+    assert "coding: TTFT 3000 ms over its 1000 ms target (demoted: served best-effort)" in out
+    assert "1 over their TTFT target" in out and "50%" in out

@@ -52,6 +52,9 @@ class SweepConfig:
     out_dir: Path = Path("benchmarks/results/sweep")
     step_log_dir: Path | None = None  # each server traces its steps to DIR/<policy>.jsonl
     merge: bool = False  # add these policies to the sweep JSON already in out_dir
+    # One server for all of a policy's points; by default each point gets a fresh one, so no cache
+    # (llama.cpp's prompt cache: every point sends the same prompts) carries over between points.
+    reuse_server: bool = False
 
     def recorded_args(self) -> dict:
         """The sweep's settings as each point's result records them, in the command line's names and
@@ -66,6 +69,7 @@ class SweepConfig:
             "out_dir": str(self.out_dir),
             "step_log_dir": str(self.step_log_dir) if self.step_log_dir is not None else None,
             "merge": self.merge,
+            "reuse_server": self.reuse_server,
         }
 
 
@@ -119,9 +123,22 @@ def sweep(config: SweepConfig) -> dict:
 
 
 def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> tuple[list[dict], float, SweepConfig]:
-    """One server for `policy`, one run per value: the points' summaries, the unloaded per-token
-    latency and the config with the prefill calibrated for TTFT targets (both measured on this
-    server if not known yet, then the same for every policy)."""
+    """Every point of `policy`, on a fresh server each (or one for all: reuse_server): the points'
+    summaries, the unloaded per-token latency and the config with the prefill calibrated for TTFT
+    targets (both measured on the first server if not known yet, then the same for every policy)."""
+    values: list[float | None] = [None] if config.variable == "fluctuating" else list(config.values)
+    groups = [values] if config.reuse_server else [[v] for v in values]
+    points = []
+    for group in groups:
+        more, unloaded, config = _serve_points(config, policy, group, unloaded)
+        points += more
+    return points, unloaded, config
+
+
+def _serve_points(
+    config: SweepConfig, policy: str, values: list[float | None], unloaded: float | None
+) -> tuple[list[dict], float, SweepConfig]:
+    """One server for `policy`, one run per value (see _sweep_policy)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_server(config, policy, port)
@@ -133,7 +150,7 @@ def _sweep_policy(config: SweepConfig, policy: str, unloaded: float | None) -> t
             unloaded = calibrate(url, model)
             print(f"unloaded per-token latency ({policy}): {unloaded:.1f} ms", flush=True)
         config = replace(config, bench=with_ttft_targets(config.bench, url, model, unloaded))
-        for value in [None] if config.variable == "fluctuating" else config.values:
+        for value in values:
             out = Path(config.out_dir) / f"{policy.replace(':', '-')}_{config.variable}_{value}.json"
             result = run_bench(_point_config(config, policy, url, model, unloaded, value, out))
             points.append({"policy": policy, "value": value, **{k: result[k] for k in ("wall_time_s", "categories")}})
@@ -223,6 +240,9 @@ def add_sweep_args(p) -> None:
     p.add_argument("--out-dir", default="benchmarks/results/sweep")
     p.add_argument("--step-log-dir", default=None, help="each server traces its steps to DIR/<policy>.jsonl")
     p.add_argument("--merge", action="store_true", help="add these policies to the sweep JSON already in --out-dir")
+    p.add_argument(
+        "--reuse-server", action="store_true", help="one server for all of a policy's points (default: one per point)"
+    )
 
 
 def sweep_config(args) -> SweepConfig:
@@ -238,4 +258,5 @@ def sweep_config(args) -> SweepConfig:
         out_dir=Path(args.out_dir),
         step_log_dir=Path(args.step_log_dir) if args.step_log_dir else None,
         merge=args.merge,
+        reuse_server=args.reuse_server,
     )

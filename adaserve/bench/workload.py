@@ -58,7 +58,7 @@ class WorkloadSpec:
     seed: int = 0
     ttft_multiples: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TTFT_MULTIPLES))
     ttft_prefill_scale: float = DEFAULT_TTFT_PREFILL_SCALE
-    # The server's unloaded prefill time per prompt token (`adaserve bench --ttft` calibrates it):
+    # The server's unloaded prefill time per prompt token (`adaserve bench` calibrates it):
     # with it, requests get TTFT targets (see the module docstring); None: TTFT has no target.
     prefill_ms_per_token: float | None = None
 

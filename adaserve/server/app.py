@@ -7,7 +7,7 @@ import asyncio
 import json
 import secrets
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -24,7 +24,7 @@ from adaserve.request import FinishReason
 from adaserve.server.metrics import ServerMetrics
 from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
 from adaserve.server.responses import StreamFormatter, final_body, usage
-from adaserve.slo import SLO, RequestTiming
+from adaserve.slo import SLO, RequestTiming, SLOClass
 
 
 @dataclass
@@ -32,7 +32,9 @@ class ServerConfig:
     served_model_name: str
     model_aliases: tuple[str, ...] = ()
     api_key: str | None = None
-    slo_classes: dict[str, SLO] = field(default_factory=dict)
+    slo_classes: dict[str, SLOClass] = field(default_factory=dict)
+    # A prompt's unloaded prefill time (ms) by its token count (the cost model): relative TTFT targets.
+    prefill_ms: Callable[[int], float] | None = None
     default_slo_class: str | None = None
 
 
@@ -120,7 +122,7 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 
     async def _serve(body, prompt_ids: list[int], request: Request, chat: bool):
         _check_model(body.model, config)
-        slo, slo_class = _resolve_slo(body, request, config)
+        slo, slo_class = _resolve_slo(body, request, config, len(prompt_ids))
         max_tokens = _max_tokens(body, len(prompt_ids), core.max_model_len)
         try:
             params = body.sampling_params(max_tokens, slo, slo_class)
@@ -187,7 +189,7 @@ def _check_model(model: str | None, config: ServerConfig) -> None:
         )
 
 
-def _resolve_slo(body, request: Request, config: ServerConfig) -> tuple[SLO, str | None]:
+def _resolve_slo(body, request: Request, config: ServerConfig, num_prompt_tokens: int) -> tuple[SLO, str | None]:
     """Body `slo` > body `slo_class` > headers (x-slo-tpot-ms, x-slo-ttft-ms, x-slo-class) > default class."""
     if body.slo is not None:
         return SLO(body.slo.tpot_ms, body.slo.ttft_ms), body.slo_class or "custom"
@@ -204,7 +206,8 @@ def _resolve_slo(body, request: Request, config: ServerConfig) -> tuple[SLO, str
     if name not in config.slo_classes:
         known = ", ".join(sorted(config.slo_classes)) or "none configured"
         raise APIError(400, f"unknown slo_class {name!r} (known: {known})", "invalid_request_error", "slo_class")
-    return config.slo_classes[name], name
+    prefill_ms = config.prefill_ms(num_prompt_tokens) if config.prefill_ms else 0.0
+    return config.slo_classes[name].slo(prefill_ms), name
 
 
 def _max_tokens(body, num_prompt_tokens: int, max_model_len: int) -> int:
