@@ -181,3 +181,40 @@ def test_the_demo_report_names_every_late_first_token_and_whether_it_was_demoted
     out = capsys.readouterr().out
     assert "coding: TTFT 3000 ms over its 1000 ms target (demoted: served best-effort)" in out
     assert "1 over their TTFT target" in out and "50%" in out
+
+
+@pytest.mark.parametrize("reuse_server, num_servers", [(False, 3), (True, 1)])
+def test_a_sweep_starts_a_fresh_server_per_point_unless_told_to_reuse_one(
+    monkeypatch, tmp_path, reuse_server, num_servers
+):
+    """Every point sends the same prompts, so a server's prompt cache would carry over between points."""
+    from adaserve.bench import sweep as sweep_module
+    from adaserve.bench.run import BenchConfig
+
+    started, calibrations = [], []
+
+    class FakeServer:
+        def terminate(self):
+            pass
+
+        def wait(self, timeout=None):
+            pass
+
+    def fake_run_bench(config):
+        return {"wall_time_s": 1.0, "categories": {"all": {"attainment": 1.0, "goodput_tokens_per_s": 1.0}}}
+
+    monkeypatch.setattr(
+        sweep_module, "start_server", lambda config, policy, port: started.append(policy) or FakeServer()
+    )
+    monkeypatch.setattr(sweep_module, "wait_healthy", lambda url, server, timeout_s: None)
+    monkeypatch.setattr(sweep_module, "served_model", lambda url: "m")
+    monkeypatch.setattr(sweep_module, "calibrate", lambda url, model: calibrations.append(url) or 50.0)
+    monkeypatch.setattr(sweep_module, "with_ttft_targets", lambda bench, url, model, unloaded: bench)
+    monkeypatch.setattr(sweep_module, "run_bench", fake_run_bench)
+    monkeypatch.setattr(sweep_module, "plot_sweep", lambda summary, path: None)
+    config = sweep_module.SweepConfig(
+        bench=BenchConfig(), values=(0.1, 0.2, 0.3), policies=("none",), out_dir=tmp_path, reuse_server=reuse_server
+    )
+    summary = sweep_module.sweep(config)
+    assert started == ["none"] * num_servers and len(calibrations) == 1  # calibrated once, on the first server
+    assert [p["value"] for p in summary["results"]["none"]] == [0.1, 0.2, 0.3]
