@@ -15,8 +15,8 @@ benchmarks/results/slo_serving/headline.json (the highest-load point of each acc
     python benchmarks/slo_serving_sim.py --variable urgent_share|slo_scale [--rate 8] --acceptance recorded
     python benchmarks/slo_serving_sim.py --variable fluctuating --acceptance recorded
 the paper's other three studies: the share of coding (tight) requests 0.1 to 0.9, the SLO scale 0.6
-to 1.6 (both at rate 8), and a fluctuating load (60 s at half the mean rate, 60 s at 1.5x; mean
-rates 4 to 16). Each writes sim_<variable>_<acceptance>.json and .png, with adaserve's ratio to the
+to 1.6 (both at rate 8), and a fluctuating load (20 s at half the mean rate, 20 s at 1.5x, for 120
+s; mean rates 4 to 16). Each writes sim_<variable>_<acceptance>.json and .png, with adaserve's ratio to the
 best other policy at every point ("ratios").
 
     python benchmarks/slo_serving_sim.py --setup cpu
@@ -76,15 +76,18 @@ def make_setup(name: str) -> Setup:
 
 # The paper's other studies: each varies one thing of the workload at a fixed rate (--rate).
 VARIABLES = ("rate", "urgent_share", "slo_scale", "fluctuating")
+FLUCTUATING_S = 120.0  # three cycles of the fluctuating load
 DEFAULT_VALUES = {"urgent_share": "0.1,0.3,0.5,0.7,0.9", "slo_scale": "0.6,0.8,1.0,1.2,1.4,1.6"}
 
 
 def workload_spec(setup: Setup, variable: str, value: float, rate: float, num_requests: int) -> WorkloadSpec:
-    """rate: value is the rate. fluctuating: value is the mean rate, alternating 60 s at half of it
-    and 60 s at 1.5x. urgent_share, slo_scale: value is that, at `rate`."""
+    """rate: value is the rate. fluctuating: value is the mean rate, alternating 20 s at half of it
+    and 20 s at 1.5x for FLUCTUATING_S (a request count would end the trace inside its first quiet
+    piece at high rates). urgent_share, slo_scale: value is that, at `rate`."""
     spec = WorkloadSpec(rate=rate, num_requests=num_requests, output_tokens=setup.output_tokens)
     if variable == "fluctuating":
-        return replace(spec, arrival="fluctuating", pieces=f"60:{0.5 * value:g},60:{1.5 * value:g}")
+        pieces = f"20:{0.5 * value:g},20:{1.5 * value:g}"
+        return replace(spec, arrival="fluctuating", pieces=pieces, num_requests=None, duration_s=FLUCTUATING_S)
     return replace(spec, **{variable: value})
 
 
