@@ -84,6 +84,15 @@ class ChainGoodput:
         self._trials = self.decay * self._trials + num_accepted + rejected
 
 
+@dataclass
+class StepYield:
+    """One step's drafting and what it brought: its depth, requests, and tokens gained in all."""
+
+    depth: int = 0
+    num_seqs: int = 0
+    num_tokens: int = 0  # accepted drafts + bonus tokens (record() adds each request's)
+
+
 class DepthOutcomes:
     """What drafting d layers has yielded per request and step (decayed means): tokens gained
     (accepted drafts + the bonus token) and drafted nodes verified. AdaServe's selection verifies
@@ -120,7 +129,7 @@ class AdaServePolicy:
         self._num_context_tokens = 0
         self._last_num_selected = 0  # drafted nodes verified last step: the guess for this one
         self.outcomes = DepthOutcomes()
-        self._step: list[int] = [0, 0, 0]  # the last step's [depth, requests, tokens gained]
+        self._step = StepYield()  # the last step's, until the next begins
 
     def begin_step(self, ctx: SelectionContext) -> None:
         n, s = max(1, len(ctx.seqs)), self.shape
@@ -146,10 +155,10 @@ class AdaServePolicy:
 
     def _close_step(self) -> None:
         """Record what the last step's depth yielded (its tokens arrive through record())."""
-        depth, num_seqs, num_tokens = self._step
+        depth, num_seqs, num_tokens = self._step.depth, self._step.num_seqs, self._step.num_tokens
         if depth > 0 and num_seqs > 0:
             self.outcomes.record(depth, num_tokens / num_seqs, self._last_num_selected / num_seqs)
-        self._step = [0, 0, 0]
+        self._step = StepYield()
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, self.width)
@@ -172,7 +181,7 @@ class AdaServePolicy:
             trees, self.requirements(ctx, t_iter_s), ctx.budget, self.depth, n_max, self._pays_off(n, ctx)
         )
         self._last_num_selected = sum(len(c) for c in chosen)
-        self._step = [self.depth, n, 0]
+        self._step = StepYield(self.depth, n)
         return chosen
 
     def _pays_off(self, num_seqs: int, ctx: SelectionContext):
@@ -195,7 +204,7 @@ class AdaServePolicy:
 
     def record(self, num_proposed_depth: int, num_accepted: int) -> None:
         self.goodput.record(num_proposed_depth, num_accepted)
-        self._step[2] += num_accepted + 1
+        self._step.num_tokens += num_accepted + 1
 
 
 class AdaServeEqualPolicy(AdaServePolicy):
