@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from adaserve.bench.client import BenchRequest, run_load
+from adaserve.bench.client import BenchRecord, BenchRequest, run_load
 from adaserve.bench.datasets import category_prompts
 from adaserve.bench.report import bench_report
 from adaserve.bench.workload import WorkloadSpec, build_workload, load_workload, save_workload
@@ -62,13 +62,18 @@ def served_model(url: str) -> str:
     return httpx.get(url + "/v1/models", timeout=30).json()["data"][0]["id"]
 
 
+def _send_alone(url: str, model: str, prompt: str, max_tokens: int) -> BenchRecord:
+    """One calibration request, nothing else in flight, no SLO."""
+    req = BenchRequest(0.0, "calibration", [{"role": "user", "content": prompt}], max_tokens, SLO())
+    return asyncio.run(run_load(url, model, [req], send_slo=False, progress=False))[0]
+
+
 def calibrate(url: str, model: str, num_requests: int = 3, max_tokens: int = 64) -> float:
     """Median TPOT (ms) of requests sent one at a time to an idle server."""
     prompts = category_prompts("coding")[:num_requests]
     tpots = []
     for prompt in prompts:
-        req = BenchRequest(0.0, "calibration", [{"role": "user", "content": prompt}], max_tokens, SLO())
-        record = asyncio.run(run_load(url, model, [req], send_slo=False, progress=False))[0]
+        record = _send_alone(url, model, prompt, max_tokens)
         if record.error or record.timing.tpot_s is None:
             raise RuntimeError(f"calibration request failed: {record.error}")
         tpots.append(record.timing.tpot_s * 1000.0)
@@ -83,10 +88,9 @@ def calibrate_prefill(url: str, model: str, unloaded_tpot_ms: float, num_runs: i
     prompt (the longest of up to ~1,000 tokens; one output token), less one unloaded token time,
     over its prompt tokens."""
     prompt = max((p for p in category_prompts("summarization") if len(p) <= CALIBRATION_PROMPT_CHARS), key=len)
-    req = BenchRequest(0.0, "calibration", [{"role": "user", "content": prompt}], 1, SLO())
     per_token = []
     for _ in range(num_runs):
-        record = asyncio.run(run_load(url, model, [req], send_slo=False, progress=False))[0]
+        record = _send_alone(url, model, prompt, 1)
         num_prompt_tokens = (record.server_usage or {}).get("prompt_tokens")
         if record.error or record.timing.ttft_s is None or not num_prompt_tokens:
             raise RuntimeError(f"prefill calibration request failed: {record.error or 'no usage'}")
