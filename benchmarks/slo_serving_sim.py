@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adaserve.bench.datasets import category_prompts
 from adaserve.bench.workload import WorkloadSpec, build_workload
+from adaserve.kernels import cpu_model
 from adaserve.sim.acceptance import DEFAULT_RECORDS, parse_acceptance
 from adaserve.sim.commands import find_profile
 from adaserve.sim.config import SimConfig
@@ -175,14 +175,6 @@ def plot(summary: dict, path: Path) -> None:
     fig.suptitle(f"{scale} (simulated), acceptance {summary['acceptance']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,6 @@ import bisect
 import hashlib
 import logging
 import os
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from adaserve.engine.executor import ModelExecutor
-from adaserve.kernels import cpu_flags
+from adaserve.kernels import cpu_flags, cpu_model
 from adaserve.models.sources import cache_root
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 
@@ -157,12 +156,6 @@ def profile_key(
     """Everything the latencies depend on: the models (a draft cut to its first layers is another
     model), the device, the weight format and number format, and the machine with its ISA flags
     (a change of any of them is a new key, so the profile is measured again)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     parts = [
         str(target_dir),
         str(draft_dir),
@@ -170,7 +163,7 @@ def profile_key(
         device,
         dtype,
         weights,
-        cpu,
+        cpu_model(),
         " ".join(cpu_flags()),
         str(torch.get_num_threads()),
         torch.__version__,

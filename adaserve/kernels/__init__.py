@@ -30,6 +30,15 @@ def cpu_flags() -> list[str]:
     return [f for f in ISA_FLAGS if f in present]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo; else what platform knows)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _build_key() -> str:
     h = hashlib.sha256()
     for src in SOURCES:
