@@ -188,7 +188,7 @@ def build_server(args):
         model_aliases=(model, str(engine.runner.model_dir)),
         api_key=args.api_key,
         slo_classes=classes,
-        prefill_ms=(lambda n: cost.verify_ms(n)) if cost is not None else None,
+        prefill_ms=cost.verify_ms if cost is not None else None,
         default_slo_class=args.default_slo_class,
     )
     return async_engine, create_app(async_engine, server_config)

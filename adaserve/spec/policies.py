@@ -61,6 +61,11 @@ class SelectionContext:
     now: float = 0.0  # the engine clock
     seqs: list[SeqState] = field(default_factory=list)  # aligned with the trees
 
+    @property
+    def num_context_tokens(self) -> int:
+        """Tokens already in the decoding requests' KV caches, all together."""
+        return sum(seq.num_context_tokens for seq in self.seqs)
+
 
 class SpecPolicy(Protocol):
     name: str

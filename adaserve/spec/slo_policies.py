@@ -133,8 +133,7 @@ class AdaServePolicy:
 
     def begin_step(self, ctx: SelectionContext) -> None:
         n, s = max(1, len(ctx.seqs)), self.shape
-        num_context_tokens = sum(seq.num_context_tokens for seq in ctx.seqs)
-        self._num_context_tokens = num_context_tokens
+        self._num_context_tokens = ctx.num_context_tokens
         self.width = clip(self.draft_budget // n + s.c2, 1, s.max_width)
         if s.depth_rule == "paper":
             self.depth = clip(self.verify_budget // (n + s.c1) - 1, s.min_depth, s.max_depth)
@@ -247,8 +246,7 @@ class SmartSpecPolicy:
         return self.goodput.expected_rate(k, num_seqs, num_context_tokens)
 
     def begin_step(self, ctx: SelectionContext) -> None:
-        num_context_tokens = sum(seq.num_context_tokens for seq in ctx.seqs)
-        self.depth = self.goodput.best_depth(range(self.max_depth + 1), max(1, len(ctx.seqs)), num_context_tokens)
+        self.depth = self.goodput.best_depth(range(self.max_depth + 1), max(1, len(ctx.seqs)), ctx.num_context_tokens)
 
     def expand(self, layer: int, children: LayerCandidates) -> list[int]:
         return top_by_path_prob(children, 1)
