@@ -33,6 +33,13 @@ def _engine_args(
         choices=["auto", "gguf", "fp32"],
         help="gguf: keep a GGUF model's weights quantized (int4/int8 CPU kernels); auto: gguf when possible",
     )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="activations and KV cache with --weights fp32; auto: bf16 where the hardware computes it natively "
+        "(AVX512-BF16/AMX CPUs, CUDA), else fp32. GGUF kernels take fp32 (int8 inside)",
+    )
     p.add_argument("--draft", default=None, help="draft model (preset, dir, .gguf) or 'ngram'")
     p.add_argument(
         "--policy",
@@ -57,6 +64,7 @@ def engine_config(args, **overrides):
             "max_model_len": args.max_model_len,
             "num_threads": args.threads,
             "weights": args.weights,
+            "dtype": args.dtype,
             "draft": args.draft,
             "spec_policy": args.policy or "none",
             "cost_model": args.cost_model,
@@ -116,10 +124,11 @@ def cmd_profile(args) -> None:
 
 
 def cmd_download(args) -> None:
-    from adaserve.models.sources import resolve_model
+    from adaserve.models.sources import fp32_weights, resolve_model
 
     for name in args.models:
-        print(f"{name}: {resolve_model(name)}")
+        model_dir = resolve_model(name)
+        print(f"{name}: {fp32_weights(model_dir) if args.fp32 else model_dir}")
 
 
 def cmd_generate(args) -> None:
@@ -212,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="fetch and convert models into the cache")
     p.add_argument("models", nargs="+")
+    p.add_argument("--fp32", action="store_true", help="also write dequantized fp32 safetensors (for peers, HF)")
     p.set_defaults(func=cmd_download)
     for name, help_text in [("generate", "generate for prompts (chat template)")]:
         p = sub.add_parser(name, help=help_text)

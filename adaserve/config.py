@@ -6,13 +6,17 @@ from dataclasses import dataclass
 
 MiB = 1 << 20
 WEIGHT_FORMATS = ("auto", "gguf", "fp32")
+# Activation dtypes: "auto" is bfloat16 for fp32 weights where the hardware computes bf16 natively
+# (CPUs with avx512_bf16 or AMX, CUDA), else float32; GGUF kernels always take float32.
+DTYPES = ("auto", "float32", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = "smollm2-135m"
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # one of DTYPES (or an alias: fp32, bf16)
     # KV cache: total bytes for K and V of all layers; split into blocks of `block_size` tokens.
     kv_cache_memory: int = 512 * MiB
     block_size: int = 16
@@ -45,6 +49,8 @@ class EngineConfig:
             raise ValueError("block_size and kv_cache_memory must be positive")
         if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if DTYPE_ALIASES.get(self.dtype, self.dtype) not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES} (or fp32, bf16), not {self.dtype!r}")
         if self.weights not in WEIGHT_FORMATS:
             raise ValueError(f"weights must be one of {WEIGHT_FORMATS}, not {self.weights!r}")
 

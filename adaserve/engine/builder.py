@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from adaserve.config import EngineConfig
+from adaserve.config import DTYPE_ALIASES, EngineConfig
 from adaserve.engine.executor import ModelExecutor
 from adaserve.kv.manager import KVCacheManager
 from adaserve.models.config import ModelConfig
@@ -62,6 +62,31 @@ def weight_format(config: EngineConfig, model_dir: Path) -> str:
     return "gguf"
 
 
+def activation_dtype(config: EngineConfig, weights: str) -> torch.dtype:
+    """What activations (and the KV cache) are computed in, for weights in format `weights`."""
+    name = DTYPE_ALIASES.get(config.dtype, config.dtype)
+    if weights == "gguf":
+        if name == "bfloat16":
+            raise ValueError(
+                "--dtype bf16 needs --weights fp32: the GGUF kernels quantize activations to int8 "
+                "and keep float32 around them"
+            )
+        return torch.float32
+    if name == "auto":
+        name = "bfloat16" if _native_bf16(torch.device(config.device)) else "float32"
+    return getattr(torch, name)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    from adaserve.kernels import cpu_flags
+
+    return "avx512_bf16" in cpu_flags()  # AMX CPUs have it too
+
+
 def load_weights(
     config: EngineConfig, model_dir: Path, max_positions: int, num_layers: int | None = None
 ) -> tuple[CausalLM, str]:
@@ -70,14 +95,14 @@ def load_weights(
     if fmt == "gguf":
         model = load_gguf_model(gguf_source(model_dir), read_model_config(model_dir), max_positions, num_layers)
         return model, fmt
-    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
+    device, dtype = torch.device(config.device), activation_dtype(config, fmt)
     model_dir = fp32_weights(model_dir)
     return load_model(model_dir, device, dtype, max_positions, config.cpu_packed_linear, num_layers), fmt
 
 
 def build_target(config: EngineConfig) -> Target:
-    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
     model_dir = resolve_model(config.model)
+    device, dtype = torch.device(config.device), activation_dtype(config, weight_format(config, model_dir))
     model_config = read_model_config(model_dir)
     bytes_per_block = model_config.kv_bytes_per_token(dtype.itemsize) * config.block_size
     num_blocks = config.kv_cache_memory // bytes_per_block
@@ -97,8 +122,8 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     """The draft model with its own KV cache (None for no draft or the n-gram proposer)."""
     if config.draft is None or config.draft == "ngram":
         return None
-    device, dtype = torch.device(config.device), getattr(torch, config.dtype)
     draft_dir = resolve_model(config.draft)
+    device, dtype = torch.device(config.device), activation_dtype(config, weight_format(config, draft_dir))
     draft_config = read_model_config(draft_dir)
     check_same_vocabulary(target, draft_dir, draft_config)
     bs = config.block_size

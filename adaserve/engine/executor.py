@@ -53,7 +53,11 @@ class ModelExecutor:
         ids = [t for s in seqs for t in s.token_ids]
         positions = [p for s in seqs for p in s.positions]
         meta = build_attention_metadata(
-            [s.spec for s in seqs], self.kv.block_size, self.device, invariant=self.model.batch_invariant
+            [s.spec for s in seqs],
+            self.kv.block_size,
+            self.device,
+            self.kv_cache.k.dtype,  # masks in the activations' dtype (SDPA wants them alike)
+            invariant=self.model.batch_invariant,
         )
         hidden = self.model(
             torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), meta, self.kv_cache

@@ -69,11 +69,15 @@ class ModelRunner:
             return CostModel.load(Path(config.cost_model))
         draft_dir = resolve_model(config.draft) if self.draft is not None else None
         key = profile_key(
-            self.model_dir, draft_dir, config.draft_num_layers, config.device, config.dtype, self._linear_format()
+            self.model_dir, draft_dir, config.draft_num_layers, config.device, self._dtype_name(), self._linear_format()
         )
         meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None, "weights": self.weights}
         max_tokens = config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
         return load_or_profile(self.executor, self.draft, key, max_tokens, meta, refresh)
+
+    def _dtype_name(self) -> str:
+        """The activation dtype as resolved (e.g. "float32"), part of the profile key."""
+        return str(self.executor.kv_cache.k.dtype).removeprefix("torch.")
 
     def _linear_format(self) -> str:
         """What the linear layers run on, part of the profile key."""

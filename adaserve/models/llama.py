@@ -62,8 +62,8 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """x: [num_tokens, heads, head_dim]."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+    """x: [num_tokens, heads, head_dim]; cos and signed_sin fp32 (the result is cast back to x's dtype)."""
+    return (x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
 
 
 class Attention(nn.Module):

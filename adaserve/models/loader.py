@@ -73,8 +73,11 @@ def load_model(
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ValueError(f"weights do not match the model: missing {missing}, unexpected {unexpected}")
-    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_positions or cfg.max_position_embeddings)
+    num_positions = max_positions or cfg.max_position_embeddings
+    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, num_positions)  # (off the meta device before .to)
     model = model.to(device=device, dtype=dtype).eval()
+    # Rotary tables stay fp32 whatever the dtype (bf16 cannot hold cos/sin of large positions well).
+    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, num_positions).to(device)
     model.requires_grad_(False)
     if packed_linear and torch.device(device).type == "cpu" and dtype == torch.float32 and cpu_packing_available():
         pack_linears(model)
