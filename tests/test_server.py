@@ -171,6 +171,12 @@ def test_slo_by_header_and_stop_strings(server):
         ({"model": MODEL, "prompt": [10**9]}, 400, "token ids"),
         ({"model": "gpt-4", "prompt": "hi"}, 404, "does not exist"),
         ({"prompt": "hi", "stop": [""]}, 400, "stop"),
+        # Nothing silently ignored: an unimplemented field is a 400 that names it.
+        ({"prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"prompt": "hi", "logit_bias": {"not-a-token": 5}}, 400, "logit_bias keys must be token ids"),
+        ({"prompt": "hi", "logit_bias": {"50": 5}}, 400, "logit_bias is not supported"),
+        ({"prompt": "hi", "tool_choice": "auto"}, 400, "unsupported field 'tool_choice'"),
+        ({"prompt": "hi", "best_of": 2}, 400, "unsupported field 'best_of'"),
     ],
 )
 def test_errors_use_the_openai_schema(server, body, status, needle):
@@ -190,6 +196,12 @@ def test_invalid_json_and_chat_errors(server):
         server.url + "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}
     )
     assert r.status_code == 400
+    tool_turn = {"role": "assistant", "content": "x", "tool_calls": []}
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": MODEL, "messages": [tool_turn]})
+    assert r.status_code == 400 and "messages.0.tool_calls" in r.json()["error"]["message"]
+    ok = {"model": MODEL, "max_tokens": 2, "response_format": {"type": "text"}, "logit_bias": {}, "user": "u1"}
+    r = httpx.post(server.url + "/v1/chat/completions", json={**ok, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text  # the no-op values of those fields are fine
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # still alive
 
 

@@ -63,11 +63,10 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-        message = "; ".join(
-            f"{'.'.join(str(x) for x in err.get('loc', ()) if x != 'body')}: {err.get('msg')}" for err in e.errors()[:5]
-        )
+        errors = e.errors()
+        first = errors[0] if errors else {}
+        loc = _field_path(first)
+        message = "; ".join(_validation_message(err) for err in errors[:5])
         return error_response(400, message or "invalid request", "invalid_request_error", loc or None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -170,6 +169,17 @@ class APIKeyMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _field_path(err: dict) -> str:
+    return ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+
+
+def _validation_message(err: dict) -> str:
+    if err.get("type") == "extra_forbidden":
+        return f"unsupported field {_field_path(err)!r}: this server does not implement it"
+    message = err.get("msg", "invalid").removeprefix("Value error, ")
+    return f"{_field_path(err)}: {message}" if _field_path(err) else message
 
 
 def _tokenize(core, prompt) -> list[int]:

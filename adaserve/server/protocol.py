@@ -1,6 +1,7 @@
 """OpenAI request schemas (the subset we serve, plus adaserve's SLO fields) and their mapping to
-SamplingParams. Unknown fields are ignored, as OpenAI-compatible servers do; fields we cannot honour
-(n > 1, logprobs, echo, penalties) are a 400 rather than silently wrong output."""
+SamplingParams. Nothing is silently ignored: a field this server does not implement (unknown, or
+known but not honoured: n > 1, logprobs, echo, penalties, logit_bias, response_format other than
+text) is a 400 naming it, rather than a 200 with output the client did not ask for."""
 
 from __future__ import annotations
 
@@ -22,8 +23,13 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]  # json_object / json_schema: not implemented (issue 21), so a 400
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: str | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
@@ -38,12 +44,25 @@ class _Common(BaseModel):
     n: Literal[1] = 1
     presence_penalty: Literal[0, 0.0] | None = None
     frequency_penalty: Literal[0, 0.0] | None = None
-    user: str | None = None
+    user: str | None = None  # an end-user id for the caller's records: no effect on output
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
     # adaserve: a per-request latency target, or the name of a configured SLO class.
     slo: SLOBody | None = None
     slo_class: str | None = None
     # When the SLO can no longer be met: serve it anyway after the others, or refuse it at once (429).
     slo_policy: Literal["best_effort", "reject"] = "best_effort"
+
+    @model_validator(mode="after")
+    def _check_logit_bias(self):
+        if not self.logit_bias:
+            return self
+        for key, bias in self.logit_bias.items():
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
+        raise ValueError("logit_bias is not supported by this server yet")
 
     @model_validator(mode="after")
     def _check_stop(self):
@@ -88,9 +107,10 @@ class CompletionRequest(_Common):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict] | None = None
+    name: str | None = None  # passed to the chat template, which may use it
 
     def text(self) -> str:
         if isinstance(self.content, list):  # [{"type": "text", "text": ...}, ...]
@@ -110,4 +130,8 @@ class ChatCompletionRequest(_Common):
     tools: None = None
 
     def conversation(self) -> list[dict]:
-        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+        turns = []
+        for m in self.messages:
+            turn = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            turns.append(turn | ({"name": m.name} if m.name else {}))
+        return turns
