@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from adaserve.bench.server_process import free_port
 from adaserve.kv.manager import KVCacheManager
 from adaserve.models.attention import MIN_WASTE, SeqSpec, build_attention_metadata
 from adaserve.models.llama import CausalLM, KVCache
@@ -97,3 +100,23 @@ def chi_square_pvalue(observed: list[float], expected_probs: list[float]) -> flo
         exp.append(sum(expected[i] for i in small))
     scale = sum(obs) / sum(exp)  # chisquare wants equal sums; probabilities may not add to 1 exactly
     return float(chisquare(obs, [e * scale for e in exp]).pvalue)
+
+
+class LiveServer:
+    """An app served by uvicorn on a loopback port, in a thread."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -10,34 +10,17 @@ import time
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from adaserve.bench.server_process import free_port
 from adaserve.config import EngineConfig
 from adaserve.engine.async_engine import AsyncEngine
 from adaserve.engine.core import EngineCore
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.server.app import ServerConfig, create_app
 from adaserve.slo import SLOClass
+from tests.factories import LiveServer
 
 MODEL = "smollm2"
 API_KEY = "sk-test"
-
-
-class LiveServer:
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

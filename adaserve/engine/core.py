@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from adaserve.config import EngineConfig
-from adaserve.engine.runner import Runner, RunnerOutput
+from adaserve.engine.runner import ChunkResult, Runner, RunnerOutput
 from adaserve.engine.speculation import SpecDecoder, SpecObserver
 from adaserve.engine.step_log import StepLog
 from adaserve.engine.stop import StopChecker
@@ -22,7 +22,7 @@ from adaserve.request import FinishReason, Request
 from adaserve.sampling import SamplingParams
 from adaserve.sched.cost_model import CostModel
 from adaserve.sched.planner import StepLoad, StepPlan, StepPlanner
-from adaserve.sched.scheduler import Scheduler, SchedulerOutput, StepLimits
+from adaserve.sched.scheduler import ScheduledChunk, Scheduler, SchedulerOutput, StepLimits
 from adaserve.spec.policies import ChainPolicy
 from adaserve.spec.registry import PolicyChoice, choose_policy, needs_cost_model, prefill_token_cap
 
@@ -57,6 +57,7 @@ class EngineCore:
         self.stop_checker = StopChecker(self.tokenizer, runner.eos_token_ids, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.num_steps = 0  # steps that ran a pass
+        self.num_preemptions = 0
         self._ids = itertools.count()
 
     def _build_spec_decoder(self) -> SpecDecoder | None:
@@ -195,12 +196,20 @@ class EngineCore:
     def _step(self) -> list[RequestOutput]:
         plan, refused = self._plan()
         step = self.scheduler.schedule(plan.limits)
+        self.num_preemptions += len(step.preempted)
         for request in step.preempted:
             if self._spec_decoder:
                 self._spec_decoder.free(request.request_id, finished=False)
         if step.is_empty:
             return refused
         self.num_steps += 1
+        try:
+            return refused + self._run_step(step)
+        except Exception as e:  # (a failed pass fails the requests it carried; the rest go on)
+            log.exception("engine step failed; failing the %d requests it carried", len(step.chunks))
+            return refused + self._fail_step(step, f"internal error in the engine step: {e}")
+
+    def _run_step(self, step: SchedulerOutput) -> list[RequestOutput]:
         draft_start = time.perf_counter()
         decoding = [c for c in step.chunks if c.is_decode] if self.spec else []
         if decoding:
@@ -211,28 +220,52 @@ class EngineCore:
         verify_start = self.clock()
         output = self.runner.execute(step)  # verify: one target pass; sampled tokens, accepted paths
         now = self.clock()
-        outputs = refused + self._update(step, output, now)
+        outputs = self._update(step, output, now)
         if self.spec:
             self.spec.record_step(step, draft_seconds, now - verify_start, now)
         return outputs
 
+    def _fail_step(self, step: SchedulerOutput, message: str) -> list[RequestOutput]:
+        """Every request of a step that raised ends with an error (even one that finished in the
+        step: its final output was never returned, and its caller must hear the end)."""
+        outputs = []
+        for chunk in step.chunks:
+            request = chunk.request
+            if request.is_finished:
+                outputs.append(
+                    RequestOutput(request.request_id, [], request.output_text, True, FinishReason.ERROR, message)
+                )
+            else:
+                outputs.append(self._fail(request, message))
+        return outputs
+
     def _update(self, step: SchedulerOutput, output: RunnerOutput, now: float) -> list[RequestOutput]:
-        """Commit each chunk's result: new tokens, stop checks, finished requests."""
+        """Commit each chunk's result: new tokens, stop checks, finished requests. An error in one
+        request's commit (its detokenizer, its stop check) fails that request alone."""
         outputs = []
         for chunk, result in zip(step.chunks, output.results):
             request = chunk.request
-            if result.error is not None:
-                outputs.append(self._fail(request, result.error))
-                continue
-            if chunk.tree is not None:
-                new_tokens = self.spec.commit(chunk, result.acceptance)
-            else:
-                request.num_computed_tokens += chunk.num_new_tokens
-                if result.acceptance is None:
-                    continue  # a prefill chunk short of the end of the prompt
-                new_tokens = [result.acceptance.bonus_token_id]
-            outputs.append(self._append_tokens(request, new_tokens, now))
+            try:
+                out = self._commit(chunk, result, now)
+            except Exception as e:
+                log.exception("committing %s failed", request.request_id)
+                out = self._fail(request, f"internal error: {e}")
+            if out is not None:
+                outputs.append(out)
         return outputs
+
+    def _commit(self, chunk: ScheduledChunk, result: ChunkResult, now: float) -> RequestOutput | None:
+        request = chunk.request
+        if result.error is not None:
+            return self._fail(request, result.error)
+        if chunk.tree is not None:
+            new_tokens = self.spec.commit(chunk, result.acceptance)
+        else:
+            request.num_computed_tokens += chunk.num_new_tokens
+            if result.acceptance is None:
+                return None  # a prefill chunk short of the end of the prompt
+            new_tokens = [result.acceptance.bonus_token_id]
+        return self._append_tokens(request, new_tokens, now)
 
     def _append_tokens(self, request: Request, token_ids: list[int], now: float) -> RequestOutput:
         appended = []

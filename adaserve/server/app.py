@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,8 @@ from adaserve.server.metrics import ServerMetrics
 from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
 from adaserve.server.responses import StreamFormatter, final_body, usage
 from adaserve.slo import SLO, RequestTiming, SLOClass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -183,10 +186,14 @@ def _validation_message(err: dict) -> str:
 
 
 def _tokenize(core, prompt) -> list[int]:
+    """A ValueError is about the prompt (400); anything else is the tokenizer failing (500)."""
     try:
         return core.tokenize(prompt)
-    except Exception as e:
+    except ValueError as e:
         raise APIError(400, f"cannot tokenize the prompt: {e}", "invalid_request_error", "prompt") from e
+    except Exception as e:
+        log.exception("the tokenizer failed")
+        raise APIError(500, f"internal error: the tokenizer failed: {e}", "internal_error") from e
 
 
 def _check_model(model: str | None, config: ServerConfig) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from adaserve.engine.core import EngineCore
 from adaserve.request import Request
@@ -60,6 +62,15 @@ class ServerMetrics:
         Gauge("adaserve_kv_cache_usage", "Fraction of KV blocks in use", registry=r).set_function(
             lambda: engine.kv.usage
         )
+        Gauge("adaserve_kv_blocks_used", "Target KV blocks held by requests", registry=r).set_function(
+            lambda: engine.kv.pool.num_blocks - engine.kv.num_free_blocks
+        )
+        draft_kv = getattr(engine.runner.proposer, "kv", None)
+        if draft_kv is not None:
+            Gauge("adaserve_draft_kv_blocks_used", "Draft KV blocks held by requests", registry=r).set_function(
+                lambda: draft_kv.pool.num_blocks - draft_kv.num_free_blocks
+            )
+        r.register(_PreemptionCounter(engine))
         self._finished: dict[str, int] = {}
         self._attained: dict[str, int] = {}
         self._attained_tokens: dict[str, int] = {}
@@ -87,3 +98,15 @@ class ServerMetrics:
         elapsed = max(1e-9, time.monotonic() - self.started)
         for name in self._finished:
             self.goodput.labels(name).set(self._attained_tokens.get(name, 0) / elapsed)
+
+
+class _PreemptionCounter(Collector):
+    """The engine's running count, read at scrape time (the engine thread owns it)."""
+
+    def __init__(self, engine: EngineCore) -> None:
+        self.engine = engine
+
+    def collect(self):
+        yield CounterMetricFamily(
+            "adaserve_preemptions", "Requests preempted for KV room (recomputed later)", self.engine.num_preemptions
+        )
