@@ -206,12 +206,12 @@ def build_server(args):
 def cmd_serve(args) -> None:
     import logging
 
-    import uvicorn
+    from adaserve.server.lifecycle import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     async_engine, app = build_server(args)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        serve(app, async_engine, args.host, args.port, args.drain_timeout)
     finally:
         async_engine.shutdown()
 
@@ -286,6 +286,9 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--default-slo-class", default=None, help="class of requests that name none")
     p.add_argument("--step-log", default=None, help="append a JSON line per engine step (passes, shapes, times) here")
     p.add_argument("--max-pending-requests", type=int, default=256, help="beyond this, 429")
+    p.add_argument(
+        "--drain-timeout", type=float, default=120.0, help="on SIGTERM, seconds to let running requests finish"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

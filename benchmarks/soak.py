@@ -60,9 +60,9 @@ class Tally:
 
 
 def _prompt(rng: random.Random) -> str:
-    """Mostly short prompts; one in ten long (up to ~2,000 tokens)."""
+    """Mostly short prompts; a few long (up to ~1,500 tokens)."""
     num_words = rng.randint(3, 60) if rng.random() < 0.7 else rng.randint(60, 400)
-    num_words = rng.randint(400, 1600) if rng.random() < 0.1 else num_words
+    num_words = rng.randint(400, 1200) if rng.random() < 0.03 else num_words
     return " ".join(rng.choice(WORDS) for _ in range(num_words))
 
 
@@ -159,7 +159,8 @@ async def _burst(client: httpx.AsyncClient, size: int, tally: Tally) -> None:
     body = {"prompt": "Count to ten:", "max_tokens": 16, "temperature": 0}
     tally.num_sent += size
     results = await asyncio.gather(
-        *(_stream(client, "/v1/completions", body, tally, None, backoff=False) for _ in range(size)), return_exceptions=True
+        *(_stream(client, "/v1/completions", body, tally, None, backoff=False) for _ in range(size)),
+        return_exceptions=True,
     )
     for res in results:
         if isinstance(res, Exception):
@@ -201,6 +202,10 @@ async def run_soak(url: str, pid: int, args) -> dict:
     tally, samples = Tally(), []
     headers = {"authorization": f"Bearer {API_KEY}"}
     limits = httpx.Limits(max_connections=args.burst_size + args.concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as client:
+        for stream in (False, True):  # warm-up (lazily made threads and buffers), before the baseline
+            await client.post("/v1/completions", json=PROBE | {"stream": stream})
+    await asyncio.sleep(1.0)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
         stop = asyncio.Event()
         sampler = asyncio.create_task(_sampler(client, pid, tally, samples, stop))
@@ -215,11 +220,14 @@ async def run_soak(url: str, pid: int, args) -> dict:
 
         await asyncio.gather(*(worker(random.Random(rng.random())) for _ in range(args.concurrency)))
         seconds = time.perf_counter() - start
-        idle = await _wait_idle(client)
+        await _wait_idle(client)
         await asyncio.sleep(2.5)  # one more sample, idle
         stop.set()
         await sampler
-        samples.append({"t": samples[-1]["t"] + 1, "done": tally.num_done, **_proc_sample(pid), **idle})
+    await asyncio.sleep(1.0)  # (the load's connections are closed: count what the server still holds)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+        idle = await _kv_blocks(client)
+    samples.append({"t": samples[-1]["t"] + 3, "done": tally.num_done, **_proc_sample(pid), **idle})
     return _summary(tally, samples, seconds, args)
 
 
@@ -239,7 +247,7 @@ def _growth_pct(before: float, after: float) -> float:
 
 def _summary(tally: Tally, samples: list, seconds: float, args) -> dict:
     half = next(s for s in samples if s["done"] >= tally.num_done / 2)
-    warm = next(s for s in samples if s["done"] >= tally.num_done / 10)
+    first = samples[0]  # idle, before the load
     last = samples[-1]
     num_5xx = sum(n for k, n in tally.status_counts.items() if k.isdigit() and int(k) >= 500)
     num_5xx += tally.status_counts.get("stream_error", 0)
@@ -256,8 +264,10 @@ def _summary(tally: Tally, samples: list, seconds: float, args) -> dict:
             half["rss_mb"], max(s["rss_mb"] for s in samples[-len(samples) // 2 :])
         ),
         "kv_blocks_leaked": int(last.get("adaserve_kv_blocks_used", 0) + last.get("adaserve_draft_kv_blocks_used", 0)),
-        "fds_growth": last["fds"] - warm["fds"],
-        "threads_growth": last["threads"] - warm["threads"],
+        "fds_start_end": [first["fds"], last["fds"]],
+        "threads_start_end": [first["threads"], last["threads"]],
+        "fds_growth": last["fds"] - first["fds"],  # both idle
+        "threads_growth": last["threads"] - first["threads"],
         "preemptions": last.get("adaserve_preemptions_total"),
         "probe_texts_distinct": len(tally.probe_texts),
         "errors": tally.errors[:20],

@@ -111,6 +111,11 @@ class AsyncEngine:
             if not finished:  # the caller went away: cancel and free the request's blocks
                 self.abort(request_id)
 
+    def fail_in_flight(self, message: str) -> None:
+        """End every request in flight with this error (e.g. a drain that timed out)."""
+        self._commands.put(("fail_all", message))
+        self._wake.set()
+
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
         self._wake.set()
@@ -138,6 +143,8 @@ class AsyncEngine:
                     self.engine.add_request(prompt_ids, params, request_id)
                 except Exception as e:  # reported to its caller, the loop goes on
                     self._deliver(RequestOutput(request_id, [], "", True, FinishReason.ERROR, error=str(e)))
+            elif command[0] == "fail_all":
+                self._fail_all(command[1])
             else:
                 request_id = command[1]
                 self.engine.abort(request_id)  # no-op for a request that already finished

@@ -81,11 +81,15 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
     async def _internal_error(_, e: Exception):
         return error_response(500, f"internal error: {e}", "internal_error")
 
+    app.state.draining = False  # set by the server on SIGTERM (adaserve.server.lifecycle)
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(DrainMiddleware, is_draining=lambda: app.state.draining)
 
     @app.get("/health")
     async def health():
+        if app.state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         if not engine.is_alive:
             return error_response(503, f"engine is not running: {engine.error!r}", "service_unavailable")
         return {"status": "ok"}
@@ -171,6 +175,22 @@ class APIKeyMiddleware:
                 response = error_response(401, "missing or invalid API key", "authentication_error")
                 await response(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class DrainMiddleware:
+    """While the server drains, /v1 routes answer 503 with Retry-After (requests already
+    running are past this point and finish). Plain ASGI, like APIKeyMiddleware."""
+
+    def __init__(self, app: ASGIApp, is_draining: Callable[[], bool]) -> None:
+        self.app, self.is_draining = app, is_draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1") and self.is_draining():
+            message = "the server is shutting down; retry on another replica or after it restarts"
+            response = error_response(503, message, "service_unavailable", headers={"Retry-After": "5"})
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
