@@ -302,6 +302,7 @@ def main() -> None:
     ap.add_argument("--max-pending-requests", type=int, default=24)
     ap.add_argument("--burst-size", type=int, default=40, help="streams sent at once in a burst")
     ap.add_argument("--burst-every", type=float, default=0.01, help="chance per request that a burst goes instead")
+    ap.add_argument("--kv-cache-memory", default="128MiB", help="small, so long prompts preempt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/soak.json")
     args = ap.parse_args()
@@ -309,7 +310,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "adaserve.cli", "serve", "--model", MODEL, "--draft", "ngram"]
     command += ["--policy", "chain:4", "--api-key", API_KEY, "--port", str(port), "--log-level", "warning"]
-    command += ["--max-pending-requests", str(args.max_pending_requests)]
+    command += ["--max-pending-requests", str(args.max_pending_requests), "--kv-cache-memory", args.kv_cache_memory]
     server = subprocess.Popen(command)
     try:
         wait_healthy(url, server, timeout_s=600)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from adaserve.bench.server_process import free_port
+from adaserve.bench.server_process import free_port, wait_healthy
 from adaserve.kv.manager import KVCacheManager
 from adaserve.models.attention import MIN_WASTE, SeqSpec, build_attention_metadata
 from adaserve.models.llama import CausalLM, KVCache
@@ -120,3 +122,21 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class ServerProcess:
+    """`adaserve serve` on SmolLM2 as a child process, healthy when constructed."""
+
+    def __init__(self, *flags: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "adaserve.cli", "serve", "--model", "smollm2-135m", "--port", str(self.port)]
+        start = time.monotonic()
+        self.proc = subprocess.Popen([*command, "--max-model-len", "1024", "--log-level", "warning", *flags])
+        wait_healthy(self.url, self.proc, timeout_s=300)
+        self.start_seconds = time.monotonic() - start
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)

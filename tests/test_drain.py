@@ -4,29 +4,13 @@ finishes, new requests get 503 + Retry-After, /health says draining, and the pro
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from adaserve.bench.server_process import free_port, wait_healthy
-
-
-class ServerProcess:
-    def __init__(self, *flags: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "adaserve.cli", "serve", "--model", "smollm2-135m", "--port", str(self.port)]
-        self.proc = subprocess.Popen([*command, "--max-model-len", "1024", "--log-level", "warning", *flags])
-        wait_healthy(self.url, self.proc, timeout_s=300)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
+from tests.factories import ServerProcess
 
 
 @pytest.fixture

@@ -205,8 +205,8 @@ def load_or_profile(
     if path.exists() and not refresh:
         try:
             return CostModel.load(path)
-        except (ValueError, KeyError) as e:
-            log.warning("ignoring unreadable profile %s: %s", path, e)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # torn, foreign, stale
+            log.warning("ignoring unreadable profile %s (measuring again): %s", path, e)
     log.warning("profiling this model pair on this machine (once; cached in %s)", path)
     cost = profile_models(target, draft, max_tokens, meta=meta)
     cost.save(path)

@@ -6,9 +6,11 @@ copied to another machine is rebuilt, never run with instructions the CPU lacks.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import platform
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -59,11 +61,29 @@ def qgemm():
     build_dir.mkdir(parents=True, exist_ok=True)
     log.info("loading the qgemm kernels (built once per machine, in %s)", build_dir)
     flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # at::parallel_for needs OpenMP
-    return load(
-        name=f"adaserve_qgemm_{key}",
-        sources=[str(s) for s in SOURCES],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(build_dir),
-        verbose=False,
-    )
+    with _build_lock(build_dir):
+        return load(
+            name=f"adaserve_qgemm_{key}",
+            sources=[str(s) for s in SOURCES],
+            extra_cflags=flags,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+
+
+@contextmanager
+def _build_lock(build_dir: Path):
+    """One builder at a time, by an OS lock that dies with its process. torch's own lock is a
+    file that a killed build leaves behind, and the next start waits on it forever; under our
+    lock no other build runs, so a torch lock file found here is such a leftover: remove it."""
+    with open(build_dir / ".adaserve-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stale = build_dir / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a build that was killed", stale)
+            stale.unlink()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -76,11 +76,19 @@ def _packed(state: dict, name: str) -> PackedWeight:
     return PackedWeight(weight, state[f"{name}.scales"], int4=weight.shape[2] == 256)
 
 
+def _check_shape(name: str, packed: PackedWeight, linear: torch.nn.Module) -> None:
+    """A packed matrix must have the shape of the layer it replaces (a stale or foreign cache)."""
+    got, want = (packed.out_features, packed.in_features), (linear.out_features, linear.in_features)
+    if got != want or packed.scales.shape[:2] != packed.weight.shape[:2]:
+        raise ValueError(f"{name}: packed weight is {list(got)}, the layer is {list(want)}")
+
+
 def model_from_state(state: dict, cfg: ModelConfig, max_positions: int | None = None) -> CausalLM:
     """The model over packed tensors (cfg.num_layers may keep only the first layers)."""
     with torch.device("meta"):
         model = CausalLM(cfg, max_positions)
     head = _packed(state, "lm_head")
+    _check_shape("lm_head", head, model.lm_head)
     model.lm_head = QuantLinear(head)
     model.embed_tokens = QuantEmbedding(_packed(state, "embed_tokens") if "embed_tokens.weight" in state else head)
     norms = {"norm.weight": state["norm.weight"]}
@@ -88,7 +96,9 @@ def model_from_state(state: dict, cfg: ModelConfig, max_positions: int | None = 
         for ours in FUSED:
             name = f"layers.{i}.{ours}"
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, QuantLinear(_packed(state, name), state.get(f"{name}.bias")))
+            packed = _packed(state, name)
+            _check_shape(name, packed, model.get_submodule(name))
+            setattr(model.get_submodule(parent), attr, QuantLinear(packed, state.get(f"{name}.bias")))
         for ours in NORMS:
             norms[f"layers.{i}.{ours}.weight"] = state[f"layers.{i}.{ours}.weight"]
     model.load_state_dict(norms, strict=False, assign=True)
@@ -129,11 +139,18 @@ def cached_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Ten
 def load_gguf_model(
     gguf_path: str | Path, cfg: ModelConfig, max_positions: int | None = None, num_layers: int | None = None
 ) -> CausalLM:
-    """`cfg` comes from the converted model directory (read_model_config); CPU only."""
-    state = cached_state(gguf_path, cfg)
-    if num_layers is not None:
-        cfg = ModelConfig(**{**cfg.__dict__, "num_layers": num_layers})
-    return model_from_state(state, cfg, max_positions)
+    """`cfg` comes from the converted model directory (read_model_config); CPU only. A cached
+    packing that does not build this model (missing or misshapen tensors) is packed again."""
+    model_cfg = cfg if num_layers is None else ModelConfig(**{**cfg.__dict__, "num_layers": num_layers})
+    try:
+        return model_from_state(cached_state(gguf_path, cfg), model_cfg, max_positions)
+    except (ValueError, RuntimeError, KeyError) as e:
+        path = _cache_path(Path(gguf_path))
+        if not path.exists():
+            raise
+        log.warning("the packed-weight cache %s does not fit this model (%s): packing again", path, e)
+        path.unlink()
+        return model_from_state(cached_state(gguf_path, cfg), model_cfg, max_positions)
 
 
 def _release_freed_memory() -> None:

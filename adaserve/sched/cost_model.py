@@ -78,6 +78,8 @@ class LatencyCurve:
             raise ValueError("a latency curve needs matching, non-empty token and latency lists")
         if list(self.num_tokens) != sorted(set(self.num_tokens)) or self.num_tokens[0] < 1:
             raise ValueError("token counts must be increasing and >= 1")
+        if not all(0 < ms < float("inf") for ms in self.latency_ms):
+            raise ValueError("latencies must be positive and finite")
         object.__setattr__(self, "latency_ms", tuple(isotonic(list(self.latency_ms))))
 
     def __call__(
