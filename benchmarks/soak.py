@@ -302,7 +302,7 @@ def main() -> None:
     ap.add_argument("--max-pending-requests", type=int, default=24)
     ap.add_argument("--burst-size", type=int, default=40, help="streams sent at once in a burst")
     ap.add_argument("--burst-every", type=float, default=0.01, help="chance per request that a burst goes instead")
-    ap.add_argument("--kv-cache-memory", default="128MiB", help="small, so long prompts preempt")
+    ap.add_argument("--kv-cache-memory", default="64MiB", help="small, so long prompts preempt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/soak.json")
     args = ap.parse_args()

@@ -176,6 +176,13 @@ def add_bench_args(p) -> None:
     p.add_argument(
         "--prefill-ms-per-token", type=float, default=None, help="TTFT targets: skip the prefill calibration"
     )
+    p.add_argument(
+        "--protocol",
+        default="ours",
+        choices=["ours", "paper"],
+        help="paper: TPOT only; a sweep also runs adaserve as adaserve-paper at 64 sequences and our "
+        "baselines at 512 (adaserve.bench.protocol)",
+    )
     p.add_argument("--save-workload", default=None)
     p.add_argument("--out", default=None, help="metrics JSON")
 
@@ -193,7 +200,7 @@ def bench_config(args) -> BenchConfig:
         unloaded_tpot_ms=args.unloaded_tpot_ms,
         workload_file=args.workload_file,
         send_slo=not args.no_slo,
-        ttft=not args.no_ttft,
+        ttft=not args.no_ttft and args.protocol != "paper",
         save_workload=args.save_workload,
         out=args.out,
         context={k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))},

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from adaserve.bench.protocol import paper_policies, paper_seqs
 from adaserve.bench.run import BenchConfig, bench_config, calibrate, run_bench, served_model, with_ttft_targets
 from adaserve.bench.server_process import free_port, wait_healthy
 
@@ -55,6 +56,7 @@ class SweepConfig:
     # One server for all of a policy's points; by default each point gets a fresh one, so no cache
     # (llama.cpp's prompt cache: every point sends the same prompts) carries over between points.
     reuse_server: bool = False
+    protocol: str = "ours"  # paper: each of our servers gets the paper's sequence limit (bench.protocol)
 
     def recorded_args(self) -> dict:
         """The sweep's settings as each point's result records them, in the command line's names and
@@ -70,6 +72,7 @@ class SweepConfig:
             "step_log_dir": str(self.step_log_dir) if self.step_log_dir is not None else None,
             "merge": self.merge,
             "reuse_server": self.reuse_server,
+            "protocol": self.protocol,
         }
 
 
@@ -102,6 +105,8 @@ def start_server(config: SweepConfig, policy: str, port: int) -> subprocess.Pope
         cmd += ["--draft", config.draft]
     if config.step_log_dir:
         cmd += ["--step-log", str(Path(config.step_log_dir) / f"{policy.replace(':', '-')}.jsonl")]
+    if config.protocol == "paper":
+        cmd += ["--max-num-seqs", str(paper_seqs(policy))]
     cmd += list(config.server_args)
     return subprocess.Popen(cmd)
 
@@ -247,11 +252,12 @@ def add_sweep_args(p) -> None:
 
 def sweep_config(args) -> SweepConfig:
     """The command line's SweepConfig (see add_sweep_args and add_bench_args)."""
+    policies = args.policies.split(",")
     return SweepConfig(
         bench=bench_config(args),
         variable=args.variable,
         values=() if args.variable == "fluctuating" else tuple(float(v) for v in args.values.split(",")),
-        policies=tuple(args.policies.split(",")),
+        policies=tuple(paper_policies(policies) if args.protocol == "paper" else policies),
         server_model=args.server_model,
         draft=args.draft,
         server_args=tuple(args.server_arg or ()),
@@ -259,4 +265,5 @@ def sweep_config(args) -> SweepConfig:
         step_log_dir=Path(args.step_log_dir) if args.step_log_dir else None,
         merge=args.merge,
         reuse_server=args.reuse_server,
+        protocol=args.protocol,
     )

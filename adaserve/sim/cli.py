@@ -8,6 +8,7 @@ validate  replay each point of a measured `adaserve bench sweep` and compare
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,12 @@ def add_simulate_parser(sub) -> None:
     p.add_argument("--acceptance", default=None, help="recorded:PATH | parametric:top1=0.7,calibration=1.0,...")
     p.add_argument("--policies", default="none,chunked,chain:4,static-tree,dynamic-tree,smartspec,adaserve")
     p.add_argument("--variable", default="rate", choices=["rate", "urgent_share", "slo_scale"])
+    p.add_argument(
+        "--protocol",
+        default="ours",
+        choices=["ours", "paper"],
+        help="paper: TPOT only, adaserve as adaserve-paper at 64 sequences, baselines at 512 (adaserve.bench.protocol)",
+    )
     p.add_argument("--values", default="0.5")
     p.add_argument(
         "--from-bench",
@@ -141,16 +148,22 @@ def model_sources(args) -> ModelSources:
 
 
 def run_config(args) -> SimRunConfig:
+    from adaserve.bench.protocol import paper_policies, paper_seqs
     from adaserve.bench.run import workload_spec
     from adaserve.sim.commands import SimRunConfig
 
+    sim, policies, workload = sim_config(args), args.policies.split(","), workload_spec(vars(args))
+    if args.protocol == "paper":
+        policies = paper_policies(policies)
+        sim = replace(sim, max_num_seqs_by_policy=tuple((p, paper_seqs(p)) for p in policies))
+        workload = replace(workload, prefill_ms_per_token=None)  # no TTFT targets
     return SimRunConfig(
-        sim=sim_config(args),
+        sim=sim,
         models=model_sources(args),
-        policies=tuple(args.policies.split(",")),
+        policies=tuple(policies),
         variable=args.variable,
         values=tuple(float(v) for v in args.values.split(",")),
-        workload=workload_spec(vars(args)),
+        workload=workload,
         unloaded_tpot_ms=args.unloaded_tpot_ms,
         slo_classes=tuple(args.slo_class or ()),
         from_bench=tuple(Path(p) for p in args.from_bench or ()),

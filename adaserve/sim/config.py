@@ -3,7 +3,7 @@ reads its defaults at start-up)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adaserve.config import EngineConfig
 from adaserve.sched.cost_model import PassTerms
@@ -54,6 +54,13 @@ class SimConfig:
     target_pass: PassCorrection = PassCorrection()  # each target / draft pass, before time_scale
     draft_pass: PassCorrection = PassCorrection()
     seed: int = 0
+    # Per-policy sequence limits, overriding max_num_seqs (the paper's protocol: 64 for AdaServe, 512
+    # for the vLLM baselines).
+    max_num_seqs_by_policy: tuple[tuple[str, int], ...] = ()
+
+    def for_policy(self, policy: str) -> SimConfig:
+        seqs = dict(self.max_num_seqs_by_policy).get(policy, self.max_num_seqs)
+        return replace(self, policy=policy, max_num_seqs=seqs)
 
     def engine_config(self) -> EngineConfig:
         """What the simulated engine runs with (its KV cache is sized in tokens here, not bytes)."""

@@ -74,7 +74,7 @@ def sweep(
     workloads = {v: make_workload(v) for v in values}
     for policy in policies:
         for value in values:
-            result = simulate(replace(config, policy=policy), cost, acceptance, workloads[value])
+            result = simulate(config.for_policy(policy), cost, acceptance, workloads[value])
             result["value"] = value
             results.setdefault(policy, []).append(result)
             c = result["categories"]["all"]

@@ -11,6 +11,8 @@ adaserve        SLO-customized trees: SLO quotas first, then throughput (the pap
 adaserve-cap    the paper's AdaServe as built before the planner: depth clip(B1 // (n + 1) - 1) and the
                 fixed SLO prefill cap (for attribution)
 adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
+adaserve-paper  the paper's artifact as published: the paper's depth rule with B1 = 512 tokens, depth
+                at least 4, width at most 3, no prefill cap, no planner (`--protocol paper`)
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from adaserve.sched.cost_model import CostModel
 from adaserve.spec.policies import SpecPolicy, make_policy
 from adaserve.spec.slo_policies import AdaptiveShape, AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
 
-COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-cap", "adaserve-equal")
+COST_MODEL_POLICIES = ("chunked", "smartspec", "adaserve", "adaserve-cap", "adaserve-equal", "adaserve-paper")
+# The AdaServe artifact's settings (its scripts: B1 512, minimum depth 4, width 3).
+ARTIFACT_SHAPE = AdaptiveShape(depth_rule="paper", min_depth=4, max_width=3, top_k=3, verify_budget_tokens=512)
 POLICY_NAMES = (
     "none",
     "chunked",
@@ -32,6 +36,7 @@ POLICY_NAMES = (
     "adaserve",
     "adaserve-cap",
     "adaserve-equal",
+    "adaserve-paper",
 )
 
 
@@ -66,6 +71,8 @@ def choose_policy(name: str, cost: CostModel | None = None) -> PolicyChoice:
     if base == "adaserve-cap":
         paper_shape = AdaptiveShape(depth_rule="paper")
         return PolicyChoice(name, AdaServePolicy(cost, paper_shape, name="adaserve-cap"), slo_token_budget=True)
+    if base == "adaserve-paper":
+        return PolicyChoice(name, AdaServePolicy(cost, ARTIFACT_SHAPE, name="adaserve-paper"), slo_token_budget=False)
     if base == "adaserve-equal":
         return PolicyChoice(name, AdaServeEqualPolicy(cost, AdaptiveShape(depth_rule="paper")), slo_token_budget=True)
     if base == "smartspec":

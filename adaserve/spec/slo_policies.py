@@ -46,6 +46,8 @@ class AdaptiveShape:
     # (cost model, measured acceptance; 0 = no drafting is a choice); "paper" is the paper's
     # clip(B1 // (n + c1) - 1), which falls to 1 once n approaches B1 whatever the acceptance.
     depth_rule: str = "goodput"
+    # B1 fixed instead of profiled (the paper's artifact used 512 tokens on 4 x A100).
+    verify_budget_tokens: int | None = None
 
 
 DEPTH_RULES = ("goodput", "paper")
@@ -121,7 +123,7 @@ class AdaServePolicy:
             raise ValueError(f"depth_rule must be one of {DEPTH_RULES}, got {shape.depth_rule!r}")
         self.cost, self.shape, self.name = cost, shape, name
         self.goodput = ChainGoodput(cost)
-        self.verify_budget = cost.verify_budget(shape.budget_factor)
+        self.verify_budget = shape.verify_budget_tokens or cost.verify_budget(shape.budget_factor)
         self.draft_budget = max(1, cost.draft_budget(shape.budget_factor))
         self.top_k = shape.top_k
         self.max_tokens_per_seq = shape.max_depth * shape.max_width
