@@ -147,7 +147,8 @@ def test_a_sweep_point_records_its_args_as_before_without_the_api_key():
     ).recorded_args()
     assert point.pop("no_ttft") is False  # (flags added since: TTFT targets are now on by default,
     assert point.pop("prefill_ms_per_token") is None  # calibrated unless given,
-    assert point.pop("reuse_server") is False  # and every point has its own server)
+    assert point.pop("reuse_server") is False  # every point has its own server,
+    assert point.pop("protocol") == "ours"  # and the protocol is named)
     assert list(point.items()) == [(k, v) for k, v in old.items() if k != "api_key"]
     peer = _point_config(config, "vllm:plain", old["url"], old["model"], 100.0, 0.16, Path(old["out"]))
     assert not peer.send_slo and peer.recorded_args()["no_slo"] and peer.workload.rate == 0.16
