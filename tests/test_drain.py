@@ -79,11 +79,20 @@ def test_sigterm_finishes_every_stream_in_flight_then_exits_0(server):
 @pytest.mark.parametrize("server", [("--drain-timeout", "1")], indirect=True)
 def test_past_the_drain_timeout_requests_end_with_an_error(server):
     streams = _start_streams(server.url, 2, max_tokens=900)
+    blocking: list[httpx.Response] = []
+    body = {"prompt": "Tell me a long story.", "max_tokens": 900, "ignore_eos": True}
+    post = threading.Thread(
+        target=lambda: blocking.append(httpx.post(server.url + "/v1/completions", json=body, timeout=120))
+    )
+    post.start()
+    time.sleep(1.0)  # (it is running)
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0
     for s in streams:
         s.join(timeout=10)
         assert "shutting down" in s.events[-1]["error"]["message"]
+    post.join(timeout=10)
+    assert blocking[0].status_code == 503 and "shutting down" in blocking[0].json()["error"]["message"]
 
 
 def test_a_second_signal_exits_at_once(server):

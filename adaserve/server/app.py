@@ -152,7 +152,9 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
         final = await _collect(first, deltas, request)
         if final is None:
             return Response(status_code=499)  # the client left; its request was aborted
-        if final.error:
+        if final.error:  # (ended by a drain that timed out: the server's going away, not failing)
+            if app.state.draining:
+                raise APIError(503, final.error, "service_unavailable", headers={"Retry-After": "5"})
             raise APIError(500, final.error, "internal_error")
         return final_body(fmt, final, on_finish(final))
 
