@@ -231,13 +231,13 @@ async def run_soak(url: str, pid: int, args) -> dict:
     return _summary(tally, samples, seconds, args)
 
 
-async def _wait_idle(client: httpx.AsyncClient, timeout_s: float = 60) -> dict:
+async def _wait_idle(client: httpx.AsyncClient, timeout_s: float = 60) -> None:
     deadline = time.time() + timeout_s
     while True:
         kv = await _kv_blocks(client)
         busy = kv.get("adaserve_running_requests", 0) + kv.get("adaserve_waiting_requests", 0)
         if not busy or time.time() > deadline:
-            return kv
+            return
         await asyncio.sleep(0.5)
 
 

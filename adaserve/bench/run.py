@@ -16,6 +16,7 @@ import httpx
 
 from adaserve.bench.client import BenchRecord, BenchRequest, run_load
 from adaserve.bench.datasets import category_prompts
+from adaserve.bench.protocol import PROTOCOLS
 from adaserve.bench.report import bench_report
 from adaserve.bench.workload import WorkloadSpec, build_workload, load_workload, save_workload
 from adaserve.slo import SLO
@@ -179,7 +180,7 @@ def add_bench_args(p) -> None:
     p.add_argument(
         "--protocol",
         default="ours",
-        choices=["ours", "paper"],
+        choices=PROTOCOLS,
         help="paper: TPOT only; a sweep also runs adaserve as adaserve-paper at 64 sequences and our "
         "baselines at 512 (adaserve.bench.protocol)",
     )

@@ -44,6 +44,10 @@ class KVCacheManager:
         return self.pool.num_free
 
     @property
+    def num_used_blocks(self) -> int:
+        return self.pool.num_blocks - self.pool.num_free
+
+    @property
     def capacity_tokens(self) -> int:
         return self.pool.num_blocks * self.block_size
 

@@ -142,11 +142,12 @@ def load_gguf_model(
     """`cfg` comes from the converted model directory (read_model_config); CPU only. A cached
     packing that does not build this model (missing or misshapen tensors) is packed again."""
     model_cfg = cfg if num_layers is None else ModelConfig(**{**cfg.__dict__, "num_layers": num_layers})
+    path = _cache_path(Path(gguf_path))
+    from_cache = path.exists()
     try:
         return model_from_state(cached_state(gguf_path, cfg), model_cfg, max_positions)
     except (ValueError, RuntimeError, KeyError) as e:
-        path = _cache_path(Path(gguf_path))
-        if not path.exists():
+        if not (from_cache and path.exists()):
             raise
         log.warning("the packed-weight cache %s does not fit this model (%s): packing again", path, e)
         path.unlink()

@@ -30,7 +30,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.app, self.engine, self.drain_timeout_s = app, engine, drain_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drain_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task | None = None  # (held: the loop keeps only weak references)
 
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()

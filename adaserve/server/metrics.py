@@ -63,12 +63,12 @@ class ServerMetrics:
             lambda: engine.kv.usage
         )
         Gauge("adaserve_kv_blocks_used", "Target KV blocks held by requests", registry=r).set_function(
-            lambda: engine.kv.pool.num_blocks - engine.kv.num_free_blocks
+            lambda: engine.kv.num_used_blocks
         )
         draft_kv = getattr(engine.runner.proposer, "kv", None)
         if draft_kv is not None:
             Gauge("adaserve_draft_kv_blocks_used", "Draft KV blocks held by requests", registry=r).set_function(
-                lambda: draft_kv.pool.num_blocks - draft_kv.num_free_blocks
+                lambda: draft_kv.num_used_blocks
             )
         r.register(_PreemptionCounter(engine))
         self._finished: dict[str, int] = {}

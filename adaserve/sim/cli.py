@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adaserve.bench.protocol import PROTOCOLS
 from adaserve.sim.acceptance import DEFAULT_RECORDS
 from adaserve.sim.config import SimConfig
 
@@ -36,7 +37,7 @@ def add_simulate_parser(sub) -> None:
     p.add_argument(
         "--protocol",
         default="ours",
-        choices=["ours", "paper"],
+        choices=PROTOCOLS,
         help="paper: TPOT only, adaserve as adaserve-paper at 64 sequences, baselines at 512 (adaserve.bench.protocol)",
     )
     p.add_argument("--values", default="0.5")
