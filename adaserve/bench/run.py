@@ -107,6 +107,39 @@ def with_ttft_targets(config: BenchConfig, url: str, model: str, unloaded_tpot_m
     return replace(config, workload=replace(config.workload, prefill_ms_per_token=round(ms, 4)))
 
 
+# Prefix cache counters (tokens looked up, tokens found) as adaserve and vLLM name them.
+PREFIX_CACHE_METRICS = (
+    ("adaserve_prefix_cache_queries_total", "adaserve_prefix_cache_hits_total"),
+    ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"),
+)
+
+
+def prefix_cache_counts(url: str) -> tuple[float, float] | None:
+    """The server's prefix cache (queries, hits) in tokens, from /metrics; None if it has none."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        sample, value = line.rsplit(" ", 1)
+        name = sample.split("{")[0]
+        values[name] = values.get(name, 0.0) + float(value)  # (labelled series summed)
+    for queries, hits in PREFIX_CACHE_METRICS:
+        if queries in values and hits in values:
+            return values[queries], values[hits]
+    return None
+
+
+def prefix_hit_rate(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Hits / queries between two prefix_cache_counts readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
 def run_bench(config: BenchConfig) -> dict:
     url = config.url.rstrip("/")
     model = config.model or served_model(url)
@@ -121,6 +154,7 @@ def run_bench(config: BenchConfig) -> dict:
         requests = build_workload(spec, unloaded, prompts)
     if config.save_workload:
         save_workload(Path(config.save_workload), requests)
+    counts = prefix_cache_counts(url)
     start = time.perf_counter()
     records = asyncio.run(run_load(url, model, requests, send_slo=config.send_slo, api_key=config.api_key))
     wall = time.perf_counter() - start
@@ -128,6 +162,7 @@ def run_bench(config: BenchConfig) -> dict:
         "url": url,
         "model": model,
         "unloaded_tpot_ms": unloaded,
+        "prefix_cache_hit_rate": prefix_hit_rate(counts, prefix_cache_counts(url)),
         "args": config.recorded_args(),
         **bench_report(records, wall),
         "records": [r.to_dict() for r in records],
@@ -278,3 +313,5 @@ def print_summary(result: dict) -> None:
             f"{name:<14} {c['num_requests']:>8} {c['attainment']:>8.0%} {c['goodput_tokens_per_s']:>8.2f} t/s "
             f"{fmt(ttft, 'median'):>9} {fmt(tpot, 'median'):>9} {fmt(tpot, 'p90'):>9}"
         )
+    if result.get("prefix_cache_hit_rate") is not None:
+        print(f"prefix cache hit rate: {result['prefix_cache_hit_rate']:.1%} of prompt tokens")

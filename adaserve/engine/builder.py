@@ -108,7 +108,7 @@ def build_target(config: EngineConfig) -> Target:
     num_blocks = config.kv_cache_memory // bytes_per_block
     if num_blocks < 1:
         raise ValueError(f"--kv-cache-memory {config.kv_cache_memory} B holds no block ({bytes_per_block} B)")
-    kv = KVCacheManager(num_blocks, config.block_size)
+    kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
     model_max = config.max_model_len or model_config.max_position_embeddings
     max_model_len = min(model_max, kv.capacity_tokens)
     if max_model_len < model_max:
@@ -130,7 +130,7 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     # Everything the target holds, plus every request's largest draft tree.
     num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
     model, _ = load_weights(config, draft_dir, target.max_model_len + MAX_TREE_DEPTH, config.draft_num_layers)
-    return ModelExecutor(model, KVCacheManager(num_blocks, bs), dtype, device)
+    return ModelExecutor(model, KVCacheManager(num_blocks, bs, config.enable_prefix_caching), dtype, device)
 
 
 def build_proposer(config: EngineConfig, draft: ModelExecutor | None) -> Proposer | None:

@@ -108,6 +108,9 @@ class EngineCore:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         request = Request(request_id, prompt_ids, params, arrival_time=self.clock())
+        # What the planner expects to prefill: the prompt less its prefix cached now (an estimate:
+        # the blocks may be evicted, or more cached, by the time it starts).
+        request.num_cached_hint = len(self.kv.cached_prefix(prompt_ids)) * self.kv.block_size
         self.requests[request_id] = request
         self.scheduler.add(request)
         return request
@@ -265,6 +268,8 @@ class EngineCore:
             if result.acceptance is None:
                 return None  # a prefill chunk short of the end of the prompt
             new_tokens = [result.acceptance.bonus_token_id]
+        if self.kv.needs_caching(request.request_id, request.num_computed_tokens):  # (before a stop frees them)
+            self.kv.cache_blocks(request.request_id, request.all_ids + new_tokens, request.num_computed_tokens)
         return self._append_tokens(request, new_tokens, now)
 
     def _append_tokens(self, request: Request, token_ids: list[int], now: float) -> RequestOutput:

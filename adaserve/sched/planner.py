@@ -240,7 +240,7 @@ def _late_prefills(requests: list[Request], now: float, tokens_per_ms: float) ->
     taken: list[tuple[float, int, Request]] = []  # max-heap by prefill time: (-ms, i, request)
     finish_ms, late = now * 1000.0, []
     for deadline_ms, i, r in jobs:
-        ms = (r.num_tokens - r.num_computed_tokens) / tokens_per_ms
+        ms = r.num_uncached_tokens / tokens_per_ms
         heapq.heappush(taken, (-ms, i, r))
         finish_ms += ms
         if finish_ms > deadline_ms:

@@ -180,14 +180,18 @@ class Scheduler:
             request = self._next_waiting()
             if pause_best_effort and request.best_effort:
                 return  # (best-effort requests wait last in line)
-            n = budget.grant(request.num_pending_tokens)
-            if n == 0 or not self.kv.can_reserve(request.request_id, n):
+            # Its tokens' longest prefix already in the KV cache (prefix caching) is not recomputed.
+            cached = self.kv.cached_prefix(request.all_ids)
+            num_pending = request.num_tokens - len(cached) * self.kv.block_size
+            n = budget.grant(num_pending)
+            if n == 0 or not self.kv.can_admit(cached, n):
                 return  # does not fit now: it waits for budget or blocks
             self._remove_waiting(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
+            request.num_computed_tokens = self.kv.admit(request.request_id, request.all_ids, cached)
             out.chunks.append(ScheduledChunk(request, n, self.kv.reserve(request.request_id, n)))
-            budget.take(n, request.num_pending_tokens, 0)
+            budget.take(n, num_pending, 0)
 
     def _next_waiting(self) -> Request:
         """FCFS, except that requests with a TTFT deadline go by deadline, preempted requests

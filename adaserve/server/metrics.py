@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from adaserve.engine.core import EngineCore
@@ -70,7 +70,7 @@ class ServerMetrics:
             Gauge("adaserve_draft_kv_blocks_used", "Draft KV blocks held by requests", registry=r).set_function(
                 lambda: draft_kv.num_used_blocks
             )
-        r.register(_PreemptionCounter(engine))
+        r.register(_EngineCounters(engine))
         self._finished: dict[str, int] = {}
         self._attained: dict[str, int] = {}
         self._attained_tokens: dict[str, int] = {}
@@ -100,8 +100,8 @@ class ServerMetrics:
             self.goodput.labels(name).set(self._attained_tokens.get(name, 0) / elapsed)
 
 
-class _PreemptionCounter(Collector):
-    """The engine's running count, read at scrape time (the engine thread owns it)."""
+class _EngineCounters(Collector):
+    """The engine's running counts, read at scrape time (the engine thread owns them)."""
 
     def __init__(self, engine: EngineCore) -> None:
         self.engine = engine
@@ -109,4 +109,16 @@ class _PreemptionCounter(Collector):
     def collect(self):
         yield CounterMetricFamily(
             "adaserve_preemptions", "Requests preempted for KV room (recomputed later)", self.engine.num_preemptions
+        )
+        stats = self.engine.kv.prefix_stats
+        yield CounterMetricFamily(
+            "adaserve_prefix_cache_queries",
+            "Tokens of started requests looked up in the prefix cache",
+            stats.num_queried_tokens,
+        )
+        yield CounterMetricFamily(
+            "adaserve_prefix_cache_hits", "Tokens found in the prefix cache (not recomputed)", stats.num_hit_tokens
+        )
+        yield GaugeMetricFamily(
+            "adaserve_prefix_cache_hit_rate", "Prefix cache hits / queries since start", stats.hit_rate
         )

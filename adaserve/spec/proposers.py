@@ -81,13 +81,19 @@ class DraftModelProposer:
         A request far behind (a long prompt) syncs one chunk and does not draft this step; so do
         requests the draft cache has no room for.
         """
-        seqs, ready, rows, offset = [], [], [], 0
+        seqs, ready, rows, offset, synced = [], [], [], 0, []
         for r in requests:
+            if r.request_id not in self.kv.block_tables:  # first sync: start from the draft's prefix cache
+                cached = self.kv.cached_prefix(r.all_ids)
+                if not self.kv.can_admit(cached, 1):
+                    continue
+                self.kv.admit(r.request_id, r.all_ids, cached)
             start = self._synced(r.request_id)
             n = min(r.num_tokens - start, self.max_sync_tokens)
             if n <= 0 or not self.kv.can_reserve(r.request_id, n):
                 continue
             slots = self.kv.reserve(r.request_id, n)
+            synced.append((r, start + n))
             seqs.append(
                 self.executor.seq_input(
                     r.request_id, r.all_ids[start : start + n], list(range(start, start + n)), slots, start
@@ -97,11 +103,12 @@ class DraftModelProposer:
             if start + n == r.num_tokens:
                 ready.append(r)
                 rows.append(offset - 1)
+        hidden = self.executor.forward(seqs) if seqs else None
+        for r, num_synced in synced:  # their KV is written now: full blocks go into the prefix cache
+            self.kv.cache_blocks(r.request_id, r.all_ids, num_synced)
         if not ready:
-            if seqs:
-                self.executor.forward(seqs)
             return [], None
-        return ready, self.executor.logits(self.executor.forward(seqs), rows)
+        return ready, self.executor.logits(hidden, rows)
 
     def _grow_layer(self, requests, trees, frontier, logits, policy: SpecPolicy, layer: int) -> dict[str, list[int]]:
         """Offer the top-k children of every frontier node; keep what the policy keeps."""
