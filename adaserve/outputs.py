@@ -19,6 +19,9 @@ class RequestOutput:
     error: str | None = None
     # Set by the async engine on the final output: the finished request (timings, stats).
     request: Request | None = None
+    # The target's log-probabilities of new_token_ids (adaserve.engine.logits_process.TokenLogprob),
+    # when the request asked for them.
+    new_logprobs: list | None = None
 
 
 @dataclass
@@ -35,3 +38,4 @@ class CompletionOutput:
     finish_time: float | None
     token_times: list[float] = field(default_factory=list)  # one per output token
     num_preemptions: int = 0
+    logprobs: list | None = None  # one TokenLogprob per output token, when asked for

@@ -46,6 +46,8 @@ class Request:
     # Text decoded so far (kept by the engine's detokenizer) and the part already handed out.
     output_text: str = ""
     spec_stats: SpecStats = field(default_factory=SpecStats)
+    # One TokenLogprob per output token, when its params ask for logprobs.
+    output_logprobs: list = field(default_factory=list)
 
     @property
     def all_ids(self) -> list[int]:

@@ -8,6 +8,7 @@ from adaserve.slo import SLO
 
 GREEDY_TEMPERATURE = 1e-5
 SLO_POLICIES = ("best_effort", "reject")
+MAX_LOGPROBS = 20  # top log-probs per token, as OpenAI allows
 
 
 @dataclass
@@ -21,6 +22,12 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
+    # OpenAI's penalties over the tokens generated so far, and additive biases by token id.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    # Return the target's log-probability of each output token and of this many top tokens.
+    logprobs: int | None = None
     # Latency target of this request (TPOT and/or TTFT) and the class it was named by, if any.
     slo: SLO = field(default_factory=SLO)
     slo_class: str | None = None
@@ -45,8 +52,20 @@ class SamplingParams:
             raise ValueError(f"slo must be an SLO or a dict with tpot_ms/ttft_ms, got {self.slo!r}")
         if self.slo_policy not in SLO_POLICIES:
             raise ValueError(f"slo_policy must be one of {', '.join(SLO_POLICIES)}, got {self.slo_policy!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if any(not -100.0 <= b <= 100.0 for b in self.logit_bias.values()):
+            raise ValueError("logit_bias values must be in [-100, 100]")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+
+    @property
+    def processes_logits(self) -> bool:
+        """Penalties or biases change the target's logits before argmax or sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     @property
     def greedy(self) -> bool:

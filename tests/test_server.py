@@ -157,7 +157,10 @@ def test_slo_by_header_and_stop_strings(server):
         # Nothing silently ignored: an unimplemented field is a 400 that names it.
         ({"prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format"),
         ({"prompt": "hi", "logit_bias": {"not-a-token": 5}}, 400, "logit_bias keys must be token ids"),
-        ({"prompt": "hi", "logit_bias": {"50": 5}}, 400, "logit_bias is not supported"),
+        ({"prompt": "hi", "logit_bias": {"99999999": 5}}, 400, "logit_bias token ids must be in"),
+        ({"prompt": "hi", "logit_bias": {"50": 101}}, 400, "logit_bias values"),
+        ({"prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
+        ({"prompt": "hi", "logprobs": 21}, 400, "logprobs"),
         ({"prompt": "hi", "tool_choice": "auto"}, 400, "unsupported field 'tool_choice'"),
         ({"prompt": "hi", "best_of": 2}, 400, "unsupported field 'best_of'"),
     ],
@@ -398,4 +401,40 @@ def test_a_repeated_chat_history_is_served_from_the_prefix_cache(client, server,
     client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
     assert _metric_value(server.url, "adaserve_prefix_cache_hits_total") - hits >= first.usage.prompt_tokens // 16 * 16
     assert 0 < _metric_value(server.url, "adaserve_prefix_cache_hit_rate") <= 1
+    wait_idle(engine)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_chat_logprobs_through_the_openai_client(client, engine, stream):
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=10)
+    kwargs |= dict(temperature=0, logprobs=True, top_logprobs=2, stream=stream)
+    if stream:
+        content, text = [], ""
+        for chunk in client.chat.completions.create(**kwargs):
+            if chunk.choices and chunk.choices[0].logprobs:
+                content += chunk.choices[0].logprobs.content
+            if chunk.choices and chunk.choices[0].delta.content:
+                text += chunk.choices[0].delta.content
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        content, text = choice.logprobs.content, choice.message.content
+    assert content and "".join(c.token for c in content).startswith(text[:5])
+    for c in content:
+        assert c.logprob <= 0 and len(c.top_logprobs) == 2 and c.bytes == list(c.token.encode())
+        assert c.top_logprobs[0].logprob == pytest.approx(c.logprob, abs=1e-5)  # greedy: the best
+    wait_idle(engine)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_completion_logprobs_penalties_and_bias(client, engine, stream):
+    kwargs = dict(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8, temperature=0, logprobs=1)
+    plain = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(**kwargs, stream=True)) if stream else [plain]
+    tokens = [t for c in chunks for t in (c.choices[0].logprobs.tokens if c.choices and c.choices[0].logprobs else [])]
+    assert "".join(tokens).startswith(plain.choices[0].text) and len(tokens) == plain.usage.completion_tokens
+    first = plain.choices[0].logprobs
+    assert first.text_offset[0] == 0 and len(first.top_logprobs[0]) == 1
+    banned = engine.engine.tokenizer.encode(" 5", add_special_tokens=False)[0]
+    biased = client.completions.create(**kwargs, logit_bias={str(banned): -100}, frequency_penalty=1.0)
+    assert " 5" not in biased.choices[0].text and biased.choices[0].text != plain.choices[0].text
     wait_idle(engine)

@@ -100,6 +100,8 @@ class EngineCore:
         vocab_size = self.runner.vocab_size
         if any(not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+        if any(not 0 <= t < vocab_size for t in params.logit_bias):
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
         return prompt_ids
 
     def add_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
@@ -270,13 +272,17 @@ class EngineCore:
             new_tokens = [result.acceptance.bonus_token_id]
         if self.kv.needs_caching(request.request_id, request.num_computed_tokens):  # (before a stop frees them)
             self.kv.cache_blocks(request.request_id, request.all_ids + new_tokens, request.num_computed_tokens)
-        return self._append_tokens(request, new_tokens, now)
+        return self._append_tokens(request, new_tokens, now, result.logprobs)
 
-    def _append_tokens(self, request: Request, token_ids: list[int], now: float) -> RequestOutput:
+    def _append_tokens(
+        self, request: Request, token_ids: list[int], now: float, logprobs: list | None = None
+    ) -> RequestOutput:
         appended = []
-        for token_id in token_ids:
+        for i, token_id in enumerate(token_ids):
             request.output_ids.append(token_id)
             request.token_times.append(now)
+            if logprobs is not None:
+                request.output_logprobs.append(logprobs[i])
             appended.append(token_id)
             reason = self.stop_checker.check(request)
             if reason is not None:
@@ -284,8 +290,14 @@ class EngineCore:
                 break
         if request.first_token_time is None:
             request.first_token_time = now
+        new_logprobs = logprobs[: len(appended)] if logprobs is not None else None
         return RequestOutput(
-            request.request_id, appended, request.output_text, request.is_finished, request.finish_reason
+            request.request_id,
+            appended,
+            request.output_text,
+            request.is_finished,
+            request.finish_reason,
+            new_logprobs=new_logprobs,
         )
 
     def _fail(self, request: Request, message: str, reason: FinishReason = FinishReason.ERROR) -> RequestOutput:

@@ -52,4 +52,5 @@ def _completion(r: Request) -> CompletionOutput:
         finish_time=r.finish_time,
         token_times=r.token_times,
         num_preemptions=r.num_preemptions,
+        logprobs=r.output_logprobs if r.params.logprobs is not None else None,
     )

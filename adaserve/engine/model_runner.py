@@ -12,6 +12,7 @@ import torch
 from adaserve.config import EngineConfig
 from adaserve.engine.builder import MAX_TREE_TOKENS, build_draft_executor, build_proposer, build_target
 from adaserve.engine.executor import SeqInput
+from adaserve.engine.logits_process import process_logits, token_logprobs, tree_paths
 from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.runner import ChunkResult, RunnerOutput
 from adaserve.engine.sampler import Sampler, logits_to_probs
@@ -93,7 +94,7 @@ class ModelRunner:
         results = []
         for chunk, logits in zip(step.chunks, self._forward(step)):
             try:
-                results.append(ChunkResult(self._accept(chunk, logits)))
+                results.append(self._accept(chunk, logits))
             except Exception as e:  # one request's failure must not take the batch down
                 log.exception("request %s failed", chunk.request.request_id)
                 results.append(ChunkResult(error=f"{type(e).__name__}: {e}"))
@@ -133,18 +134,34 @@ class ModelRunner:
             request.request_id, token_ids, list(range(start, start + n)), chunk.slot_ids, start
         )
 
-    def _accept(self, chunk: ScheduledChunk, logits: torch.Tensor | None) -> Acceptance | None:
-        """A tree's accepted path (its KV moved into place), or the sampled token as the bonus."""
-        request = chunk.request
+    def _accept(self, chunk: ScheduledChunk, logits: torch.Tensor | None) -> ChunkResult:
+        """A tree's accepted path (its KV moved into place), or the sampled token as the bonus;
+        with their log-probabilities when the request asked for them."""
+        request, params = chunk.request, chunk.request.params
+        if logits is None:
+            return ChunkResult()  # a prefill chunk short of the end of the prompt
         if chunk.tree is None:
-            if logits is None:
-                return None
-            return Acceptance([], self.sampler.sample(logits[0], request.request_id, request.params))
-        if request.params.greedy:
-            acceptance = accept_greedy(chunk.tree, logits.argmax(-1).tolist())
+            processed = process_logits(logits, params, request.output_ids, [[]])
+            acceptance = Acceptance([], self.sampler.sample(processed[0], request.request_id, params))
         else:
-            generator = self.sampler.generator(request.request_id, request.params)
-            acceptance = accept_sampled(chunk.tree, logits_to_probs(logits, request.params).cpu(), generator)
+            acceptance = self._verify(chunk, logits)
+        if params.logprobs is None:
+            return ChunkResult(acceptance)
+        # The token at accepted depth d was predicted after the node at depth d - 1 (the root first).
+        rows = [0] + acceptance.accepted_nodes
+        tokens = [chunk.tree.token_ids[n] for n in acceptance.accepted_nodes] if chunk.tree else []
+        tokens.append(acceptance.bonus_token_id)
+        return ChunkResult(acceptance, logprobs=token_logprobs(logits, rows, tokens, params.logprobs))
+
+    def _verify(self, chunk: ScheduledChunk, logits: torch.Tensor) -> Acceptance:
+        """logits [num_nodes, vocab] -> the accepted path; its KV moved into place."""
+        request, params, layout = chunk.request, chunk.request.params, chunk.tree
+        logits = process_logits(logits, params, request.output_ids, tree_paths(layout.token_ids, layout.parents))
+        if params.greedy:
+            acceptance = accept_greedy(layout, logits.argmax(-1).tolist())
+        else:
+            generator = self.sampler.generator(request.request_id, params)
+            acceptance = accept_sampled(layout, logits_to_probs(logits, params).cpu(), generator)
         # Node i of the tree was written at slot_ids[i] (position start + i); the accepted node at
         # depth d belongs at position start + d, slot_ids[d]. Sources are never behind their
         # targets, so one copy is safe. Worked example: accepted nodes [2, 5] (depths 1, 2) move

@@ -15,6 +15,7 @@ from adaserve.sched.scheduler import SchedulerOutput
 from adaserve.spec.verify import Acceptance
 
 if TYPE_CHECKING:
+    from adaserve.engine.logits_process import TokenLogprob
     from adaserve.engine.step_log import StepLog
     from adaserve.spec.proposers import Proposer
 
@@ -31,6 +32,9 @@ class ChunkResult:
 
     acceptance: Acceptance | None = None
     error: str | None = None
+    # The target's log-probabilities of the new tokens (accepted drafts, then the bonus token),
+    # when the request asked for them.
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason
 from adaserve.server.metrics import ServerMetrics
 from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
-from adaserve.server.responses import StreamFormatter, final_body, usage
+from adaserve.server.responses import LogprobFormatter, StreamFormatter, final_body, usage
 from adaserve.slo import SLO, RequestTiming, SLOClass
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,10 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
         if first.finish_reason is FinishReason.REFUSED:  # (its SLO is out of reach and it asked to be told)
             metrics.refused.labels(slo_class or "none").inc()
             raise APIError(429, f"{first.error}; not served", "rate_limit_error", "slo")
-        fmt = StreamFormatter(request_id, config.served_model_name, chat, params.stop)
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = LogprobFormatter(lambda t: core.tokenizer.decode([t]), chat)
+        fmt = StreamFormatter(request_id, config.served_model_name, chat, params.stop, logprobs)
         on_finish = _finisher(metrics, len(prompt_ids), slo_class)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

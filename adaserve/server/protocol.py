@@ -1,7 +1,7 @@
 """OpenAI request schemas (the subset we serve, plus adaserve's SLO fields) and their mapping to
 SamplingParams. Nothing is silently ignored: a field this server does not implement (unknown, or
-known but not honoured: n > 1, logprobs, echo, penalties, logit_bias, response_format other than
-text) is a 400 naming it, rather than a 200 with output the client did not ask for."""
+known but not honoured: n > 1, echo, response_format other than text) is a 400 naming it, rather
+than a 200 with output the client did not ask for."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaserve.sampling import SamplingParams
+from adaserve.sampling import MAX_LOGPROBS, SamplingParams
 from adaserve.slo import SLO
 
 
@@ -42,8 +42,8 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
-    presence_penalty: Literal[0, 0.0] | None = None
-    frequency_penalty: Literal[0, 0.0] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: str | None = None  # an end-user id for the caller's records: no effect on output
     logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
@@ -62,7 +62,7 @@ class _Common(BaseModel):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {bias}")
-        raise ValueError("logit_bias is not supported by this server yet")
+        return self
 
     @model_validator(mode="after")
     def _check_stop(self):
@@ -73,9 +73,17 @@ class _Common(BaseModel):
             raise ValueError("at most 16 stop strings")
         return self
 
+    def num_logprobs(self) -> int | None:
+        """Top log-probs per token asked for (None: no logprobs)."""
+        return None
+
     def sampling_params(self, max_tokens: int, slo: SLO, slo_class: str | None) -> SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            logprobs=self.num_logprobs(),
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -97,8 +105,11 @@ class CompletionRequest(_Common):
         | Annotated[list[str], Field(min_length=1, max_length=1)]
     )
     echo: Literal[False] = False
-    logprobs: None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None  # the top n per token (and the chosen)
     suffix: None = None
+
+    def num_logprobs(self) -> int | None:
+        return self.logprobs
 
     def prompt_input(self) -> str | list[int]:
         if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str):
@@ -126,8 +137,18 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Common):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
     tools: None = None
+
+    @model_validator(mode="after")
+    def _check_top_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def num_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def conversation(self) -> list[dict]:
         turns = []

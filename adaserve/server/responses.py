@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from adaserve.engine.logits_process import TokenLogprob
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.slo import RequestTiming
@@ -40,15 +42,51 @@ def _finish_reason(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
 
 
+class LogprobFormatter:
+    """The target's log-probabilities in OpenAI's two shapes: chat's {"content": [{token, logprob,
+    bytes, top_logprobs}]} and completions' {tokens, token_logprobs, top_logprobs, text_offset}."""
+
+    def __init__(self, token_text: Callable[[int], str], chat: bool) -> None:
+        self.token_text, self.chat = token_text, chat
+        self.num_chars = 0  # text offset of the next token (completions)
+
+    def _entry(self, token_id: int, logprob: float) -> dict:
+        text = self.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    def format(self, logprobs: list[TokenLogprob]) -> dict:
+        if self.chat:
+            content = []
+            for lp in logprobs:
+                entry = self._entry(lp.token_id, lp.logprob)
+                entry["top_logprobs"] = [self._entry(t, v) for t, v in lp.top]
+                content.append(entry)
+            return {"content": content}
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for lp in logprobs:
+            text = self.token_text(lp.token_id)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(lp.logprob)
+            out["top_logprobs"].append({self.token_text(t): v for t, v in lp.top})
+            out["text_offset"].append(self.num_chars)
+            self.num_chars += len(text)
+        return out
+
+
 class StreamFormatter:
     """Turns deltas into OpenAI chunks. Text that could still become a stop string is held back
-    until it can't (or the request ends), so a stop string never leaks into the stream."""
+    until it can't (or the request ends), so a stop string never leaks into the stream. Log-probs
+    of new tokens go out with the next text sent (or the last chunk)."""
 
-    def __init__(self, request_id: str, model: str, chat: bool, stops: list[str]) -> None:
+    def __init__(
+        self, request_id: str, model: str, chat: bool, stops: list[str], logprobs: LogprobFormatter | None = None
+    ) -> None:
         self.request_id, self.model, self.chat = request_id, model, chat
         self.created = int(time.time())
         self.holdback = max((len(s) for s in stops), default=1) - 1
         self.num_sent_chars = 0
+        self.logprobs = logprobs
+        self._pending_logprobs: list[TokenLogprob] = []
 
     def _chunk(self, choice: dict | None, **extra) -> dict:
         return {
@@ -61,17 +99,23 @@ class StreamFormatter:
         }
 
     def _choice(self, text: str | None, finish_reason: str | None, role: str | None = None) -> dict:
+        logprobs = None
+        if self._pending_logprobs and (text or finish_reason):
+            logprobs = self.logprobs.format(self._pending_logprobs)
+            self._pending_logprobs = []
         if self.chat:
             delta = {} if text is None and role is None else {"content": text or ""}
             if role:
                 delta["role"] = role
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
 
     def opening(self) -> list[dict]:
         return [self._chunk(self._choice("", None, role="assistant"))] if self.chat else []
 
     def chunks(self, delta: RequestOutput) -> list[dict]:
+        if self.logprobs is not None and delta.new_logprobs:
+            self._pending_logprobs += delta.new_logprobs
         end = len(delta.text) if delta.finished else len(delta.text) - self.holdback
         out = []
         if end > self.num_sent_chars:
@@ -87,15 +131,18 @@ class StreamFormatter:
 
 def final_body(fmt: StreamFormatter, final: RequestOutput, u: dict) -> dict:
     reason = _finish_reason(final.finish_reason)
+    logprobs = None
+    if fmt.logprobs is not None and final.request is not None:
+        logprobs = fmt.logprobs.format(final.request.output_logprobs)
     if fmt.chat:
         choice = {
             "index": 0,
             "message": {"role": "assistant", "content": final.text},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": reason,
         }
     else:
-        choice = {"index": 0, "text": final.text, "logprobs": None, "finish_reason": reason}
+        choice = {"index": 0, "text": final.text, "logprobs": logprobs, "finish_reason": reason}
     return {
         "id": fmt.request_id,
         "object": "chat.completion" if fmt.chat else "text_completion",

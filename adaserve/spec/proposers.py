@@ -34,6 +34,11 @@ def draft_logprobs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     """
     from adaserve.engine.sampler import logits_to_probs
 
+    if params.logit_bias:  # (a banned token is not worth proposing; penalties are left to the target)
+        ids = torch.tensor(list(params.logit_bias), device=logits.device)
+        logits = logits.float().index_add(
+            -1, ids, torch.tensor(list(params.logit_bias.values()), device=logits.device).expand(logits.shape[0], -1)
+        )
     if params.greedy:
         return logits.float().log_softmax(-1)
     return logits_to_probs(logits, params).log()
