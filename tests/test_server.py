@@ -4,85 +4,19 @@ every error status, disconnects freeing KV blocks, and 32 concurrent streams."""
 
 import asyncio
 import json
-import threading
 import time
 
 import httpx
 import openai
 import pytest
 
-from adaserve.config import EngineConfig
 from adaserve.engine.async_engine import AsyncEngine
 from adaserve.engine.core import EngineCore
-from adaserve.sched.cost_model import CostModel, LatencyCurve
 from adaserve.server.app import ServerConfig, create_app
-from adaserve.slo import SLOClass
 from tests.factories import LiveServer
+from tests.server_fixtures import MODEL, wait_idle
 
-MODEL = "smollm2"
 API_KEY = "sk-test"
-
-
-@pytest.fixture(scope="module")
-def engine(smollm2_dir, tmp_path_factory):
-    cost = CostModel(
-        LatencyCurve((1, 8, 16, 32, 64), (35.0, 40.0, 52.0, 84.0, 141.0)), LatencyCurve((1, 16, 64), (5.0, 7.0, 16.0))
-    )
-    path = tmp_path_factory.mktemp("cost") / "cost.json"
-    cost.save(path)
-    config = EngineConfig(
-        model=str(smollm2_dir),
-        draft=str(smollm2_dir),
-        draft_num_layers=3,
-        spec_policy="adaserve",
-        cost_model=str(path),
-        max_num_seqs=40,
-        max_num_batched_tokens=256,
-        max_model_len=2560,  # room for the long streams the abort tests cancel
-    )
-    built_on = []
-
-    def build() -> EngineCore:
-        built_on.append(threading.current_thread().name)
-        return EngineCore(config)
-
-    eng = AsyncEngine(build, max_pending_requests=64)
-    eng.start()
-    assert built_on == ["adaserve-engine"]  # every pass on one thread: one OpenMP pool
-    yield eng
-    eng.shutdown()
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    classes = {
-        "chat": SLOClass(tpot_ms=500.0),
-        "coding": SLOClass(tpot_ms=100.0, ttft_base_ms=5000.0),
-        "batch": SLOClass(ttft_base_ms=1000.0, ttft_prefill_scale=3.0),  # + 3 x the prompt's prefill
-    }
-    config = ServerConfig(MODEL, slo_classes=classes, prefill_ms=lambda num_tokens: 10.0 * num_tokens)
-    live = LiveServer(create_app(engine, config))
-    yield live
-    live.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-
-
-def wait_idle(engine, timeout=30.0) -> None:
-    kv = engine.engine.kv
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if (
-            not engine.engine.scheduler.has_work
-            and kv.num_free_blocks == kv.pool.num_blocks
-            and engine.num_in_flight == 0
-        ):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"engine not idle: {kv.num_free_blocks}/{kv.pool.num_blocks} blocks free")
 
 
 def test_completion_stream_equals_non_stream_with_slo(client, engine):
@@ -145,7 +79,9 @@ def test_slo_by_header_and_stop_strings(server):
         ({"model": MODEL, "prompt": "hi", "temperature": -1}, 400, "temperature"),
         ({"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
         ({"model": MODEL, "prompt": ""}, 400, "prompt"),
-        ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n"),
+        ({"model": MODEL, "prompt": "hi", "n": 65}, 400, "n"),
+        ({"prompt": "hi", "n": 3, "best_of": 2}, 400, "best_of must be >= n"),
+        ({"prompt": "hi", "best_of": 2, "stream": True}, 400, "cannot be streamed"),
         ({"model": MODEL, "prompt": "hi", "slo": {"tpot_ms": -5}}, 400, "tpot_ms"),
         ({"model": MODEL, "prompt": "hi", "slo": {"tpot": 5}}, 400, "slo"),
         ({"model": MODEL, "prompt": "hi", "slo_class": "gold"}, 400, "unknown slo_class"),
@@ -162,7 +98,6 @@ def test_slo_by_header_and_stop_strings(server):
         ({"prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
         ({"prompt": "hi", "logprobs": 21}, 400, "logprobs"),
         ({"prompt": "hi", "tool_choice": "auto"}, 400, "unsupported field 'tool_choice'"),
-        ({"prompt": "hi", "best_of": 2}, 400, "unsupported field 'best_of'"),
     ],
 )
 def test_errors_use_the_openai_schema(server, body, status, needle):
@@ -384,57 +319,3 @@ def test_an_engine_that_fails_to_build_raises_from_start():
     with pytest.raises(RuntimeError, match="building the engine failed") as info:
         eng.start()
     assert isinstance(info.value.__cause__, ValueError) and not eng.is_alive
-
-
-def _metric_value(url: str, name: str) -> float:
-    line = next(x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith(name + " "))
-    return float(line.split()[-1])
-
-
-def test_a_repeated_chat_history_is_served_from_the_prefix_cache(client, server, engine):
-    history = [{"role": "system", "content": "You answer questions about Python briefly. " * 8}]
-    history.append({"role": "user", "content": "What is a list?"})
-    hits = _metric_value(server.url, "adaserve_prefix_cache_hits_total")
-    first = client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
-    history += [{"role": "assistant", "content": first.choices[0].message.content}]
-    history += [{"role": "user", "content": "And a tuple?"}]
-    client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
-    assert _metric_value(server.url, "adaserve_prefix_cache_hits_total") - hits >= first.usage.prompt_tokens // 16 * 16
-    assert 0 < _metric_value(server.url, "adaserve_prefix_cache_hit_rate") <= 1
-    wait_idle(engine)
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_chat_logprobs_through_the_openai_client(client, engine, stream):
-    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "Count to five."}], max_tokens=10)
-    kwargs |= dict(temperature=0, logprobs=True, top_logprobs=2, stream=stream)
-    if stream:
-        content, text = [], ""
-        for chunk in client.chat.completions.create(**kwargs):
-            if chunk.choices and chunk.choices[0].logprobs:
-                content += chunk.choices[0].logprobs.content
-            if chunk.choices and chunk.choices[0].delta.content:
-                text += chunk.choices[0].delta.content
-    else:
-        choice = client.chat.completions.create(**kwargs).choices[0]
-        content, text = choice.logprobs.content, choice.message.content
-    assert content and "".join(c.token for c in content).startswith(text[:5])
-    for c in content:
-        assert c.logprob <= 0 and len(c.top_logprobs) == 2 and c.bytes == list(c.token.encode())
-        assert c.top_logprobs[0].logprob == pytest.approx(c.logprob, abs=1e-5)  # greedy: the best
-    wait_idle(engine)
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_completion_logprobs_penalties_and_bias(client, engine, stream):
-    kwargs = dict(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=8, temperature=0, logprobs=1)
-    plain = client.completions.create(**kwargs)
-    chunks = list(client.completions.create(**kwargs, stream=True)) if stream else [plain]
-    tokens = [t for c in chunks for t in (c.choices[0].logprobs.tokens if c.choices and c.choices[0].logprobs else [])]
-    assert "".join(tokens).startswith(plain.choices[0].text) and len(tokens) == plain.usage.completion_tokens
-    first = plain.choices[0].logprobs
-    assert first.text_offset[0] == 0 and len(first.top_logprobs[0]) == 1
-    banned = engine.engine.tokenizer.encode(" 5", add_special_tokens=False)[0]
-    biased = client.completions.create(**kwargs, logit_bias={str(banned): -100}, frequency_penalty=1.0)
-    assert " 5" not in biased.choices[0].text and biased.choices[0].text != plain.choices[0].text
-    wait_idle(engine)

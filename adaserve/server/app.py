@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -19,9 +18,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adaserve.engine.async_engine import AsyncEngine, EngineDeadError, EngineOverloadedError
+from adaserve.engine.async_engine import AsyncEngine
 from adaserve.outputs import RequestOutput
-from adaserve.request import FinishReason
+from adaserve.server.errors import APIError, error_response
+from adaserve.server.fanout import SequenceGroup, best_sequences, fan_out
 from adaserve.server.metrics import ServerMetrics
 from adaserve.server.protocol import ChatCompletionRequest, CompletionRequest
 from adaserve.server.responses import LogprobFormatter, StreamFormatter, final_body, usage
@@ -39,17 +39,6 @@ class ServerConfig:
     # A prompt's unloaded prefill time (ms) by its token count (the cost model): relative TTFT targets.
     prefill_ms: Callable[[int], float] | None = None
     default_slo_class: str | None = None
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers or {}
-
-
-def error_response(status: int, message: str, type_: str, param: str | None = None, headers: dict | None = None):
-    body = {"error": {"message": message, "type": type_, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
@@ -139,27 +128,34 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
             message += f"; this server runs {core.policy.name}"
             raise APIError(400, message, "invalid_request_error", "slo_policy")
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        deltas = engine.generate(prompt_ids, params, request_id)
-        first = await _first_delta(deltas)
-        if first.finish_reason is FinishReason.REFUSED:  # (its SLO is out of reach and it asked to be told)
+        n, best_of = body.n, body.num_sequences()
+        group = await SequenceGroup.start(engine, prompt_ids, fan_out(params, best_of, best_of > n), request_id)
+        refused = group.refused
+        if refused is not None:  # (its SLO is out of reach and it asked to be told)
             metrics.refused.labels(slo_class or "none").inc()
-            raise APIError(429, f"{first.error}; not served", "rate_limit_error", "slo")
-        logprobs = None
-        if params.logprobs is not None:
-            logprobs = LogprobFormatter(lambda t: core.tokenizer.decode([t]), chat)
-        fmt = StreamFormatter(request_id, config.served_model_name, chat, params.stop, logprobs)
+            raise APIError(429, f"{refused.error}; not served", "rate_limit_error", "slo")
+
+        def formatter(index: int) -> StreamFormatter:
+            logprobs = None
+            if params.logprobs is not None:  # (asked for by the client, not only for ranking best_of)
+                logprobs = LogprobFormatter(lambda t: core.tokenizer.decode([t]), chat)
+            return StreamFormatter(request_id, config.served_model_name, chat, params.stop, logprobs, index)
+
         on_finish = _finisher(metrics, len(prompt_ids), slo_class)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(first, deltas, fmt, include_usage, on_finish), media_type="text/event-stream")
-        final = await _collect(first, deltas, request)
-        if final is None:
+            events = _sse(group, [formatter(i) for i in range(n)], include_usage, on_finish)
+            return StreamingResponse(events, media_type="text/event-stream")
+        finals = await group.collect(request)
+        if finals is None:
             return Response(status_code=499)  # the client left; its request was aborted
-        if final.error:  # (ended by a drain that timed out: the server's going away, not failing)
+        error = next((f.error for f in finals if f.error), None)
+        if error:  # (ended by a drain that timed out: the server's going away, not failing)
             if app.state.draining:
-                raise APIError(503, final.error, "service_unavailable", headers={"Retry-After": "5"})
-            raise APIError(500, final.error, "internal_error")
-        return final_body(fmt, final, on_finish(final))
+                raise APIError(503, error, "service_unavailable", headers={"Retry-After": "5"})
+            raise APIError(500, error, "internal_error")
+        u = on_finish(finals)
+        return final_body([formatter(i) for i in range(n)], best_sequences(finals, n), u)
 
     return app
 
@@ -276,83 +272,49 @@ def _max_tokens(body, num_prompt_tokens: int, max_model_len: int) -> int:
     return asked
 
 
-async def _first_delta(deltas: AsyncIterator[RequestOutput]) -> RequestOutput:
-    try:
-        return await deltas.__anext__()
-    except EngineOverloadedError as e:
-        raise APIError(
-            429, f"server overloaded: {e}; retry later", "rate_limit_error", headers={"Retry-After": "1"}
-        ) from e
-    except EngineDeadError as e:
-        raise APIError(503, str(e), "service_unavailable") from e
-    except ValueError as e:
-        raise APIError(400, str(e), "invalid_request_error", "prompt") from e
-
-
-async def _collect(
-    first: RequestOutput, deltas: AsyncIterator[RequestOutput], request: Request
-) -> RequestOutput | None:
-    """Run to the end; None if the client disconnects first (the request is then aborted)."""
-    if first.finished:
-        return first
-
-    async def drain() -> RequestOutput:
-        last = first
-        async for delta in deltas:
-            last = delta
-        return last
-
-    task = asyncio.ensure_future(drain())
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        if not done and await request.is_disconnected():
-            task.cancel()  # the generator's cleanup aborts the request in the engine
-            await asyncio.gather(task, return_exceptions=True)
-            return None
-    return task.result()
-
-
 def _finisher(metrics: ServerMetrics, num_prompt_tokens: int, slo_class: str | None):
-    def on_finish(final: RequestOutput) -> dict:
-        request = final.request
-        if request is None:
-            return usage(num_prompt_tokens, 0, None, None)
-        timing = RequestTiming(
-            request.arrival_time,
-            request.first_token_time,
-            request.token_times[-1] if request.token_times else None,
-            request.num_output_tokens,
-            request.params.slo,
-            slo_class or "none",
-        )
-        metrics.observe_finished(request, timing)
-        return usage(num_prompt_tokens, request.num_output_tokens, timing, request)
+    def on_finish(finals: list[RequestOutput]) -> dict:
+        sequences = []
+        for final in finals:
+            r = final.request
+            if r is None:
+                continue
+            last = r.token_times[-1] if r.token_times else None
+            timing = RequestTiming(
+                r.arrival_time, r.first_token_time, last, r.num_output_tokens, r.params.slo, slo_class or "none"
+            )
+            sequences.append((timing, r))
+        if sequences:
+            metrics.observe_finished(sequences)
+        return usage(num_prompt_tokens, sequences)
 
     return on_finish
 
 
-async def _sse(
-    first: RequestOutput, deltas: AsyncIterator[RequestOutput], fmt: StreamFormatter, include_usage: bool, on_finish
-):
+async def _sse(group: SequenceGroup, fmts: list[StreamFormatter], include_usage: bool, on_finish):
+    """Chunks of every sequence as they come (each choice carries its index); the usage chunk and
+    [DONE] once all have finished. A failed sequence ends the stream with an error event."""
+
     def event(obj) -> str:
         return f"data: {json.dumps(obj)}\n\n"
 
+    finals: list[RequestOutput] = []
     try:
-        for chunk in fmt.opening():
-            yield event(chunk)
-        delta = first
-        while True:
+        for fmt in fmts:
+            for chunk in fmt.opening():
+                yield event(chunk)
+        async for index, delta in group.events():
             if delta.error:
                 yield event({"error": {"message": delta.error, "type": "internal_error", "param": None, "code": 500}})
                 break
-            for chunk in fmt.chunks(delta):
+            for chunk in fmts[index].chunks(delta):
                 yield event(chunk)
             if delta.finished:
-                u = on_finish(delta)
-                if include_usage:
-                    yield event(fmt.usage_chunk(u))
-                break
-            delta = await deltas.__anext__()
+                finals.append(delta)
+        else:
+            u = on_finish(finals)
+            if include_usage:
+                yield event(fmts[0].usage_chunk(u))
         yield "data: [DONE]\n\n"
     finally:
-        await deltas.aclose()  # a disconnect lands here: abort the request and free its blocks
+        await group.aclose()  # a disconnect lands here: abort the requests and free their blocks

@@ -75,25 +75,31 @@ class ServerMetrics:
         self._attained: dict[str, int] = {}
         self._attained_tokens: dict[str, int] = {}
 
-    def observe_finished(self, request: Request, timing: RequestTiming) -> None:
-        c = timing.category
+    def observe_finished(self, sequences: list[tuple[RequestTiming, Request]]) -> None:
+        """One API request, finished: its sequences (n of them). It attained its SLO only if every
+        sequence did; latencies are observed per sequence."""
+        timings = [timing for timing, _ in sequences]
+        c = timings[0].category
+        request = sequences[0][1]
         self.requests.labels(c, request.finish_reason.value if request.finish_reason else "unknown").inc()
-        if request.best_effort:
+        if any(r.best_effort for _, r in sequences):
             self.demoted.labels(c).inc()
         self.prompt_tokens.inc(len(request.prompt_ids))
-        self.output_tokens.labels(c).inc(timing.num_output_tokens)
-        if timing.ttft_s is not None:
-            self.ttft.labels(c).observe(timing.ttft_s)
-        if timing.tpot_s is not None:
-            self.tpot.labels(c).observe(timing.tpot_s)
-        self.proposed.inc(request.spec_stats.num_proposed)
-        self.accepted.inc(request.spec_stats.num_accepted)
+        num_tokens = sum(t.num_output_tokens for t in timings)
+        self.output_tokens.labels(c).inc(num_tokens)
+        for timing, r in sequences:
+            if timing.ttft_s is not None:
+                self.ttft.labels(c).observe(timing.ttft_s)
+            if timing.tpot_s is not None:
+                self.tpot.labels(c).observe(timing.tpot_s)
+            self.proposed.inc(r.spec_stats.num_proposed)
+            self.accepted.inc(r.spec_stats.num_accepted)
         self._finished[c] = self._finished.get(c, 0) + 1
-        if timing.attained:
+        if all(t.attained for t in timings):
             self.attained.labels(c).inc()
-            self.attained_tokens.labels(c).inc(timing.num_output_tokens)
+            self.attained_tokens.labels(c).inc(num_tokens)
             self._attained[c] = self._attained.get(c, 0) + 1
-            self._attained_tokens[c] = self._attained_tokens.get(c, 0) + timing.num_output_tokens
+            self._attained_tokens[c] = self._attained_tokens.get(c, 0) + num_tokens
         self.attainment.labels(c).set(self._attained.get(c, 0) / self._finished[c])
         elapsed = max(1e-9, time.monotonic() - self.started)
         for name in self._finished:

@@ -1,6 +1,6 @@
 """OpenAI request schemas (the subset we serve, plus adaserve's SLO fields) and their mapping to
 SamplingParams. Nothing is silently ignored: a field this server does not implement (unknown, or
-known but not honoured: n > 1, echo, response_format other than text) is a 400 naming it, rather
+known but not honoured: echo, response_format other than text) is a 400 naming it, rather
 than a 200 with output the client did not ask for."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adaserve.sampling import MAX_LOGPROBS, SamplingParams
 from adaserve.slo import SLO
+
+MAX_SEQUENCES = 64  # n and best_of: sequences per request
 
 
 class SLOBody(BaseModel):
@@ -41,7 +43,7 @@ class _Common(BaseModel):
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_SEQUENCES)] = 1
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     user: str | None = None  # an end-user id for the caller's records: no effect on output
@@ -77,6 +79,10 @@ class _Common(BaseModel):
         """Top log-probs per token asked for (None: no logprobs)."""
         return None
 
+    def num_sequences(self) -> int:
+        """Sequences to generate: n, or best_of (the n most likely of them are returned)."""
+        return self.n
+
     def sampling_params(self, max_tokens: int, slo: SLO, slo_class: str | None) -> SamplingParams:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
@@ -105,11 +111,23 @@ class CompletionRequest(_Common):
         | Annotated[list[str], Field(min_length=1, max_length=1)]
     )
     echo: Literal[False] = False
+    best_of: Annotated[int, Field(ge=1, le=MAX_SEQUENCES)] | None = None
     logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None  # the top n per token (and the chosen)
     suffix: None = None
 
+    @model_validator(mode="after")
+    def _check_best_of(self):
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of must be >= n, got best_of {self.best_of} and n {self.n}")
+        if self.stream and self.num_sequences() > self.n:
+            raise ValueError("best_of > n cannot be streamed: the best sequences are known only at the end")
+        return self
+
     def num_logprobs(self) -> int | None:
         return self.logprobs
+
+    def num_sequences(self) -> int:
+        return self.best_of or self.n
 
     def prompt_input(self) -> str | list[int]:
         if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], str):

@@ -12,29 +12,34 @@ from adaserve.request import FinishReason, Request
 from adaserve.slo import RequestTiming
 
 
-def usage(
-    num_prompt_tokens: int, num_output_tokens: int, timing: RequestTiming | None, request: Request | None
-) -> dict:
+def usage(num_prompt_tokens: int, sequences: list[tuple[RequestTiming, Request]]) -> dict:
+    """Token counts (the prompt once, every sequence's output) and adaserve's extras. With n > 1 the
+    request attains its SLO only when every sequence does; TTFT and TPOT are the worst sequence's."""
+    num_output_tokens = sum(request.num_output_tokens for _, request in sequences)
     u = {
         "prompt_tokens": num_prompt_tokens,
         "completion_tokens": num_output_tokens,
         "total_tokens": num_prompt_tokens + num_output_tokens,
     }
-    if timing is not None and request is not None:
-        stats = request.spec_stats
-        u.update(
-            {
-                "ttft_ms": None if timing.ttft_s is None else round(timing.ttft_s * 1000.0, 3),
-                "tpot_ms": None if timing.tpot_s is None else round(timing.tpot_s * 1000.0, 3),
-                "slo_class": timing.category,
-                "slo": {"tpot_ms": timing.slo.tpot_ms, "ttft_ms": timing.slo.ttft_ms},
-                "slo_attained": timing.attained,
-                "slo_demoted": request.best_effort,  # its SLO became unattainable: served best-effort
-                "spec_verifications": stats.num_verifications,
-                "spec_proposed_tokens": stats.num_proposed,
-                "spec_accepted_tokens": stats.num_accepted,
-            }
-        )
+    if not sequences:
+        return u
+    timings = [timing for timing, _ in sequences]
+    ttfts = [t.ttft_s for t in timings if t.ttft_s is not None]
+    tpots = [t.tpot_s for t in timings if t.tpot_s is not None]
+    stats = [request.spec_stats for _, request in sequences]
+    u.update(
+        {
+            "ttft_ms": round(max(ttfts) * 1000.0, 3) if ttfts else None,
+            "tpot_ms": round(max(tpots) * 1000.0, 3) if tpots else None,
+            "slo_class": timings[0].category,
+            "slo": {"tpot_ms": timings[0].slo.tpot_ms, "ttft_ms": timings[0].slo.ttft_ms},
+            "slo_attained": all(t.attained for t in timings),
+            "slo_demoted": any(request.best_effort for _, request in sequences),  # served best-effort
+            "spec_verifications": sum(s.num_verifications for s in stats),
+            "spec_proposed_tokens": sum(s.num_proposed for s in stats),
+            "spec_accepted_tokens": sum(s.num_accepted for s in stats),
+        }
+    )
     return u
 
 
@@ -79,9 +84,15 @@ class StreamFormatter:
     of new tokens go out with the next text sent (or the last chunk)."""
 
     def __init__(
-        self, request_id: str, model: str, chat: bool, stops: list[str], logprobs: LogprobFormatter | None = None
+        self,
+        request_id: str,
+        model: str,
+        chat: bool,
+        stops: list[str],
+        logprobs: LogprobFormatter | None = None,
+        index: int = 0,
     ) -> None:
-        self.request_id, self.model, self.chat = request_id, model, chat
+        self.request_id, self.model, self.chat, self.index = request_id, model, chat, index
         self.created = int(time.time())
         self.holdback = max((len(s) for s in stops), default=1) - 1
         self.num_sent_chars = 0
@@ -107,8 +118,8 @@ class StreamFormatter:
             delta = {} if text is None and role is None else {"content": text or ""}
             if role:
                 delta["role"] = role
-            return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
+            return {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"index": self.index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
 
     def opening(self) -> list[dict]:
         return [self._chunk(self._choice("", None, role="assistant"))] if self.chat else []
@@ -129,25 +140,25 @@ class StreamFormatter:
         return self._chunk(None, usage=u)
 
 
-def final_body(fmt: StreamFormatter, final: RequestOutput, u: dict) -> dict:
-    reason = _finish_reason(final.finish_reason)
-    logprobs = None
-    if fmt.logprobs is not None and final.request is not None:
-        logprobs = fmt.logprobs.format(final.request.output_logprobs)
-    if fmt.chat:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": final.text},
-            "logprobs": logprobs,
-            "finish_reason": reason,
-        }
-    else:
-        choice = {"index": 0, "text": final.text, "logprobs": logprobs, "finish_reason": reason}
+def final_body(fmts: list[StreamFormatter], finals: list[RequestOutput], u: dict) -> dict:
+    """The whole response: choice i is finals[i], formatted by fmts[i]."""
+    choices = []
+    for i, (fmt, final) in enumerate(zip(fmts, finals)):
+        reason = _finish_reason(final.finish_reason)
+        logprobs = None
+        if fmt.logprobs is not None and final.request is not None:
+            logprobs = fmt.logprobs.format(final.request.output_logprobs)
+        if fmt.chat:
+            message = {"role": "assistant", "content": final.text}
+            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reason})
+        else:
+            choices.append({"index": i, "text": final.text, "logprobs": logprobs, "finish_reason": reason})
+    fmt = fmts[0]
     return {
         "id": fmt.request_id,
         "object": "chat.completion" if fmt.chat else "text_completion",
         "created": fmt.created,
         "model": fmt.model,
-        "choices": [choice],
+        "choices": choices,
         "usage": u,
     }
