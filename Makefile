@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet 'apache-tvm-ffi>=0.1.11' && $(PY) -m pip install --quiet --no-deps 'xgrammar==0.2.9'
 	$(PY) -m adaserve.kernels
 	touch $(STAMP)
 

@@ -48,6 +48,8 @@ class Request:
     spec_stats: SpecStats = field(default_factory=SpecStats)
     # One TokenLogprob per output token, when its params ask for logprobs.
     output_logprobs: list = field(default_factory=list)
+    # Where its output is in its structured-output grammar (adaserve.engine.grammar.GrammarState).
+    grammar: object | None = None
 
     @property
     def all_ids(self) -> list[int]:

@@ -9,6 +9,26 @@ from adaserve.slo import SLO
 GREEDY_TEMPERATURE = 1e-5
 SLO_POLICIES = ("best_effort", "reject")
 MAX_LOGPROBS = 20  # top log-probs per token, as OpenAI allows
+STRUCTURED_KINDS = ("json_object", "json_schema", "regex", "grammar", "choice")
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the output text: any JSON object, JSON matching a schema (`spec` is the
+    schema as JSON text), a regular expression, an EBNF grammar (GBNF, as llama.cpp and xgrammar
+    read it), or one of several strings (`choices`)."""
+
+    kind: str
+    spec: str = ""
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRUCTURED_KINDS:
+            raise ValueError(f"structured output kind must be one of {', '.join(STRUCTURED_KINDS)}, got {self.kind!r}")
+        if self.kind in ("json_schema", "regex", "grammar") and not self.spec:
+            raise ValueError(f"structured output {self.kind} needs a non-empty spec")
+        if self.kind == "choice" and (not self.choices or any(not c for c in self.choices)):
+            raise ValueError("structured output choice needs non-empty strings")
 
 
 @dataclass
@@ -28,6 +48,8 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     # Return the target's log-probability of each output token and of this many top tokens.
     logprobs: int | None = None
+    # Constrain the output (JSON, a schema, a regex, a grammar): masks the target and the draft.
+    structured: StructuredOutput | None = None
     # Latency target of this request (TPOT and/or TTFT) and the class it was named by, if any.
     slo: SLO = field(default_factory=SLO)
     slo_class: str | None = None

@@ -35,7 +35,7 @@ PROBE = {"prompt": "def fibonacci(n):", "max_tokens": 24, "temperature": 0}
 BAD_BODIES = [  # (body, expect 4xx); bytes are sent raw
     (b"{not json", None),
     ({"prompt": "hi", "temperature": -1}, None),
-    ({"prompt": "hi", "response_format": {"type": "json_object"}}, None),
+    ({"prompt": "hi", "response_format": {"type": "json_schema", "json_schema": {"schema": 7}}}, None),
     ({"prompt": "hi", "logit_bias": {"x": 1}}, None),
     ({"prompt": "hi " * 9000}, None),  # past the context (8,192 tokens)
     ({"prompt": [10**9]}, None),
@@ -205,6 +205,8 @@ async def run_soak(url: str, pid: int, args) -> dict:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as client:
         for stream in (False, True):  # warm-up (lazily made threads and buffers), before the baseline
             await client.post("/v1/completions", json=PROBE | {"stream": stream})
+        structured = {"response_format": {"type": "json_object"}, "max_tokens": 8}  # (grammars compile in a thread)
+        await client.post("/v1/completions", json=PROBE | structured)
     await asyncio.sleep(1.0)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) as client:
         stop = asyncio.Event()

@@ -91,7 +91,6 @@ def test_slo_by_header_and_stop_strings(server):
         ({"model": "gpt-4", "prompt": "hi"}, 404, "does not exist"),
         ({"prompt": "hi", "stop": [""]}, 400, "stop"),
         # Nothing silently ignored: an unimplemented field is a 400 that names it.
-        ({"prompt": "hi", "response_format": {"type": "json_object"}}, 400, "response_format"),
         ({"prompt": "hi", "logit_bias": {"not-a-token": 5}}, 400, "logit_bias keys must be token ids"),
         ({"prompt": "hi", "logit_bias": {"99999999": 5}}, 400, "logit_bias token ids must be in"),
         ({"prompt": "hi", "logit_bias": {"50": 101}}, 400, "logit_bias values"),

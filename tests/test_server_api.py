@@ -1,6 +1,8 @@
 """OpenAI fields beyond the basics, through the real server and the official openai client: prefix
 caching, logprobs, penalties and logit_bias, n and best_of."""
 
+import json
+
 import httpx
 import pytest
 
@@ -129,3 +131,71 @@ def test_n_stream_dropped_mid_way_aborts_every_sequence(server, engine):
             if i > 6:
                 break
     wait_idle(engine)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_response_format_json_schema_and_json_object(client, engine, stream):
+    formats = {
+        "Describe a person as JSON.": {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}},
+        'Repeat this JSON: {"ok": true}': {"type": "json_object"},
+    }
+    for content, response_format in formats.items():
+        messages = [{"role": "user", "content": content}]
+        kwargs = dict(model=MODEL, messages=messages, max_tokens=250, temperature=0, response_format=response_format)
+        if stream:
+            chunks = list(client.chat.completions.create(**kwargs, stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            choice = client.chat.completions.create(**kwargs).choices[0]
+            text, finish = choice.message.content, choice.finish_reason
+        assert finish == "stop", text
+        value = json.loads(text)
+        assert isinstance(value, dict)
+        if response_format["type"] == "json_schema":
+            assert set(value) == {"name", "age"} and isinstance(value["age"], int)
+    wait_idle(engine)
+
+
+@pytest.mark.parametrize(
+    "extra, check",
+    [
+        ({"structured_outputs": {"choice": ["alpha", "beta"]}}, lambda t: t in ("alpha", "beta")),
+        ({"structured_outputs": {"regex": "[0-9]{4}"}}, lambda t: len(t) == 4 and t.isdigit()),
+        ({"structured_outputs": {"json": PERSON}}, lambda t: set(json.loads(t)) == {"name", "age"}),
+        ({"guided_choice": ["up", "down"]}, lambda t: t in ("up", "down")),
+        ({"guided_regex": "(yes|no)"}, lambda t: t in ("yes", "no")),
+    ],
+    ids=["choice", "regex", "json", "guided_choice", "guided_regex"],
+)
+def test_vllm_structured_output_fields(client, engine, extra, check):
+    out = client.completions.create(model=MODEL, prompt="Answer:", max_tokens=40, temperature=0.7, extra_body=extra)
+    assert out.choices[0].finish_reason == "stop" and check(out.choices[0].text), out.choices[0].text
+    wait_idle(engine)
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ({"response_format": {"type": "json_schema"}}, "json_schema"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"structured_outputs": {"regex": "(unclosed"}}, "invalid regex"),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "one constraint"),
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "one output constraint"),
+        ({"guided_json": "{not json"}, "invalid json_schema"),
+        ({"structured_outputs": {"grammar": "root ::= nowhere"}}, "invalid grammar"),
+    ],
+)
+def test_bad_structured_output_is_a_400(server, body, needle):
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "hi", **body}, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert needle in err["message"] or needle == err["param"], err

@@ -59,6 +59,7 @@ class EngineCore:
         self.num_steps = 0  # steps that ran a pass
         self.num_preemptions = 0
         self._ids = itertools.count()
+        self._grammars = None  # the structured-output compiler, built for the first such request
 
     def _build_spec_decoder(self) -> SpecDecoder | None:
         """With a proposer; a policy of None (speculation off for now) parks a placeholder policy
@@ -102,7 +103,20 @@ class EngineCore:
             raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
         if any(not 0 <= t < vocab_size for t in params.logit_bias):
             raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
+        if params.structured is not None:
+            self.grammars.compile(params.structured)  # a bad schema, regex or grammar: ValueError
         return prompt_ids
+
+    @property
+    def grammars(self):
+        """The structured-output compiler (adaserve.engine.grammar), for the target's tokenizer."""
+        if self._grammars is None:
+            if self.tokenizer is None:
+                raise ValueError("structured output needs a tokenizer; this engine has none")
+            from adaserve.engine.grammar import GrammarCompiler  # (torch and xgrammar: real models only)
+
+            self._grammars = GrammarCompiler(self.tokenizer, self.runner.vocab_size, sorted(self.runner.eos_token_ids))
+        return self._grammars
 
     def add_request(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None) -> Request:
         prompt_ids = self.validate(prompt, params)
@@ -110,6 +124,8 @@ class EngineCore:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         request = Request(request_id, prompt_ids, params, arrival_time=self.clock())
+        if params.structured is not None:
+            request.grammar = self.grammars.state(params.structured)
         # What the planner expects to prefill: the prompt less its prefix cached now (an estimate:
         # the blocks may be evicted, or more cached, by the time it starts).
         request.num_cached_hint = len(self.kv.cached_prefix(prompt_ids)) * self.kv.block_size
@@ -279,6 +295,8 @@ class EngineCore:
     ) -> RequestOutput:
         appended = []
         for i, token_id in enumerate(token_ids):
+            if request.grammar is not None:
+                request.grammar.accept([token_id])
             request.output_ids.append(token_id)
             request.token_times.append(now)
             if logprobs is not None:

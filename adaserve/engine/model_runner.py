@@ -12,6 +12,7 @@ import torch
 from adaserve.config import EngineConfig
 from adaserve.engine.builder import MAX_TREE_TOKENS, build_draft_executor, build_proposer, build_target
 from adaserve.engine.executor import SeqInput
+from adaserve.engine.grammar import apply_bitmask
 from adaserve.engine.logits_process import process_logits, token_logprobs, tree_paths
 from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.runner import ChunkResult, RunnerOutput
@@ -142,6 +143,8 @@ class ModelRunner:
             return ChunkResult()  # a prefill chunk short of the end of the prompt
         if chunk.tree is None:
             processed = process_logits(logits, params, request.output_ids, [[]])
+            if request.grammar is not None:
+                processed = apply_bitmask(processed, request.grammar.tree_bitmask([request.all_ids[-1]], [-1]))
             acceptance = Acceptance([], self.sampler.sample(processed[0], request.request_id, params))
         else:
             acceptance = self._verify(chunk, logits)
@@ -157,6 +160,8 @@ class ModelRunner:
         """logits [num_nodes, vocab] -> the accepted path; its KV moved into place."""
         request, params, layout = chunk.request, chunk.request.params, chunk.tree
         logits = process_logits(logits, params, request.output_ids, tree_paths(layout.token_ids, layout.parents))
+        if request.grammar is not None:  # each node's row masked by the grammar after its path
+            logits = apply_bitmask(logits, request.grammar.tree_bitmask(layout.token_ids, layout.parents))
         if params.greedy:
             acceptance = accept_greedy(layout, logits.argmax(-1).tolist())
         else:

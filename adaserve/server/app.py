@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -127,6 +128,11 @@ def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
             message = "slo_policy 'reject' needs the SLO planner (policy adaserve)"
             message += f"; this server runs {core.policy.name}"
             raise APIError(400, message, "invalid_request_error", "slo_policy")
+        if params.structured is not None:  # (off the event loop: the first one reads the vocabulary)
+            try:
+                await asyncio.to_thread(core.grammars.compile, params.structured)
+            except ValueError as e:
+                raise APIError(400, str(e), "invalid_request_error", "response_format") from e
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         n, best_of = body.n, body.num_sequences()
         group = await SequenceGroup.start(engine, prompt_ids, fan_out(params, best_of, best_of > n), request_id)

@@ -1,15 +1,16 @@
 """OpenAI request schemas (the subset we serve, plus adaserve's SLO fields) and their mapping to
 SamplingParams. Nothing is silently ignored: a field this server does not implement (unknown, or
-known but not honoured: echo, response_format other than text) is a 400 naming it, rather
-than a 200 with output the client did not ask for."""
+known but not honoured: echo, suffix) is a 400 naming it, rather than a 200 with output the
+client did not ask for."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaserve.sampling import MAX_LOGPROBS, SamplingParams
+from adaserve.sampling import MAX_LOGPROBS, SamplingParams, StructuredOutput
 from adaserve.slo import SLO
 
 MAX_SEQUENCES = 64  # n and best_of: sequences per request
@@ -25,9 +26,52 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Annotated[str, Field(max_length=64)] = "response"
+    description: str | None = None
+    json_schema: dict = Field(alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text (no constraint), any JSON object, or JSON of a schema."""
+
     model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]  # json_object / json_schema: not implemented (issue 21), so a 400
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check_schema(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format json_schema goes with type 'json_schema' (and only with it)")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's structured_outputs: exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    json_spec: dict | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+    def structured(self) -> StructuredOutput | None:
+        given = [k for k in ("json_spec", "regex", "choice", "grammar", "json_object") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"structured_outputs takes one constraint, got {len(given)}")
+        if self.json_spec is not None:
+            spec = self.json_spec if isinstance(self.json_spec, str) else json.dumps(self.json_spec)
+            return StructuredOutput("json_schema", spec)
+        if self.regex is not None:
+            return StructuredOutput("regex", self.regex)
+        if self.choice is not None:
+            return StructuredOutput("choice", choices=tuple(self.choice))
+        if self.grammar is not None:
+            return StructuredOutput("grammar", self.grammar)
+        return StructuredOutput("json_object") if self.json_object else None
 
 
 class _Common(BaseModel):
@@ -49,6 +93,12 @@ class _Common(BaseModel):
     user: str | None = None  # an end-user id for the caller's records: no effect on output
     logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None  # vLLM's
+    # vLLM's older names of the same constraints.
+    guided_json: dict | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
     # adaserve: a per-request latency target, or the name of a configured SLO class.
     slo: SLOBody | None = None
     slo_class: str | None = None
@@ -75,6 +125,29 @@ class _Common(BaseModel):
             raise ValueError("at most 16 stop strings")
         return self
 
+    @model_validator(mode="after")
+    def _check_structured(self):
+        self.structured()  # (raises what is wrong with it)
+        return self
+
+    def structured(self) -> StructuredOutput | None:
+        """The one output constraint of response_format, structured_outputs or guided_*."""
+        found = []
+        if self.response_format is not None and self.response_format.type == "json_object":
+            found.append(StructuredOutput("json_object"))
+        if self.response_format is not None and self.response_format.json_schema is not None:
+            found.append(StructuredOutput("json_schema", json.dumps(self.response_format.json_schema.json_schema)))
+        if self.structured_outputs is not None:
+            found.append(self.structured_outputs.structured())
+        legacy = StructuredOutputs(
+            json=self.guided_json, regex=self.guided_regex, choice=self.guided_choice, grammar=self.guided_grammar
+        )
+        found += [legacy.structured()]
+        found = [f for f in found if f is not None]
+        if len(found) > 1:
+            raise ValueError("give one output constraint: response_format, structured_outputs or a guided_* field")
+        return found[0] if found else None
+
     def num_logprobs(self) -> int | None:
         """Top log-probs per token asked for (None: no logprobs)."""
         return None
@@ -90,6 +163,7 @@ class _Common(BaseModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             logprobs=self.num_logprobs(),
+            structured=self.structured(),
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,

@@ -12,6 +12,8 @@ from typing import Protocol
 import torch
 
 from adaserve.engine.executor import ModelExecutor
+from adaserve.engine.grammar import apply_bitmask
+from adaserve.engine.logits_process import tree_paths
 from adaserve.request import Request
 from adaserve.sampling import SamplingParams
 from adaserve.spec.policies import SpecPolicy, grow_layer
@@ -120,12 +122,16 @@ class DraftModelProposer:
         new_nodes: dict[str, list[int]] = {}
         row = 0
         for r in requests:
-            parents = frontier[r.request_id]
-            logprobs = draft_logprobs(logits[row : row + len(parents)], r.params)  # [len(parents), vocab]
+            parents, tree = frontier[r.request_id], trees[r.request_id]
+            parent_logits = logits[row : row + len(parents)]  # [len(parents), vocab]
             row += len(parents)
+            if r.grammar is not None:  # propose only what the grammar allows (-inf offers are dropped)
+                paths = tree_paths(tree.token_ids, tree.parents)
+                parent_logits = apply_bitmask(parent_logits, r.grammar.paths_bitmask([paths[p] for p in parents]))
+            logprobs = draft_logprobs(parent_logits, r.params)  # [len(parents), vocab]
             top = logprobs.topk(min(policy.top_k, logprobs.shape[-1]), dim=-1)
             offers = [Offer(toks, lps) for toks, lps in zip(top.indices.tolist(), top.values.tolist())]
-            new_nodes[r.request_id] = grow_layer(trees[r.request_id], parents, offers, policy, layer)
+            new_nodes[r.request_id] = grow_layer(tree, parents, offers, policy, layer)
         return new_nodes
 
     def _feed_layer(self, requests, trees, new_nodes) -> torch.Tensor | None:
