@@ -42,7 +42,10 @@ class Request:
     num_cached_hint: int = 0
     # Its SLO became unattainable: still served, after every request that can meet its own.
     best_effort: bool = False
+    # The stop string or stop token id it ended on (None for eos, max_tokens, or not yet).
     stop_reason: int | str | None = None
+    # Prompt tokens whose KV came from the prefix cache when it was first scheduled.
+    num_cached_tokens: int = 0
     # Text decoded so far (kept by the engine's detokenizer) and the part already handed out.
     output_text: str = ""
     spec_stats: SpecStats = field(default_factory=SpecStats)

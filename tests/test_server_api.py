@@ -21,10 +21,24 @@ def test_a_repeated_chat_history_is_served_from_the_prefix_cache(client, server,
     first = client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
     history += [{"role": "assistant", "content": first.choices[0].message.content}]
     history += [{"role": "user", "content": "And a tuple?"}]
-    client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
-    assert _metric_value(server.url, "adaserve_prefix_cache_hits_total") - hits >= first.usage.prompt_tokens // 16 * 16
+    second = client.chat.completions.create(model=MODEL, messages=history, max_tokens=8, temperature=0)
+    num_full_blocks = first.usage.prompt_tokens // 16 * 16  # (16-token blocks)
+    assert _metric_value(server.url, "adaserve_prefix_cache_hits_total") - hits >= num_full_blocks
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens >= num_full_blocks
     assert 0 < _metric_value(server.url, "adaserve_prefix_cache_hit_rate") <= 1
     wait_idle(engine)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(("stop", "stop_reason"), [([" 6", "x"], " 6"), (None, None)])
+def test_stop_reason_is_the_stop_string_it_ended_on(client, stream, stop, stop_reason):
+    kwargs = dict(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=stop)
+    if stream:
+        finals = [c.choices[0] for c in client.completions.create(**kwargs, stream=True) if c.choices[0].finish_reason]
+    else:
+        finals = client.completions.create(**kwargs).choices
+    assert [(c.finish_reason, c.stop_reason) for c in finals] == [("stop" if stop else "length", stop_reason)]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

@@ -19,8 +19,7 @@ class StopChecker:
             text = self.tokenizer.decode(request.output_ids, skip_special_tokens=True)
             request.output_text = text.removesuffix("\ufffd")  # hold back an incomplete UTF-8 char
         if not params.ignore_eos and last in self.eos_token_ids:
-            request.stop_reason = last
-            return FinishReason.STOP
+            return FinishReason.STOP  # (stop_reason stays None, as in vLLM)
         if last in params.stop_token_ids:
             request.stop_reason = last
             return FinishReason.STOP

@@ -190,6 +190,8 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             request.num_computed_tokens = self.kv.admit(request.request_id, request.all_ids, cached)
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = min(request.num_computed_tokens, len(request.prompt_ids))
             out.chunks.append(ScheduledChunk(request, n, self.kv.reserve(request.request_id, n)))
             budget.take(n, num_pending, 0)
 

@@ -6,10 +6,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from adaserve import __version__
 from adaserve.engine.logits_process import TokenLogprob
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason, Request
 from adaserve.slo import RequestTiming
+
+SYSTEM_FINGERPRINT = f"adaserve-{__version__}"
+# OpenAI's message fields for what adaserve does not produce (refusals, tool calls, audio), as vLLM sends them
+NO_MESSAGE_EXTRAS = {"refusal": None, "annotations": None, "audio": None, "function_call": None}
 
 
 def usage(num_prompt_tokens: int, sequences: list[tuple[RequestTiming, Request]]) -> dict:
@@ -20,9 +25,11 @@ def usage(num_prompt_tokens: int, sequences: list[tuple[RequestTiming, Request]]
         "prompt_tokens": num_prompt_tokens,
         "completion_tokens": num_output_tokens,
         "total_tokens": num_prompt_tokens + num_output_tokens,
+        "completion_tokens_details": None,
     }
     if not sequences:
         return u
+    u["prompt_tokens_details"] = {"cached_tokens": sequences[0][1].num_cached_tokens}  # (the prompt once)
     timings = [timing for timing, _ in sequences]
     ttfts = [t.ttft_s for t in timings if t.ttft_s is not None]
     tpots = [t.tpot_s for t in timings if t.tpot_s is not None]
@@ -45,6 +52,11 @@ def usage(num_prompt_tokens: int, sequences: list[tuple[RequestTiming, Request]]
 
 def _finish_reason(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
+
+
+def _stop_reason(output: RequestOutput) -> int | str | None:
+    """vLLM's `stop_reason`: the stop string or stop token id a finished choice ended on."""
+    return output.request.stop_reason if output.finished and output.request is not None else None
 
 
 class LogprobFormatter:
@@ -105,11 +117,14 @@ class StreamFormatter:
             "object": "chat.completion.chunk" if self.chat else "text_completion",
             "created": self.created,
             "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": [choice] if choice else [],
             **extra,
         }
 
-    def _choice(self, text: str | None, finish_reason: str | None, role: str | None = None) -> dict:
+    def _choice(
+        self, text: str | None, finish_reason: str | None, role: str | None = None, stop_reason: int | str | None = None
+    ) -> dict:
         logprobs = None
         if self._pending_logprobs and (text or finish_reason):
             logprobs = self.logprobs.format(self._pending_logprobs)
@@ -118,8 +133,10 @@ class StreamFormatter:
             delta = {} if text is None and role is None else {"content": text or ""}
             if role:
                 delta["role"] = role
-            return {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {"index": self.index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
+            choice = {"index": self.index, "delta": delta}
+        else:
+            choice = {"index": self.index, "text": text or ""}
+        return choice | {"logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": stop_reason}
 
     def opening(self) -> list[dict]:
         return [self._chunk(self._choice("", None, role="assistant"))] if self.chat else []
@@ -133,7 +150,8 @@ class StreamFormatter:
             out.append(self._chunk(self._choice(delta.text[self.num_sent_chars : end], None)))
             self.num_sent_chars = end
         if delta.finished:
-            out.append(self._chunk(self._choice(None, _finish_reason(delta.finish_reason))))
+            reason = _finish_reason(delta.finish_reason)
+            out.append(self._chunk(self._choice(None, reason, stop_reason=_stop_reason(delta))))
         return out
 
     def usage_chunk(self, u: dict) -> dict:
@@ -149,16 +167,17 @@ def final_body(fmts: list[StreamFormatter], finals: list[RequestOutput], u: dict
         if fmt.logprobs is not None and final.request is not None:
             logprobs = fmt.logprobs.format(final.request.output_logprobs)
         if fmt.chat:
-            message = {"role": "assistant", "content": final.text}
-            choices.append({"index": i, "message": message, "logprobs": logprobs, "finish_reason": reason})
+            choice = {"index": i, "message": {"role": "assistant", "content": final.text} | NO_MESSAGE_EXTRAS}
         else:
-            choices.append({"index": i, "text": final.text, "logprobs": logprobs, "finish_reason": reason})
+            choice = {"index": i, "text": final.text}
+        choices.append(choice | {"logprobs": logprobs, "finish_reason": reason, "stop_reason": _stop_reason(final)})
     fmt = fmts[0]
     return {
         "id": fmt.request_id,
         "object": "chat.completion" if fmt.chat else "text_completion",
         "created": fmt.created,
         "model": fmt.model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": choices,
         "usage": u,
     }
