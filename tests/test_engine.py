@@ -128,10 +128,10 @@ def test_one_failing_request_does_not_fail_the_batch(llm, monkeypatch):
     bad = engine.add_request("1, 2, 3,", SamplingParams(max_tokens=4, temperature=1.0, seed=1))
     real_sample = engine.runner.sampler.sample
 
-    def sample(logits, request_id, params):
+    def sample(logits, request_id, params, position):
         if request_id == bad.request_id:
             raise RuntimeError("boom")
-        return real_sample(logits, request_id, params)
+        return real_sample(logits, request_id, params, position)
 
     monkeypatch.setattr(engine.runner.sampler, "sample", sample)
     errors = {}

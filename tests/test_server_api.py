@@ -30,6 +30,13 @@ def test_a_repeated_chat_history_is_served_from_the_prefix_cache(client, server,
     wait_idle(engine)
 
 
+def test_a_seed_reproduces_its_sample_through_the_openai_client(client, engine):
+    kwargs = dict(model=MODEL, prompt="My favourite animal is", max_tokens=16, temperature=1.0)
+    whole = [client.completions.create(**kwargs, seed=seed).choices[0].text for seed in (5, 5, 6)]
+    streamed = "".join(c.choices[0].text for c in client.completions.create(**kwargs, seed=5, stream=True))
+    assert whole[0] == whole[1] == streamed and whole[2] != whole[0]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize(("stop", "stop_reason"), [([" 6", "x"], " 6"), (None, None)])
 def test_stop_reason_is_the_stop_string_it_ended_on(client, stream, stop, stop_reason):

@@ -191,8 +191,8 @@ def exact_three_token_distribution(model_dir, prompt_ids, top_k):
 
 def test_sampled_speculation_keeps_the_target_distribution(tiny_model_dirs):
     """Tiny random target, its first layer as draft (so rejections happen), a static tree of
-    two children per node while the target samples among three (top_k=3), so bonus tokens come
-    from residuals: the empirical joint of the first three tokens vs the exact one."""
+    two children per node while the target samples among three (top_k=3), so bonus tokens are
+    often off the tree: the empirical joint of the first three tokens vs the exact one."""
     target = tiny_model_dirs["llama"]
     prompt_ids, top_k, n = [500, 600, 700], 3, 3000
     exact = exact_three_token_distribution(target, prompt_ids, top_k)

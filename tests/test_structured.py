@@ -115,8 +115,8 @@ def test_regex_choice_and_grammar_constrain_greedy_and_sampled_output(smollm2_di
     prompts = ["Call me at", "Is the sky green? Answer:", "Name an animal in brackets:"]
     params = [SamplingParams(max_tokens=120, structured=spec)]
     params += [SamplingParams(max_tokens=120, structured=spec, temperature=1.0, seed=s) for s in range(2)]
-    outs = llm.generate(prompts * 3, params * 3)
-    if spec.kind == "json_object":  # (free JSON: a small model's number may run on to max_tokens)
+    outs = llm.generate([p for p in prompts for _ in params], params * len(prompts))  # every pair
+    if spec.kind == "json_object":  # (free JSON: a small model's string may run on to max_tokens)
         outs = [o for o in outs if o.finish_reason.value == "stop"]
         assert len(outs) >= 3
     for out in outs:

@@ -1,12 +1,14 @@
 """Tree verification: greedy tables, and a statistical check that tree speculative sampling
-keeps the target's distribution (and that the check catches a broken residual step)."""
+keeps the target's distribution (and that the check catches noise reused across positions)."""
 
 import pytest
 import torch
 
+from adaserve.engine.sampler import Sampler, sample_inverse_cdf
+from adaserve.sampling import SamplingParams
 from adaserve.spec import verify
 from adaserve.spec.tree import CandidateTree, layout_tree
-from adaserve.spec.verify import accept_greedy, accept_sampled, residual
+from adaserve.spec.verify import accept_greedy, accept_sampled
 from tests.factories import chi_square_pvalue
 
 
@@ -36,12 +38,6 @@ def test_greedy_acceptance(argmax, path, bonus):
     assert acc.accepted_nodes == path and acc.bonus_token_id == bonus
 
 
-def test_residual_removes_the_rejected_draft_mass():
-    p = torch.tensor([0.5, 0.3, 0.2])
-    torch.testing.assert_close(residual(p, torch.tensor([0.0, 1.0, 0.0])), torch.tensor([0.5, 0.0, 0.2]) / 0.7)
-    torch.testing.assert_close(residual(p, torch.tensor([0.25, 0.25, 0.5])), torch.tensor([0.25, 0.05, 0.0]) / 0.3)
-
-
 VOCAB = 6
 
 
@@ -58,7 +54,7 @@ def draft_children(prefix: tuple[int, ...]) -> list[int]:
     return torch.randperm(VOCAB, generator=g)[:2].tolist()
 
 
-def speculative_iteration(context: tuple[int, ...], g: torch.Generator) -> list[int]:
+def speculative_iteration(context: tuple[int, ...], uniforms: torch.Tensor) -> list[int]:
     """One verification of a depth-2, width-2 draft tree after `context`; returns emitted tokens."""
     t = CandidateTree.root_only("r", context[-1])
     paths = {0: context}
@@ -67,25 +63,26 @@ def speculative_iteration(context: tuple[int, ...], g: torch.Generator) -> list[
             paths[t.add(node, tok, -0.5)] = paths[node] + (tok,)
     layout = layout_tree(t, list(range(1, t.num_nodes)))
     probs = torch.stack([target_dist(paths[n]) for n in layout.source_nodes])  # [nodes, vocab]
-    acc = accept_sampled(layout, probs, g)
+    acc = accept_sampled(layout, probs, uniforms)
     return [layout.token_ids[i] for i in acc.accepted_nodes] + [acc.bonus_token_id]
 
 
-def sample_two_tokens(g: torch.Generator) -> tuple[int, int]:
+def sample_two_tokens(sampler: Sampler, request_id: str) -> tuple[int, int]:
     context: tuple[int, ...] = (0,)
     emitted: list[int] = []
+    params = SamplingParams(temperature=1.0)
     while len(emitted) < 2:
-        new = speculative_iteration(context, g)
+        new = speculative_iteration(context, sampler.uniforms(request_id, params, len(emitted), 3))
         emitted += new
         context += tuple(new)
     return emitted[0], emitted[1]
 
 
 def sampled_vs_exact_pvalue(num_samples: int = 12000) -> float:
-    g = torch.Generator().manual_seed(1234)
+    sampler = Sampler(seed=1234)
     counts = torch.zeros(VOCAB, VOCAB)
-    for _ in range(num_samples):
-        a, b = sample_two_tokens(g)
+    for i in range(num_samples):
+        a, b = sample_two_tokens(sampler, f"r{i}")
         counts[a, b] += 1
     p1 = target_dist((0,))
     exact = torch.stack([p1[a] * target_dist((0, a)) for a in range(VOCAB)])  # [VOCAB, VOCAB]
@@ -96,9 +93,33 @@ def test_tree_speculative_sampling_keeps_the_target_distribution():
     assert sampled_vs_exact_pvalue() > 1e-3
 
 
-def test_the_distribution_check_catches_a_broken_residual(monkeypatch):
-    monkeypatch.setattr(verify, "residual", lambda p, q: p)  # forget to remove the rejected draft
+def test_the_distribution_check_catches_noise_reused_across_positions(monkeypatch):
+    def one_uniform_per_tree(probs, uniforms):  # every depth of a tree drawn at the root's number
+        return sample_inverse_cdf(probs, uniforms[:1].expand(len(uniforms)))
+
+    monkeypatch.setattr(verify, "sample_inverse_cdf", one_uniform_per_tree)
     assert sampled_vs_exact_pvalue() < 1e-6
+
+
+@pytest.mark.parametrize(
+    "probs, u, token",
+    [
+        ([0.5, 0.0, 0.3, 0.2], 0.0, 0),
+        ([0.5, 0.0, 0.3, 0.2], 0.6, 2),  # cumulative 0.5 0.5 0.8 1.0: 0.5 <= 0.6 < 0.8
+        ([0.5, 0.0, 0.3, 0.2], 0.5, 2),  # token 1 has no mass: never drawn
+        ([0.5, 0.0, 0.3, 0.0], 1.0, 2),  # u * total rounded up to the total: the last token with mass
+    ],
+)
+def test_inverse_cdf_draws_the_token_whose_interval_holds_u(probs, u, token):
+    assert sample_inverse_cdf(torch.tensor([probs]), torch.tensor([u])) == [token]
+
+
+def test_a_request_stream_does_not_depend_on_how_far_each_step_reads():
+    params = SamplingParams(temperature=1.0, seed=7)
+    a, b = Sampler(), Sampler()
+    whole = a.uniforms("r", params, 0, 150)
+    pieces = torch.cat([b.uniforms("r", params, start, 3) for start in range(0, 150, 3)])
+    assert torch.equal(whole, pieces) and len(set(whole.tolist())) == 150
 
 
 def test_a_node_is_off_the_targets_path_below_a_child_the_target_did_not_pick():

@@ -145,7 +145,8 @@ class ModelRunner:
             processed = process_logits(logits, params, request.output_ids, [[]])
             if request.grammar is not None:
                 processed = apply_bitmask(processed, request.grammar.tree_bitmask([request.all_ids[-1]], [-1]))
-            acceptance = Acceptance([], self.sampler.sample(processed[0], request.request_id, params))
+            token_id = self.sampler.sample(processed[0], request.request_id, params, request.num_output_tokens)
+            acceptance = Acceptance([], token_id)
         else:
             acceptance = self._verify(chunk, logits)
         if params.logprobs is None:
@@ -165,8 +166,9 @@ class ModelRunner:
         if params.greedy:
             acceptance = accept_greedy(layout, logits.argmax(-1).tolist())
         else:
-            generator = self.sampler.generator(request.request_id, params)
-            acceptance = accept_sampled(layout, logits_to_probs(logits, params).cpu(), generator)
+            num_positions = max(layout.depths) + 1  # (the token after each depth's nodes)
+            uniforms = self.sampler.uniforms(request.request_id, params, request.num_output_tokens, num_positions)
+            acceptance = accept_sampled(layout, logits_to_probs(logits, params).cpu(), uniforms)
         # Node i of the tree was written at slot_ids[i] (position start + i); the accepted node at
         # depth d belongs at position start + d, slot_ids[d]. Sources are never behind their
         # targets, so one copy is safe. Worked example: accepted nodes [2, 5] (depths 1, 2) move

@@ -2,6 +2,12 @@
 
 `target_probs` computed here are also what speculative verification compares drafts against, so
 a sampled token and an accepted draft token follow the same distribution.
+
+Sampling is by inverse CDF at one uniform number per output position: the token at position k is
+the first token whose cumulative probability exceeds u_k, where u_k is the k-th number of the
+request's seeded stream. Whichever step computes position k (plain decoding or any node of any
+tree at that depth) draws the same token from the same distribution, so a seed gives the same
+text whatever the batch, the prefix cache or the speculation policy did.
 """
 
 from __future__ import annotations
@@ -29,25 +35,43 @@ def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     return logits.softmax(-1)
 
 
+def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> list[int]:
+    """probs [n, vocab], uniforms [n] in [0, 1) -> n token ids; row i's token has probability
+    probs[i, token]. Worked example: probs [0.5, 0.0, 0.3, 0.2], cumulative [0.5, 0.5, 0.8, 1.0];
+    u = 0.6 gives token 2 (0.5 <= 0.6 < 0.8); token 1 (probability 0) is never the answer."""
+    cdf = probs.double().cumsum(-1)  # [n, vocab]
+    targets = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)  # [n, 1]
+    token_ids = torch.searchsorted(cdf, targets, right=True).squeeze(-1)  # [n]
+    last_positive = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # [n] (rounding at u ~ 1)
+    return torch.minimum(token_ids, last_positive).tolist()
+
+
 class Sampler:
-    """Samples one token per request; each request has its own seeded generator."""
+    """Samples tokens by inverse CDF; each request has its own seeded stream of uniform numbers,
+    one per output position."""
+
+    CHUNK = 64  # uniforms drawn at a time (fixed, so the stream does not depend on how far a tree reaches)
 
     def __init__(self, seed: int = 0) -> None:
         self._base = torch.Generator().manual_seed(seed)
-        self._generators: dict[str, torch.Generator] = {}
+        self._streams: dict[str, tuple[torch.Generator, list[torch.Tensor]]] = {}
 
-    def generator(self, request_id: str, params: SamplingParams) -> torch.Generator:
-        if request_id not in self._generators:
+    def uniforms(self, request_id: str, params: SamplingParams, start: int, num: int) -> torch.Tensor:
+        """u_start ... u_(start + num - 1) of the request's stream. [num] float64"""
+        if request_id not in self._streams:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._base))
-            self._generators[request_id] = torch.Generator().manual_seed(seed)
-        return self._generators[request_id]
+            self._streams[request_id] = (torch.Generator().manual_seed(seed), [])
+        generator, chunks = self._streams[request_id]
+        while len(chunks) * self.CHUNK < start + num:
+            chunks.append(torch.rand(self.CHUNK, generator=generator, dtype=torch.float64))
+        return torch.cat(chunks)[start : start + num]
 
-    def sample(self, logits: torch.Tensor, request_id: str, params: SamplingParams) -> int:
-        """logits: [vocab] for one request -> token id."""
+    def sample(self, logits: torch.Tensor, request_id: str, params: SamplingParams, position: int) -> int:
+        """logits: [vocab] for one request, predicting its output token at `position` -> token id."""
         if params.greedy:
             return int(logits.argmax())
-        probs = logits_to_probs(logits[None], params)[0].cpu()  # CPU generator: device-agnostic
-        return int(torch.multinomial(probs, 1, generator=self.generator(request_id, params)))
+        probs = logits_to_probs(logits[None], params).cpu()  # [1, vocab] (CPU generator: device-agnostic)
+        return sample_inverse_cdf(probs, self.uniforms(request_id, params, position, 1))[0]
 
     def forget(self, request_id: str) -> None:
-        self._generators.pop(request_id, None)
+        self._streams.pop(request_id, None)

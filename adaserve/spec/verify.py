@@ -3,13 +3,16 @@
 Greedy: walk down from the root while some child equals the target's argmax at the current node;
 the argmax where the walk stops is the bonus token.
 
-Sampling: multi-draft speculative sampling (recursive rejection, as in SpecInfer): at a node with
-target distribution p, try its children in order. Child x, drafted from distribution q, is accepted
-with probability min(1, p(x) / q(x)); on rejection p becomes the residual norm(max(0, p - q)) and
-the next child is tried; when all are rejected the bonus token is sampled from the residual. Our
-tree children are the proposer's most likely tokens, a deterministic choice, so each child's q is
-a point mass on it: acceptance is p(x) and the residual is p with x removed. The output then
-follows the target's distribution exactly, whatever the selection policy kept.
+Sampling: the same walk, with the target's *sampled* token in place of its argmax. At a node of
+depth d the target's token is drawn from its distribution p by inverse CDF at u_(k + d), the
+request's uniform number for that output position (adaserve.engine.sampler); the walk goes down to
+the child with that token, or stops and emits it as the bonus token. Each emitted token is then a
+draw from the target's distribution after the accepted prefix, with fresh randomness per position,
+so the output follows the target's distribution exactly whatever the tree, and equals, for a
+seed, the output without speculation. Our tree children are the proposer's most likely tokens (a
+deterministic draft, a point mass on each child), so this accepts child x with probability p(x),
+the same as multi-draft recursive rejection (SpecInfer) would, and stops at the same depth as
+often; unlike rejection sampling, it needs no random number per tried child.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adaserve.engine.sampler import sample_inverse_cdf
 from adaserve.spec.tree import TreeLayout
 
 
@@ -28,7 +32,7 @@ class Acceptance:
 
 
 def accept_greedy(layout: TreeLayout, target_argmax: list[int]) -> Acceptance:
-    """target_argmax[i]: the target's argmax next token after layout node i."""
+    """target_argmax[i]: the target's next token after layout node i (its argmax, or its sample)."""
     node, path = 0, []
     while True:
         want = target_argmax[node]
@@ -39,26 +43,9 @@ def accept_greedy(layout: TreeLayout, target_argmax: list[int]) -> Acceptance:
         node = child
 
 
-def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """norm(max(0, p - q)): what is left of p after a draft from q was rejected. [vocab]"""
-    r = (p - q).clamp_min_(0)
-    total = r.sum()
-    return r / total if total > 0 else p
-
-
-def accept_sampled(layout: TreeLayout, target_probs: torch.Tensor, generator: torch.Generator) -> Acceptance:
-    """target_probs: [num_nodes, vocab] on CPU, the target's distribution after each node."""
-    node, path = 0, []
-    while True:
-        p = target_probs[node]
-        for child in layout.children[node]:
-            x = layout.token_ids[child]
-            q = torch.zeros_like(p)
-            q[x] = 1.0  # a deterministic draft: point mass on x
-            if torch.rand((), generator=generator) < torch.clamp(p[x] / q[x], max=1.0):
-                path.append(child)
-                node = child
-                break
-            p = residual(p, q)
-        else:
-            return Acceptance(path, int(torch.multinomial(p, 1, generator=generator)))
+def accept_sampled(layout: TreeLayout, target_probs: torch.Tensor, uniforms: torch.Tensor) -> Acceptance:
+    """target_probs: [num_nodes, vocab] on CPU, the target's distribution after each node;
+    uniforms: [max depth + 1], uniforms[d] the request's uniform number for the token after a node
+    of depth d (the root is depth 0)."""
+    node_uniforms = uniforms[torch.tensor(layout.depths)]  # [num_nodes]
+    return accept_greedy(layout, sample_inverse_cdf(target_probs, node_uniforms))
