@@ -40,10 +40,10 @@ def sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> list[int]
     probs[i, token]. Worked example: probs [0.5, 0.0, 0.3, 0.2], cumulative [0.5, 0.5, 0.8, 1.0];
     u = 0.6 gives token 2 (0.5 <= 0.6 < 0.8); token 1 (probability 0) is never the answer."""
     cdf = probs.double().cumsum(-1)  # [n, vocab]
-    targets = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)  # [n, 1]
-    token_ids = torch.searchsorted(cdf, targets, right=True).squeeze(-1)  # [n]
-    last_positive = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # [n] (rounding at u ~ 1)
-    return torch.minimum(token_ids, last_positive).tolist()
+    total = cdf[:, -1]  # [n]
+    # Kept below the total (u * total can round up to it), so the answer has cdf > target: mass.
+    targets = torch.minimum(uniforms.double() * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, targets.unsqueeze(-1), right=True).squeeze(-1).tolist()
 
 
 class Sampler:
@@ -54,17 +54,20 @@ class Sampler:
 
     def __init__(self, seed: int = 0) -> None:
         self._base = torch.Generator().manual_seed(seed)
-        self._streams: dict[str, tuple[torch.Generator, list[torch.Tensor]]] = {}
+        self._streams: dict[str, tuple[torch.Generator, torch.Tensor]] = {}  # request id -> (generator, drawn so far)
 
     def uniforms(self, request_id: str, params: SamplingParams, start: int, num: int) -> torch.Tensor:
         """u_start ... u_(start + num - 1) of the request's stream. [num] float64"""
         if request_id not in self._streams:
             seed = params.seed if params.seed is not None else int(torch.randint(2**62, (1,), generator=self._base))
-            self._streams[request_id] = (torch.Generator().manual_seed(seed), [])
-        generator, chunks = self._streams[request_id]
-        while len(chunks) * self.CHUNK < start + num:
-            chunks.append(torch.rand(self.CHUNK, generator=generator, dtype=torch.float64))
-        return torch.cat(chunks)[start : start + num]
+            self._streams[request_id] = (torch.Generator().manual_seed(seed), torch.empty(0, dtype=torch.float64))
+        generator, drawn = self._streams[request_id]
+        if len(drawn) < start + num:  # (extended only every CHUNK positions, not at every step)
+            num_chunks = -(-(start + num - len(drawn)) // self.CHUNK)
+            more = [torch.rand(self.CHUNK, generator=generator, dtype=torch.float64) for _ in range(num_chunks)]
+            drawn = torch.cat([drawn, *more])
+            self._streams[request_id] = (generator, drawn)
+        return drawn[start : start + num]
 
     def sample(self, logits: torch.Tensor, request_id: str, params: SamplingParams, position: int) -> int:
         """logits: [vocab] for one request, predicting its output token at `position` -> token id."""

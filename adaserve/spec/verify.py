@@ -31,11 +31,11 @@ class Acceptance:
     bonus_token_id: int
 
 
-def accept_greedy(layout: TreeLayout, target_argmax: list[int]) -> Acceptance:
-    """target_argmax[i]: the target's next token after layout node i (its argmax, or its sample)."""
+def accept_greedy(layout: TreeLayout, target_token_ids: list[int]) -> Acceptance:
+    """target_token_ids[i]: the target's next token after layout node i (its argmax, or its sample)."""
     node, path = 0, []
     while True:
-        want = target_argmax[node]
+        want = target_token_ids[node]
         child = next((c for c in layout.children[node] if layout.token_ids[c] == want), None)
         if child is None:
             return Acceptance(path, want)
