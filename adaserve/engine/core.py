@@ -185,14 +185,14 @@ class EngineCore:
             )
             return StepPlan(StepLimits(max_prefill_tokens=cap)), []
         planner = StepPlanner(self.cost_model, self.config.max_num_batched_tokens, self.config.block_size)
-        plan = planner.plan(self.clock(), self.scheduler.running, self.scheduler.waiting, self._step_load())
+        plan = planner.plan(self.clock(), self.scheduler.running, self.scheduler.waiting, self.step_load())
         for request in plan.demote:
             self.scheduler.demote(request)
         message = "the request's SLO can no longer be met (slo_policy 'reject')"
         refused = [self._fail(r, message, FinishReason.REFUSED) for r in plan.refuse]
         return plan, refused
 
-    def _step_load(self) -> StepLoad:
+    def step_load(self) -> StepLoad:
         """What the decoding requests will bring to this step, from the last one's trees."""
         num_decoding = sum(1 for r in self.scheduler.running if r.num_pending_tokens == 1)
         if self.spec is None or self.cost_model is None:

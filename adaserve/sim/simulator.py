@@ -5,7 +5,6 @@ Only the arrivals are driven here; every step is EngineCore.step."""
 from __future__ import annotations
 
 import random
-from collections import deque
 
 from adaserve.bench.client import BenchRecord
 from adaserve.engine.core import EngineCore
@@ -41,23 +40,46 @@ class Simulator:
 
     def run(self, workload: list[SimRequest]) -> list[BenchRecord]:
         """Every request's timeline, as the benchmark client would have recorded it."""
-        pending = deque(sorted(enumerate(workload), key=lambda p: p[1].arrival_s))
-        requests = self.requests = []
+        self.requests = []
+        for i, item in sorted(enumerate(workload), key=lambda p: p[1].arrival_s):
+            self.advance_to(item.arrival_s)
+            self.submit(f"sim-{i}", item)
+        self.drain()
+        return self.records()
+
+    def advance_to(self, t: float) -> None:
+        """Run steps until the clock reaches t. A step under way at t ends first (requests join at
+        step boundaries, as on the server); an idle engine, or one whose waiting requests fit only
+        once something new arrives, waits for t."""
         engine, clock = self.engine, self.clock
-        while pending or engine.has_unfinished:
-            while pending and pending[0][1].arrival_s <= clock.now:
-                i, item = pending.popleft()
-                requests.append((item, self._add(f"sim-{i}", item)))
-            if not engine.has_unfinished:
-                clock.now = pending[0][1].arrival_s
-                continue
+        while clock.now < t and engine.has_unfinished:
             num_steps = engine.num_steps
             engine.step()
-            if engine.num_steps == num_steps:  # nothing fits right now: only a new arrival can change that
-                if not pending:
+            if engine.num_steps == num_steps:
+                break
+        clock.now = max(clock.now, t)
+
+    def drain(self) -> None:
+        """Run until every submitted request has finished."""
+        engine = self.engine
+        while engine.has_unfinished:
+            num_steps = engine.num_steps
+            engine.step()
+            if engine.num_steps == num_steps and engine.has_unfinished:
+                # (a step that ran nothing may still have refused the last requests)
+                num_steps = engine.num_steps
+                engine.step()
+                if engine.num_steps == num_steps and engine.has_unfinished:
                     raise RuntimeError("simulation stalled: waiting requests never fit")
-                clock.now = max(clock.now, pending[0][1].arrival_s)
-        return [_record(item, request) for item, request in requests]
+
+    def submit(self, request_id: str, item: SimRequest) -> Request:
+        """item arrives now (the clock is at or just past item.arrival_s)."""
+        request = self._add(request_id, item)
+        self.requests.append((item, request))
+        return request
+
+    def records(self) -> list[BenchRecord]:
+        return [_record(item, request) for item, request in self.requests]
 
     def _add(self, request_id: str, item: SimRequest) -> Request:
         if item.num_prompt_tokens + item.max_tokens > self.runner.kv.capacity_tokens:

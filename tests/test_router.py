@@ -1,0 +1,143 @@
+"""The replica router (adaserve.deploy.router) on hand-made replica states, and the multi-replica
+simulator it drives."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from adaserve.deploy.router import MODES, RouteRequest, predict, route
+from adaserve.deploy.state import ReplicaState
+from adaserve.sched.cost_model import CostModel
+from adaserve.sim.cluster import ClusterSimulator
+from adaserve.sim.config import SimConfig
+from adaserve.sim.workloads import SimRequest
+from adaserve.slo import SLO
+
+
+def state(replica_id: str, **kw) -> ReplicaState:
+    """An idle replica: 20 ms steps, +1 ms per request, 100 ms prefill steps, 10 us per prompt token."""
+    base = dict(
+        replica_id=replica_id,
+        step_ms=20.0,
+        plain_step_ms=20.0,
+        ms_per_request=1.0,
+        ms_per_context_token=0.0,
+        prefill_step_ms=100.0,
+        prefill_ms_per_token=0.01,
+        tokens_per_step=1.0,
+        num_waiting_prefill_tokens=0,
+        num_free_kv_blocks=1000,
+        block_size=16,
+        num_running=0,
+        num_waiting=0,
+        max_num_seqs=64,
+    )
+    base["plain_step_ms"] = kw.get("step_ms", 20.0)
+    return ReplicaState(**{**base, **kw})
+
+
+TIGHT = RouteRequest(100, 50, SLO(tpot_ms=30, ttft_ms=1000))
+
+
+def test_prediction_worked_example():
+    # 4 waiting requests with 2,000 prompt tokens: the step gains 5 requests (5 ms) -> 25 ms; TTFT
+    # is the 2,100 queued tokens at 0.5 ms each.
+    s = state("a", num_waiting=4, num_waiting_prefill_tokens=2000, prefill_ms_per_token=0.5)
+    p = predict(TIGHT, s)
+    assert p.tpot_ms == pytest.approx(25.0)
+    assert p.ttft_ms == pytest.approx(1050.0)
+    assert p.slack == pytest.approx(min(1 - 25 / 30, 1 - 1050 / 1000))
+    assert not p.feasible
+
+
+@pytest.mark.parametrize(
+    "replicas, mode, first",
+    [
+        # A tight running request elsewhere: the new one would push it off its TPOT.
+        ([state("a", num_running=5, tightest_tpot_ms=20.5), state("b", num_running=9)], "spread", "b"),
+        ([state("a", num_running=5, tightest_tpot_ms=20.5), state("b", num_running=9)], "pack", "b"),
+        # Both feasible: spread takes the one with fewer requests, pack the one with less slack.
+        ([state("a", num_running=2), state("b", num_running=6, step_ms=26.0)], "spread", "a"),
+        ([state("a", num_running=2), state("b", num_running=6, step_ms=26.0)], "pack", "b"),
+        # A long prefill queue breaks the TTFT target.
+        ([state("a", num_waiting_prefill_tokens=200_000), state("b", num_running=30)], "spread", "b"),
+        # No KV room.
+        ([state("a", num_free_kv_blocks=3), state("b", num_running=30)], "pack", "b"),
+        # Speculation: 60 ms steps gaining 3 tokens each are 20 ms per token.
+        ([state("a", step_ms=60.0, plain_step_ms=40.0, tokens_per_step=3.0), state("b", step_ms=40.0)], "spread", "a"),
+    ],
+)
+def test_slo_aware_ranking(replicas, mode, first):
+    assert route(TIGHT, replicas, mode, random.Random(0)).choice == first
+
+
+def test_infeasible_everywhere_best_effort_or_refused():
+    replicas = [state("a", step_ms=90.0, num_running=3), state("b", step_ms=50.0, num_running=8)]
+    best_effort = route(TIGHT, replicas, "spread", random.Random(0))
+    assert not best_effort.feasible and not best_effort.refuse
+    assert best_effort.choice == "a"  # fewest requests: where it slows the fewest
+    refused = route(replace(TIGHT, slo_policy="reject"), replicas, "spread", random.Random(0))
+    assert refused.refuse and refused.ranks == []
+
+
+def test_backoff_when_every_replica_is_full():
+    full = dict(num_running=64, num_waiting=3, max_num_seqs=64)
+    decision = route(TIGHT, [state("a", **full), state("b", **full)], "spread", random.Random(0))
+    assert decision.backoff
+    decision = route(TIGHT, [state("a", **full), state("b")], "spread", random.Random(0))
+    assert not decision.backoff and decision.choice == "b"
+    assert route(TIGHT, [], "spread", random.Random(0)).backoff
+
+
+def test_ties_break_at_random():
+    replicas = [state(str(k)) for k in range(4)]
+    chosen = {route(TIGHT, replicas, "spread", random.Random(seed)).choice for seed in range(40)}
+    assert chosen == {"0", "1", "2", "3"}
+
+
+def test_baselines():
+    replicas = [state("a", num_running=9), state("b", num_running=1), state("c", num_running=5)]
+    assert [route(TIGHT, replicas, "round_robin", random.Random(0), turn=t).choice for t in range(4)] == list("abca")
+    # power of two: of the two it samples, the one with fewer requests; never the busier of a pair.
+    for seed in range(20):
+        d = route(TIGHT, replicas, "power_of_two", random.Random(seed))
+        assert d.choice != "a"
+        assert sorted(r[0] for r in d.ranks) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="routing mode"):
+        route(TIGHT, replicas, "fastest", random.Random(0))
+
+
+def test_state_round_trips_as_routing_stats():
+    s = state("a", tightest_tpot_ms=40.0, slo_demand=1.5)
+    assert ReplicaState.from_dict({**s.to_dict(), "unknown": 1}) == s
+
+
+def cluster_workload(n: int, gap_s: float) -> list[SimRequest]:
+    tight, loose = SLO(tpot_ms=40, ttft_ms=2000), SLO(tpot_ms=400, ttft_ms=20_000)
+    return [SimRequest(i * gap_s, "c", 64, 32, tight if i % 3 else loose) for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cluster_simulator_serves_every_request(mode):
+    cost = CostModel.from_table({1: 10.0, 64: 12.0, 512: 60.0, 2048: 240.0})
+    config = SimConfig(policy="none", max_num_seqs=16, max_num_batched_tokens=512, kv_capacity_tokens=8192)
+    cluster = ClusterSimulator(config, cost, None, 3, mode)
+    records = cluster.run(cluster_workload(60, 0.02))
+    assert len(records) == 60 and all(r.num_output_tokens == 32 and r.error is None for r in records)
+    assert sum(cluster.stats.num_routed.values()) == 60
+    assert all(cluster.stats.num_routed[k] > 0 for k in range(3))  # every replica serves
+    assert [r.arrival_time for r in records] == [i * 0.02 for i in range(60)]
+
+
+def test_cluster_of_one_is_the_single_simulator():
+    from adaserve.sim.simulator import Simulator
+
+    cost = CostModel.from_table({1: 10.0, 64: 12.0, 512: 60.0, 2048: 240.0})
+    config = SimConfig(policy="none", max_num_seqs=8, max_num_batched_tokens=256, kv_capacity_tokens=8192)
+    workload = cluster_workload(30, 0.01)
+    single = Simulator(config, cost, None).run(workload)
+    cluster = ClusterSimulator(config, cost, None, 1, "spread").run(workload)
+    assert [r.chunk_times for r in cluster] == [r.chunk_times for r in single]
