@@ -168,11 +168,20 @@ DEFAULT_SLO_CLASSES = ["coding=tpot:1.2x,ttft:10x", "chat=tpot:2x,ttft:20x", "su
 
 def build_server(args):
     """(the started AsyncEngine, the FastAPI app) that `adaserve serve` runs with these flags."""
+    from adaserve.server.app import create_app
+
+    async_engine, server_config = build_engine(args)
+    return async_engine, create_app(async_engine, server_config)
+
+
+def build_engine(args):
+    """(the started AsyncEngine, the ServerConfig) of `adaserve serve` with these flags: also what
+    each Ray Serve engine replica runs (adaserve.deploy.ray_app)."""
     import logging
 
     from adaserve.engine.async_engine import AsyncEngine
     from adaserve.engine.core import EngineCore
-    from adaserve.server.app import ServerConfig, create_app
+    from adaserve.server.app import ServerConfig
     from adaserve.slo import parse_slo_class
 
     model = args.model_pos or args.model
@@ -207,7 +216,7 @@ def build_server(args):
         prefill_ms=cost.verify_ms if cost is not None else None,
         default_slo_class=args.default_slo_class,
     )
-    return async_engine, create_app(async_engine, server_config)
+    return async_engine, server_config
 
 
 def cmd_serve(args) -> None:
@@ -216,6 +225,16 @@ def cmd_serve(args) -> None:
     from adaserve.server.lifecycle import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.replicas is not None or args.autoscale:
+        if (args.replicas or 1) < 1:
+            raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+        try:
+            from adaserve.deploy import ray_app
+        except ImportError as e:
+            raise ValueError(f"--replicas needs Ray Serve: pip install -e '.[ray]' ({e})") from e
+        args.replicas = args.replicas or 1
+        ray_app.run(args)
+        return
     async_engine, app = build_server(args)
     try:
         serve(app, async_engine, args.host, args.port, args.drain_timeout)
@@ -297,6 +316,15 @@ def _add_serve_parser(sub) -> None:
         "--drain-timeout", type=float, default=120.0, help="on SIGTERM, seconds to let running requests finish"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ray = p.add_argument_group("replicas on Ray Serve (pip install -e '.[ray]'; docs/serving.md#replicas)")
+    ray.add_argument("--replicas", type=int, default=None, help="engine replicas behind one endpoint (Ray Serve)")
+    ray.add_argument(
+        "--router",
+        default="spread",
+        choices=["spread", "pack", "power_of_two", "round_robin"],
+        help="replica routing: SLO-aware spread or pack (adaserve.deploy.router), or Ray's power of two",
+    )
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="scale replicas on SLO pressure")
     p.set_defaults(func=cmd_serve)
 
 

@@ -53,6 +53,8 @@ class Request:
     output_logprobs: list = field(default_factory=list)
     # Where its output is in its structured-output grammar (adaserve.engine.grammar.GrammarState).
     grammar: object | None = None
+    # The engine replica that served it, behind a router (adaserve.deploy); None on one engine.
+    replica_id: str | None = None
 
     @property
     def all_ids(self) -> list[int]:

@@ -38,6 +38,23 @@ class PromptTooLongError(ValueError):
         self.num_prompt_tokens, self.max_model_len = num_prompt_tokens, max_model_len
 
 
+def check_request(
+    prompt_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int, grammars: Callable
+) -> None:
+    """A ValueError saying what is wrong with the request, if anything. grammars() -> the
+    structured-output compiler (called only for a request that asks for structured output)."""
+    if not prompt_ids:
+        raise ValueError("the prompt is empty")
+    if len(prompt_ids) >= max_model_len:
+        raise PromptTooLongError(len(prompt_ids), max_model_len)
+    if any(not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt_ids):
+        raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
+    if any(not 0 <= t < vocab_size for t in params.logit_bias):
+        raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
+    if params.structured is not None:
+        grammars().compile(params.structured)  # a bad schema, regex or grammar: ValueError
+
+
 class EngineCore:
     def __init__(
         self, config: EngineConfig, runner: Runner | None = None, clock: Callable[[], float] = time.perf_counter
@@ -94,17 +111,7 @@ class EngineCore:
         if not isinstance(params, SamplingParams):
             raise ValueError("params must be SamplingParams")
         prompt_ids = self.tokenize(prompt)
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= self.max_model_len:
-            raise PromptTooLongError(len(prompt_ids), self.max_model_len)
-        vocab_size = self.runner.vocab_size
-        if any(not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt_ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab_size})")
-        if any(not 0 <= t < vocab_size for t in params.logit_bias):
-            raise ValueError(f"logit_bias token ids must be in [0, {vocab_size})")
-        if params.structured is not None:
-            self.grammars.compile(params.structured)  # a bad schema, regex or grammar: ValueError
+        check_request(prompt_ids, params, self.max_model_len, self.runner.vocab_size, lambda: self.grammars)
         return prompt_ids
 
     @property

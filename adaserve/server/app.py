@@ -42,10 +42,12 @@ class ServerConfig:
     default_slo_class: str | None = None
 
 
-def create_app(engine: AsyncEngine, config: ServerConfig) -> FastAPI:
+def create_app(engine: AsyncEngine, config: ServerConfig, engine_gauges: bool = True) -> FastAPI:
+    """engine_gauges: export the engine's queue and KV gauges (not on an ingress in front of engine
+    replicas, adaserve.deploy, whose engine is only a front: tokenizer and validation)."""
     app = FastAPI(title="adaserve", version="0.1.0")
     app.state.engine, app.state.config = engine, config
-    app.state.metrics = metrics = ServerMetrics(engine.engine)
+    app.state.metrics = metrics = ServerMetrics(engine.engine if engine_gauges else None)
     core = engine.engine
 
     @app.exception_handler(APIError)

@@ -17,7 +17,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3
 
 
 class ServerMetrics:
-    def __init__(self, engine: EngineCore) -> None:
+    def __init__(self, engine: EngineCore | None) -> None:
         self.registry = r = CollectorRegistry()
         self.started = time.monotonic()
         cls = ["slo_class"]
@@ -53,6 +53,14 @@ class ServerMetrics:
         self.rejected_requests = Counter(
             "adaserve_rejected_requests", "Requests refused before running", ["reason"], registry=r
         )
+        if engine is not None:  # (an ingress in front of engine replicas has no engine of its own)
+            self._engine_gauges(engine)
+        self._finished: dict[str, int] = {}
+        self._attained: dict[str, int] = {}
+        self._attained_tokens: dict[str, int] = {}
+
+    def _engine_gauges(self, engine: EngineCore) -> None:
+        r = self.registry
         Gauge("adaserve_running_requests", "Running requests", registry=r).set_function(
             lambda: len(engine.scheduler.running)
         )
@@ -71,9 +79,6 @@ class ServerMetrics:
                 lambda: draft_kv.num_used_blocks
             )
         r.register(_EngineCounters(engine))
-        self._finished: dict[str, int] = {}
-        self._attained: dict[str, int] = {}
-        self._attained_tokens: dict[str, int] = {}
 
     def observe_finished(self, sequences: list[tuple[RequestTiming, Request]]) -> None:
         """One API request, finished: its sequences (n of them). It attained its SLO only if every

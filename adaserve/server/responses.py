@@ -47,6 +47,9 @@ def usage(num_prompt_tokens: int, sequences: list[tuple[RequestTiming, Request]]
             "spec_accepted_tokens": sum(s.num_accepted for s in stats),
         }
     )
+    replicas = sorted({request.replica_id for _, request in sequences if request.replica_id is not None})
+    if replicas:
+        u["replicas"] = replicas
     return u
 
 
