@@ -228,6 +228,12 @@ def cmd_serve(args) -> None:
     if args.replicas is not None or args.autoscale:
         if (args.replicas or 1) < 1:
             raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+        if args.router == "tiered":
+            if args.tight_tpot_ms is None:
+                raise ValueError("--router tiered needs --tight-tpot-ms (the tight tier's TPOT bound)")
+            from adaserve.deploy.router import Tiers
+
+            Tiers(args.tight_tpot_ms, args.tight_share)  # (checks them before Ray starts)
         try:
             from adaserve.deploy import ray_app
         except ImportError as e:
@@ -321,8 +327,17 @@ def _add_serve_parser(sub) -> None:
     ray.add_argument(
         "--router",
         default="spread",
-        choices=["spread", "pack", "power_of_two", "round_robin"],
-        help="replica routing: SLO-aware spread or pack (adaserve.deploy.router), or Ray's power of two",
+        choices=["spread", "pack", "tiered", "power_of_two", "round_robin"],
+        help="replica routing: SLO-aware spread, pack or tiered (adaserve.deploy.router), or Ray's power of two",
+    )
+    ray.add_argument(
+        "--tight-tpot-ms",
+        type=float,
+        default=None,
+        help="--router tiered: requests with a TPOT target up to this go to the tight tier",
+    )
+    ray.add_argument(
+        "--tight-share", type=float, default=0.5, help="--router tiered: the tight tier's share of replicas"
     )
     ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="scale replicas on SLO pressure")
     p.set_defaults(func=cmd_serve)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from adaserve.deploy.router import MODES, RouteRequest, predict, route
+from adaserve.deploy.router import MODES, RouteRequest, Tiers, predict, route
 from adaserve.deploy.state import ReplicaState
 from adaserve.sched.cost_model import CostModel
 from adaserve.sim.cluster import ClusterSimulator
@@ -110,6 +110,39 @@ def test_baselines():
         route(TIGHT, replicas, "fastest", random.Random(0))
 
 
+@pytest.mark.parametrize(
+    "num_replicas, share, num_tight",
+    [(8, 0.5, 4), (8, 0.375, 3), (3, 0.5, 2), (2, 0.1, 1), (2, 0.9, 1), (16, 0.25, 4)],
+)
+def test_tiers_split_by_id(num_replicas, share, num_tight):
+    replicas = [state(f"r{k:02d}") for k in reversed(range(num_replicas))]
+    tight, loose = Tiers(35.0, share).split(replicas)
+    assert [s.replica_id for s in tight + loose] == [f"r{k:02d}" for k in range(num_replicas)]
+    assert len(tight) == num_tight
+
+
+def test_tiered_keeps_tight_and_loose_requests_apart():
+    tiers = Tiers(tight_tpot_ms=35.0)  # TIGHT's 30 ms is tight; 300 ms is loose
+    loose = RouteRequest(100, 50, SLO(tpot_ms=300, ttft_ms=5000))
+    # The tight tier (a, b) is busier than the loose one (c, d): each request still stays in its own.
+    replicas = [state("a", num_running=6), state("b", num_running=5), state("c"), state("d", num_running=1)]
+    for seed in range(10):
+        d = route(TIGHT, replicas, "tiered", random.Random(seed), tiers=tiers)
+        assert d.choice == "b" and d.feasible
+        assert [r[0] for r in d.ranks] == ["b", "a", "c", "d"]  # the other tier last, for failover
+        assert route(loose, replicas, "tiered", random.Random(seed), tiers=tiers).choice == "c"
+    # No TPOT target is loose.
+    assert route(RouteRequest(10, 5), replicas, "tiered", random.Random(0), tiers=tiers).choice == "c"
+    # Infeasible in its own tier: refused when asked, though the other tier has room.
+    slow = [state("a", step_ms=90.0), state("b", step_ms=90.0), state("c"), state("d")]
+    refused = route(replace(TIGHT, slo_policy="reject"), slow, "tiered", random.Random(0), tiers=tiers)
+    assert refused.refuse
+    with pytest.raises(ValueError, match="needs Tiers"):
+        route(TIGHT, replicas, "tiered", random.Random(0))
+    with pytest.raises(ValueError, match="share"):
+        Tiers(35.0, share=1.0)
+
+
 def test_state_round_trips_as_routing_stats():
     s = state("a", tightest_tpot_ms=40.0, slo_demand=1.5)
     assert ReplicaState.from_dict({**s.to_dict(), "unknown": 1}) == s
@@ -124,7 +157,7 @@ def cluster_workload(n: int, gap_s: float) -> list[SimRequest]:
 def test_cluster_simulator_serves_every_request(mode):
     cost = CostModel.from_table({1: 10.0, 64: 12.0, 512: 60.0, 2048: 240.0})
     config = SimConfig(policy="none", max_num_seqs=16, max_num_batched_tokens=512, kv_capacity_tokens=8192)
-    cluster = ClusterSimulator(config, cost, None, 3, mode)
+    cluster = ClusterSimulator(config, cost, None, 3, mode, tiers=Tiers(tight_tpot_ms=100.0))
     records = cluster.run(cluster_workload(60, 0.02))
     assert len(records) == 60 and all(r.num_output_tokens == 32 and r.error is None for r in records)
     assert sum(cluster.stats.num_routed.values()) == 60

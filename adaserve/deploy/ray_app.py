@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from adaserve.deploy.front import FrontCore, FrontInfo, PolicyInfo, RoutedEngine
-from adaserve.deploy.router import MODES, RouteRequest, route
+from adaserve.deploy.router import MODES, RouteRequest, Tiers, route
 from adaserve.deploy.state import ReplicaState, from_engine
 from adaserve.outputs import RequestOutput
 from adaserve.request import FinishReason
@@ -103,10 +103,17 @@ class SLORequestRouter(FIFOMixin, RequestRouter):
     since its last stats counts those requests as waiting there, so a burst between two reports
     does not herd onto one replica."""
 
-    def initialize_state(self, mode: str = "spread", seed: int | None = None) -> None:
+    def initialize_state(
+        self,
+        mode: str = "spread",
+        seed: int | None = None,
+        tight_tpot_ms: float | None = None,
+        tight_share: float = 0.5,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"routing mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.rng, self.turn = mode, random.Random(seed), 0
+        self.tiers = Tiers(tight_tpot_ms, tight_share) if tight_tpot_ms is not None else None
         self.since_stats: dict[str, tuple[int, int, int]] = {}  # replica -> (id of its stats, requests, tokens)
 
     async def choose_replicas(
@@ -115,8 +122,9 @@ class SLORequestRouter(FIFOMixin, RequestRouter):
         request = pending_request.kwargs.get("route") if pending_request is not None else None
         if request is None:  # (a control call such as front_info, or a probe: anywhere)
             return [self.rng.sample(candidate_replicas, len(candidate_replicas))]
+        states = self._known_states(candidate_replicas)
         ranks, refuse, backoff = rank_replicas(
-            candidate_replicas, request, self.mode, self.rng, self.turn, self._known_states(candidate_replicas)
+            candidate_replicas, request, self.mode, self.rng, self.turn, states, self.tiers
         )
         self.turn += 1
         pending_request.routing_context.should_backoff = True  # (retries wait: never a busy loop)
@@ -155,13 +163,19 @@ def _with_routed(s: ReplicaState, num_requests: int, num_tokens: int) -> Replica
 
 
 def rank_replicas(
-    replicas: list, request: RouteRequest, mode: str, rng: random.Random, turn: int, states: dict[str, ReplicaState]
+    replicas: list,
+    request: RouteRequest,
+    mode: str,
+    rng: random.Random,
+    turn: int,
+    states: dict[str, ReplicaState],
+    tiers: Tiers | None = None,
 ) -> tuple[list[list], bool, bool]:
     """(ranks of replicas, refuse, backoff). Replicas that have not reported yet (just started) rank
     right after the first choice if it is feasible, else first: they are most likely idle."""
     by_id = {r.replica_id.unique_id: r for r in replicas}
     unknown = [r for key, r in by_id.items() if key not in states]
-    decision = route(request, [states[k] for k in by_id if k in states], mode, rng, turn)
+    decision = route(request, [states[k] for k in by_id if k in states], mode, rng, turn, tiers)
     if decision.refuse and not unknown:  # (sent anywhere: the replica answers with the refusal at once)
         return [list(by_id.values())], True, False
     ranked = [[by_id[k] for k in rank] for rank in decision.ranks]
@@ -223,7 +237,11 @@ def build_app(args: argparse.Namespace):
     if args.router != "power_of_two":  # (Ray's own router is the power-of-two baseline)
         router = RequestRouterConfig(
             request_router_class=SLORequestRouter,
-            request_router_kwargs={"mode": args.router},
+            request_router_kwargs={
+                "mode": args.router,
+                "tight_tpot_ms": args.tight_tpot_ms,
+                "tight_share": args.tight_share,
+            },
             request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
             request_routing_stats_timeout_s=5,
         )

@@ -16,6 +16,14 @@ tight requests to come); `power_of_two` is Ray Serve's default
 replicas rank first, infeasible ones last, ties at random. When no replica is feasible a request
 that asked to be refused (`slo_policy: "reject"`) is; any other goes best-effort to the replica
 where it misses least. When every replica is full the router should back off and try again.
+
+`tiered` reserves replicas for tight requests: the first `Tiers.share` of them (by id) serve the
+requests whose TPOT target is at most `Tiers.tight_tpot_ms`, the others the rest, each tier routed
+as by spread. Why: a step's time grows with its batch, so a tight request sharing a replica with
+many loose ones misses, and holding the loose ones back for it costs their TTFT; apart, the tight
+tier runs short batches and the loose tier long ones. In the simulated study this is the only mode
+well ahead of power-of-two (docs/results.md#routing-across-replicas); the share is the operator's
+to size (too small a tier starves the tight class, too large the loose ones).
 """
 
 from __future__ import annotations
@@ -27,8 +35,27 @@ from dataclasses import dataclass
 from adaserve.deploy.state import ReplicaState
 from adaserve.slo import SLO
 
-MODES = ("spread", "pack", "power_of_two", "round_robin")
-SLO_AWARE_MODES = ("spread", "pack")
+MODES = ("spread", "pack", "tiered", "power_of_two", "round_robin")
+SLO_AWARE_MODES = ("spread", "pack", "tiered")
+
+
+@dataclass(frozen=True)
+class Tiers:
+    tight_tpot_ms: float  # requests with a TPOT target at most this go to the tight tier
+    share: float = 0.5  # of the replicas (at least one each when there are two or more)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.share < 1 or self.tight_tpot_ms <= 0:
+            raise ValueError(f"tiers need 0 < share < 1 and tight_tpot_ms > 0, got {self}")
+
+    def split(self, replicas: list[ReplicaState]) -> tuple[list[ReplicaState], list[ReplicaState]]:
+        """(tight tier, loose tier). Worked example: 8 replicas, share 0.5 -> ids 0-3 and 4-7;
+        3 replicas, share 0.5 -> round(1.5) = 2 and 1; 1 replica -> it serves both tiers."""
+        if len(replicas) < 2:
+            return replicas, replicas
+        ordered = sorted(replicas, key=lambda s: s.replica_id)
+        num_tight = min(len(ordered) - 1, max(1, round(self.share * len(ordered))))
+        return ordered[:num_tight], ordered[num_tight:]
 
 
 @dataclass(frozen=True)
@@ -91,13 +118,21 @@ def predict(request: RouteRequest, state: ReplicaState) -> Prediction:
 
 
 def route(
-    request: RouteRequest, replicas: list[ReplicaState], mode: str, rng: random.Random, turn: int = 0
+    request: RouteRequest,
+    replicas: list[ReplicaState],
+    mode: str,
+    rng: random.Random,
+    turn: int = 0,
+    tiers: Tiers | None = None,
 ) -> RouteDecision:
-    """turn: how many requests this router has routed before (round-robin's position)."""
+    """turn: how many requests this router has routed before (round-robin's position). tiers: the
+    split `tiered` mode needs."""
     if mode not in MODES:
         raise ValueError(f"routing mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not replicas:
         return RouteDecision([], feasible=False, backoff=True)
+    if mode == "tiered":
+        return _tiered(request, replicas, rng, tiers)
     predictions = [predict(request, s) for s in replicas]
     backoff = all(p.full for p in predictions)
     any_feasible = any(p.feasible for p in predictions)
@@ -111,6 +146,24 @@ def route(
         order = _by_slack(predictions, replicas, mode, rng)
     first = next(p for p in predictions if p.replica_id == order[0])
     return RouteDecision([[r] for r in order], feasible=first.feasible, backoff=backoff)
+
+
+def _tiered(
+    request: RouteRequest, replicas: list[ReplicaState], rng: random.Random, tiers: Tiers | None
+) -> RouteDecision:
+    if tiers is None:
+        raise ValueError("routing mode 'tiered' needs Tiers (tight_tpot_ms, share)")
+    tight, loose = tiers.split(replicas)
+    target = request.slo.tpot_ms
+    own = tight if target is not None and target <= tiers.tight_tpot_ms else loose
+    decision = route(request, own, "spread", rng)
+    if decision.refuse:
+        return decision
+    # The other tier's replicas rank last, should every replica of its own one fail.
+    ranked = {r for rank in decision.ranks for r in rank}
+    rest = sorted((s for s in replicas if s.replica_id not in ranked), key=lambda s: (s.num_ongoing, rng.random()))
+    ranks = decision.ranks + [[s.replica_id] for s in rest]
+    return RouteDecision(ranks, decision.feasible, backoff=decision.backoff)
 
 
 def _by_slack(predictions: list[Prediction], replicas: list[ReplicaState], mode: str, rng: random.Random) -> list[str]:

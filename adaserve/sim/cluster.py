@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from adaserve.bench.client import BenchRecord
-from adaserve.deploy.router import RouteRequest, route
+from adaserve.deploy.router import RouteRequest, Tiers, route
 from adaserve.deploy.state import from_engine
 from adaserve.sched.cost_model import CostModel
 from adaserve.sim.acceptance import AcceptanceModel
@@ -40,10 +40,11 @@ class ClusterSimulator:
         num_replicas: int,
         mode: str,
         slo_policy: str = "best_effort",
+        tiers: Tiers | None = None,
     ) -> None:
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-        self.cost, self.mode, self.slo_policy = cost, mode, slo_policy
+        self.cost, self.mode, self.slo_policy, self.tiers = cost, mode, slo_policy, tiers
         self.replicas = [
             Simulator(replace(config, seed=config.seed + i), cost, acceptance) for i in range(num_replicas)
         ]
@@ -77,7 +78,7 @@ class ClusterSimulator:
     def _route(self, item: SimRequest, turn: int) -> int | None:
         states = [from_engine(sim.engine, self.cost, str(k)) for k, sim in enumerate(self.replicas)]
         request = RouteRequest(item.num_prompt_tokens, item.max_tokens, item.slo, self.slo_policy)
-        decision = route(request, states, self.mode, self.rng, turn)
+        decision = route(request, states, self.mode, self.rng, turn, self.tiers)
         self.stats.num_backoff += decision.backoff
         if decision.refuse:
             self.stats.num_refused += 1
