@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from adaserve.deploy.ray_app import desired_replicas, rank_replicas, slo_autoscaling_policy  # noqa: E402
-from adaserve.deploy.router import RouteRequest, Tiers  # noqa: E402
-from adaserve.slo import SLO  # noqa: E402
-from tests.test_router import state  # noqa: E402
+from adaserve.deploy.ray_app import desired_replicas, rank_replicas, slo_autoscaling_policy
+from adaserve.deploy.router import RouteRequest, Tiers
+from adaserve.slo import SLO
+from tests.test_router import state
 
 TIGHT = RouteRequest(100, 50, SLO(tpot_ms=30, ttft_ms=1000))
 

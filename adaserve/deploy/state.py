@@ -60,7 +60,12 @@ def from_engine(engine, cost: CostModel, replica_id: str) -> ReplicaState:
     context = sum(r.num_computed_tokens for r in running)
     num_seqs = max(1, len(running))
     num_tokens = max(1, load.num_decode_tokens)
-    step_ms = max(load.draft_ms + cost.verify_ms(num_tokens, context, num_seqs), _recent_step_ms(engine))
+    modelled_step_ms = load.draft_ms + cost.verify_ms(num_tokens, context, num_seqs)
+    step_ms = max(modelled_step_ms, _recent_step_ms(engine))
+    # Where steps run slower than the cost model says (prompt chunks in them, a busy machine, a
+    # profile from another one), the plain pace and the marginal cost run slower by as much: else the
+    # plain pace, priced by the model alone, looks fast and wins the min in the router's prediction.
+    slowdown = step_ms / modelled_step_ms
     tree = max(1.0, load.num_decode_tokens / max(1, load.num_decoding))
     more_tokens = num_tokens + math.ceil(tree)
     extra_draft_ms = load.draft_ms / max(1, load.num_decoding) if load.num_decoding else 0.0
@@ -76,8 +81,8 @@ def from_engine(engine, cost: CostModel, replica_id: str) -> ReplicaState:
     return ReplicaState(
         replica_id=replica_id,
         step_ms=step_ms,
-        plain_step_ms=cost.verify_ms(max(1, load.num_decoding), context, num_seqs),
-        ms_per_request=max(0.0, ms_per_request) + extra_draft_ms,
+        plain_step_ms=slowdown * cost.verify_ms(max(1, load.num_decoding), context, num_seqs),
+        ms_per_request=slowdown * (max(0.0, ms_per_request) + extra_draft_ms),
         ms_per_context_token=max(0.0, longer - cost.verify_ms(num_tokens, context, num_seqs)) / CONTEXT_PROBE_TOKENS,
         prefill_step_ms=prefill_step_ms,
         prefill_ms_per_token=_prefill_ms_per_token(engine, backlog, prefill_step_ms / prefill_tokens),
