@@ -174,3 +174,48 @@ def test_cluster_of_one_is_the_single_simulator():
     single = Simulator(config, cost, None).run(workload)
     cluster = ClusterSimulator(config, cost, None, 1, "spread").run(workload)
     assert [r.chunk_times for r in cluster] == [r.chunk_times for r in single]
+
+
+def fake_engine(step_interval_s: float, num_running: int = 4):
+    """What from_engine reads of an EngineCore: `num_running` requests decoding plainly (one token a
+    step, no drafts accepted), 17 recent steps `step_interval_s` apart."""
+    from types import SimpleNamespace
+
+    from adaserve.sched.planner import StepLoad
+
+    params = SimpleNamespace(slo=SLO(tpot_ms=100), max_tokens=64)
+    running = [
+        SimpleNamespace(
+            num_computed_tokens=0, num_pending_tokens=1, params=params, best_effort=False, num_output_tokens=8
+        )
+        for _ in range(num_running)
+    ]
+    steps = [
+        SimpleNamespace(
+            time=k * step_interval_s,
+            num_verified_tokens=num_running,
+            num_proposed=0,
+            num_accepted=0,
+            num_prefill_tokens=0,
+        )
+        for k in range(17)
+    ]
+    return SimpleNamespace(
+        scheduler=SimpleNamespace(running=running, waiting=[]),
+        config=SimpleNamespace(max_num_batched_tokens=512, block_size=16, max_num_seqs=16),
+        step_load=lambda: StepLoad(num_running, num_running),
+        kv=SimpleNamespace(num_free_blocks=100),
+        spec=SimpleNamespace(stats=SimpleNamespace(steps=steps)),
+    )
+
+
+@pytest.mark.parametrize("interval_s, slowdown", [(0.005, 1.0), (0.010, 1.0), (0.030, 3.0)])
+def test_state_slows_the_plain_pace_as_much_as_measured_steps_are_slower(interval_s, slowdown):
+    # A flat 10 ms cost model: steps measured 30 ms apart are 3x slower than it says, and the plain
+    # pace (the router takes the faster of it and the speculative one) must not look 10 ms then.
+    from adaserve.deploy.state import from_engine
+
+    s = from_engine(fake_engine(interval_s), CostModel.from_table({1: 10.0, 512: 10.0}), "a")
+    assert s.step_ms == pytest.approx(10.0 * slowdown)
+    assert s.plain_step_ms == pytest.approx(10.0 * slowdown)
+    assert s.slo_demand == pytest.approx(4 * 10.0 * slowdown / 100)
