@@ -229,11 +229,11 @@ def cmd_serve(args) -> None:
         if (args.replicas or 1) < 1:
             raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
         if args.router == "tiered":
-            if args.tight_tpot_ms is None:
-                raise ValueError("--router tiered needs --tight-tpot-ms (the tight tier's TPOT bound)")
+            if args.tier_tpot_ms is None:
+                raise ValueError("--router tiered needs --tier-tpot-ms (the tiers' TPOT bounds)")
             from adaserve.deploy.router import Tiers
 
-            Tiers(args.tight_tpot_ms, args.tight_share)  # (checks them before Ray starts)
+            Tiers.parse(args.tier_tpot_ms, args.tier_shares)  # (checks them before Ray starts)
         try:
             from adaserve.deploy import ray_app
         except ImportError as e:
@@ -331,13 +331,16 @@ def _add_serve_parser(sub) -> None:
         help="replica routing: SLO-aware spread, pack or tiered (adaserve.deploy.router), or Ray's power of two",
     )
     ray.add_argument(
-        "--tight-tpot-ms",
-        type=float,
+        "--tier-tpot-ms",
         default=None,
-        help="--router tiered: requests with a TPOT target up to this go to the tight tier",
+        metavar="MS[,MS...]",
+        help="--router tiered: ascending TPOT bounds; tier k takes targets up to the k-th, the last the rest",
     )
     ray.add_argument(
-        "--tight-share", type=float, default=0.5, help="--router tiered: the tight tier's share of replicas"
+        "--tier-shares",
+        default=None,
+        metavar="SHARE,SHARE[,...]",
+        help="--router tiered: each tier's share of the replicas (default: equal)",
     )
     ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="scale replicas on SLO pressure")
     p.set_defaults(func=cmd_serve)

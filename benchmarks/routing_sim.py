@@ -4,14 +4,15 @@ replica running the full adaserve engine (planner and overload control) on the A
 Llama-3.1-70B / 4 x A100 table, with the paper's SLO mix as benchmarks/slo_serving_sim.py.
 
     python benchmarks/routing_sim.py [--replicas 2,4,8,16] [--rate-per-replica 8]
-        [--requests-per-replica 300] [--fluctuating-replicas 8] [--tight-share 0.5]
-        [--tier-shares 0.25,0.375,0.625,0.75]
+        [--requests-per-replica 300] [--fluctuating-replicas 8] [--tiers 1.5,4:0.5,0.25,0.25]
+        [--tier-variants '1.5:0.5,0.5;1.5,4:0.375,0.25,0.375']
 
 The multi-SLO workload runs at rate-per-replica x N requests/s (near one replica's saturation:
 alone it attains 62 % at rate 8, see docs/results.md); the fluctuating one alternates 20 s at half
-and 20 s at 1.5x that mean for 120 s. `tiered` reserves --tight-share of the replicas for requests
-with TPOT targets up to 1.5x the unloaded TPOT (coding, at 1.2x; chat is at 2x); --tier-shares
-reruns it at 8 replicas with other shares, to show how much the share matters.
+and 20 s at 1.5x that mean for 120 s. `tiered` splits the replicas by --tiers, "TPOT bounds as
+multiples of the unloaded TPOT : shares of the replicas": by default half for TPOT targets up to
+1.5x (coding, at 1.2x), a quarter up to 4x (chat, at 2x), a quarter for the rest (summarization, at
+6x); --tier-variants reruns it at 8 replicas with other splits, to show how much the split matters.
 Writes benchmarks/results/routing/routing_sim.json and .png.
 """
 
@@ -39,19 +40,23 @@ from adaserve.sim.workloads import from_bench_requests
 OUT = Path("benchmarks/results/routing")
 
 
-TIGHT_MULTIPLE = 1.5  # of the unloaded TPOT: the tight tier's bound, between coding (1.2x) and chat (2x)
+def parse_tiers(spec: str, unloaded_ms: float) -> Tiers:
+    """'1.5,4:0.5,0.25,0.25' -> TPOT bounds 1.5x and 4x the unloaded TPOT, shares 0.5, 0.25, 0.25."""
+    multiples, shares = spec.split(":")
+    return Tiers.parse(",".join(f"{float(m) * unloaded_ms:g}" for m in multiples.split(",")), shares)
 
 
-def run_point(setup, cost, acceptance, workload, num_replicas: int, mode: str, tiers: Tiers | None) -> dict:
+def run_point(setup, cost, acceptance, workload, num_replicas: int, mode: str, tiers: str) -> dict:
     start = time.process_time()
     config = replace(setup.config, policy="adaserve")
-    cluster = ClusterSimulator(config, cost, acceptance, num_replicas, mode, tiers=tiers)
+    split = parse_tiers(tiers, unloaded_tpot_ms(cost, setup.config))
+    cluster = ClusterSimulator(config, cost, acceptance, num_replicas, mode, tiers=split)
     records = cluster.run(workload)
     wall = max((r.chunk_times[-1] for r in records if r.chunk_times), default=1e-9)
     report = bench_report(records, wall)
     return {
         "mode": mode,
-        "tight_share": tiers.share if mode == "tiered" else None,
+        "tiers": tiers if mode == "tiered" else None,
         "num_replicas": num_replicas,
         "num_requests": len(workload),
         "cpu_seconds": time.process_time() - start,
@@ -62,11 +67,10 @@ def run_point(setup, cost, acceptance, workload, num_replicas: int, mode: str, t
     }
 
 
-def study(args, variable: str, replicas: list[int], modes: list[str], share: float) -> list[dict]:
+def study(args, variable: str, replicas: list[int], modes: list[str], tiers: str) -> list[dict]:
     setup = make_setup("paper")
     cost, acceptance = parse_cost_model(setup.cost), parse_acceptance(ACCEPTANCE[args.acceptance])
     unloaded = unloaded_tpot_ms(cost, setup.config)
-    tiers = Tiers(TIGHT_MULTIPLE * unloaded, share)
     prompts = {c: category_prompts(c) for c in ("coding", "chat", "summarization")}
     rows = []
     for n in replicas:
@@ -77,7 +81,7 @@ def study(args, variable: str, replicas: list[int], modes: list[str], share: flo
             row = {"workload": variable, "rate": rate, **run_point(setup, cost, acceptance, workload, n, mode, tiers)}
             c = row["categories"]["all"]
             print(
-                f"{variable} N={n} rate {rate:g} {mode:12s} share {row['tight_share']} joint {c['attainment']:.1%} "
+                f"{variable} N={n} rate {rate:g} {mode:12s} {row['tiers'] or ''} joint {c['attainment']:.1%} "
                 f"(TPOT "
                 f"{c['attainment_tpot']:.1%}, TTFT {c['attainment_ttft']:.1%}) goodput "
                 f"{c['goodput_tokens_per_s']:.0f} tok/s ({row['cpu_seconds']:.0f} s)",
@@ -91,8 +95,8 @@ def ratios(rows: list[dict]) -> list[dict]:
     """Each SLO-aware mode against power-of-two at the same point."""
     out = []
     base = {(r["workload"], r["num_replicas"]): r for r in rows if r["mode"] == "power_of_two"}
-    rows = [r for r in rows if r["workload"] != "tier_share"] + [
-        {**r, "workload": "rate"} for r in rows if r["workload"] == "tier_share"
+    rows = [r for r in rows if r["workload"] != "tier_variant"] + [
+        {**r, "workload": "rate"} for r in rows if r["workload"] == "tier_variant"
     ]
     for r in rows:
         b = base.get((r["workload"], r["num_replicas"]))
@@ -104,7 +108,7 @@ def ratios(rows: list[dict]) -> list[dict]:
                 "workload": r["workload"],
                 "num_replicas": r["num_replicas"],
                 "mode": r["mode"],
-                "tight_share": r["tight_share"],
+                "tiers": r["tiers"],
                 "joint_ratio": c["attainment"] / bc["attainment"] if bc["attainment"] else None,
                 "goodput_ratio": c["goodput_tokens_per_s"] / bc["goodput_tokens_per_s"]
                 if bc["goodput_tokens_per_s"]
@@ -147,18 +151,18 @@ def main(argv=None) -> None:
     p.add_argument("--requests-per-replica", type=int, default=300)
     p.add_argument("--fluctuating-replicas", default="8", help="'' to skip the fluctuating workload")
     p.add_argument("--modes", default="round_robin,power_of_two,spread,pack,tiered")
-    p.add_argument("--tight-share", type=float, default=0.5, help="tiered: the share of replicas for tight requests")
-    p.add_argument("--tier-shares", default="0.25,0.375,0.625,0.75", help="tiered at 8 replicas ('' to skip)")
+    p.add_argument("--tiers", default="1.5,4:0.5,0.25,0.25", help="tiered: bounds (x unloaded TPOT):shares")
+    p.add_argument(
+        "--tier-variants", default="1.5:0.5,0.5;1.5,4:0.375,0.25,0.375", help="tiered at 8 replicas ('' to skip)"
+    )
     p.add_argument("--acceptance", default="recorded", choices=list(ACCEPTANCE))
     args = p.parse_args(argv)
     modes = args.modes.split(",")
-    rows = study(args, "rate", [int(n) for n in args.replicas.split(",")], modes, args.tight_share)
+    rows = study(args, "rate", [int(n) for n in args.replicas.split(",")], modes, args.tiers)
     if args.fluctuating_replicas:
-        rows += study(
-            args, "fluctuating", [int(n) for n in args.fluctuating_replicas.split(",")], modes, args.tight_share
-        )
-    for share in [float(x) for x in args.tier_shares.split(",") if x]:
-        rows += [{**r, "workload": "tier_share"} for r in study(args, "rate", [8], ["tiered"], share)]
+        rows += study(args, "fluctuating", [int(n) for n in args.fluctuating_replicas.split(",")], modes, args.tiers)
+    for tiers in [v for v in args.tier_variants.split(";") if v]:
+        rows += [{**r, "workload": "tier_variant"} for r in study(args, "rate", [8], ["tiered"], tiers)]
     OUT.mkdir(parents=True, exist_ok=True)
     summary = {"args": vars(args), "machine": cpu_model(), "rows": rows, "ratios": ratios(rows)}
     (OUT / "routing_sim.json").write_text(json.dumps(summary, indent=1))

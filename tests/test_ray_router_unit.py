@@ -59,7 +59,7 @@ def test_refusal_and_backoff():
 def test_tiered_through_the_ray_glue():
     replicas = [FakeReplica.named(k) for k in "abcd"]
     states = {k: state(k, num_running=n) for k, n in zip("abcd", (6, 5, 0, 1))}
-    ranks, _, _ = rank_replicas(replicas, TIGHT, "tiered", random.Random(0), 0, states, Tiers(35.0))
+    ranks, _, _ = rank_replicas(replicas, TIGHT, "tiered", random.Random(0), 0, states, Tiers((35.0,), (0.5, 0.5)))
     assert ids(ranks) == [["b"], ["a"], ["c"], ["d"]]
 
 

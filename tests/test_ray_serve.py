@@ -32,7 +32,7 @@ def serve_args(smollm2_dir: Path, cost_path: Path, port: int, replicas: int, rou
     argv = ["serve", str(smollm2_dir), "--draft", "ngram", "--policy", "adaserve", "--threads", "1"]
     argv += ["--cost-model", str(cost_path), "--max-num-seqs", "16", "--max-model-len", "2048"]
     argv += ["--served-model-name", "smollm2", "--port", str(port), "--replicas", str(replicas), "--router", router]
-    argv += ["--tight-tpot-ms", "1000"]  # (tiered: TIGHT is in the tight tier, LOOSE is not)
+    argv += ["--tier-tpot-ms", "1000"]  # (tiered: TIGHT is in the tight tier, LOOSE is not)
     return build_parser().parse_args(argv)
 
 

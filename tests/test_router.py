@@ -111,18 +111,33 @@ def test_baselines():
 
 
 @pytest.mark.parametrize(
-    "num_replicas, share, num_tight",
-    [(8, 0.5, 4), (8, 0.375, 3), (3, 0.5, 2), (2, 0.1, 1), (2, 0.9, 1), (16, 0.25, 4)],
+    "num_replicas, shares, sizes",
+    [
+        (8, "0.5,0.5", [4, 4]),
+        (8, "0.375,0.625", [3, 5]),
+        (3, "0.5,0.5", [2, 1]),
+        (2, "0.1,0.9", [1, 1]),  # every tier keeps one replica
+        (2, "0.9,0.1", [1, 1]),
+        (8, "0.5,0.25,0.25", [4, 2, 2]),
+        (7, "0.5,0.25,0.25", [3, 2, 2]),  # 3.5, 1.75, 1.75: each within 0.5
+        (3, "0.8,0.1,0.1", [1, 1, 1]),
+    ],
 )
-def test_tiers_split_by_id(num_replicas, share, num_tight):
+def test_tiers_split_by_id(num_replicas, shares, sizes):
     replicas = [state(f"r{k:02d}") for k in reversed(range(num_replicas))]
-    tight, loose = Tiers(35.0, share).split(replicas)
-    assert [s.replica_id for s in tight + loose] == [f"r{k:02d}" for k in range(num_replicas)]
-    assert len(tight) == num_tight
+    tiers = Tiers.parse(",".join(["35", "300", "900"][: len(sizes) - 1]), shares).split(replicas)
+    assert [s.replica_id for tier in tiers for s in tier] == [f"r{k:02d}" for k in range(num_replicas)]
+    assert [len(t) for t in tiers] == sizes
+
+
+def test_fewer_replicas_than_tiers_the_loosest_share_the_last():
+    a, b = state("a"), state("b")
+    assert Tiers.parse("35,300").split([b, a]) == [[a], [b], [b]]
+    assert Tiers.parse("35,300").split([a]) == [[a], [a], [a]]
 
 
 def test_tiered_keeps_tight_and_loose_requests_apart():
-    tiers = Tiers(tight_tpot_ms=35.0)  # TIGHT's 30 ms is tight; 300 ms is loose
+    tiers = Tiers.parse("35")  # TIGHT's 30 ms is tight; 300 ms is loose; equal shares
     loose = RouteRequest(100, 50, SLO(tpot_ms=300, ttft_ms=5000))
     # The tight tier (a, b) is busier than the loose one (c, d): each request still stays in its own.
     replicas = [state("a", num_running=6), state("b", num_running=5), state("c"), state("d", num_running=1)]
@@ -131,7 +146,9 @@ def test_tiered_keeps_tight_and_loose_requests_apart():
         assert d.choice == "b" and d.feasible
         assert [r[0] for r in d.ranks] == ["b", "a", "c", "d"]  # the other tier last, for failover
         assert route(loose, replicas, "tiered", random.Random(seed), tiers=tiers).choice == "c"
-    # No TPOT target is loose.
+    # No TPOT target is loose; three tiers: the first bound that holds.
+    three = Tiers.parse("35,100", "0.5,0.25,0.25")
+    assert [three.tier_of(t) for t in (30, 35, 36, 100, 101, None)] == [0, 0, 1, 1, 2, 2]
     assert route(RouteRequest(10, 5), replicas, "tiered", random.Random(0), tiers=tiers).choice == "c"
     # Infeasible in its own tier: refused when asked, though the other tier has room.
     slow = [state("a", step_ms=90.0), state("b", step_ms=90.0), state("c"), state("d")]
@@ -140,7 +157,9 @@ def test_tiered_keeps_tight_and_loose_requests_apart():
     with pytest.raises(ValueError, match="needs Tiers"):
         route(TIGHT, replicas, "tiered", random.Random(0))
     with pytest.raises(ValueError, match="share"):
-        Tiers(35.0, share=1.0)
+        Tiers((35.0,), (1.0, 0.0))
+    with pytest.raises(ValueError, match="ascending"):
+        Tiers.parse("400,150", "0.5,0.25,0.25")
 
 
 def test_state_round_trips_as_routing_stats():
@@ -157,7 +176,7 @@ def cluster_workload(n: int, gap_s: float) -> list[SimRequest]:
 def test_cluster_simulator_serves_every_request(mode):
     cost = CostModel.from_table({1: 10.0, 64: 12.0, 512: 60.0, 2048: 240.0})
     config = SimConfig(policy="none", max_num_seqs=16, max_num_batched_tokens=512, kv_capacity_tokens=8192)
-    cluster = ClusterSimulator(config, cost, None, 3, mode, tiers=Tiers(tight_tpot_ms=100.0))
+    cluster = ClusterSimulator(config, cost, None, 3, mode, tiers=Tiers.parse("100"))
     records = cluster.run(cluster_workload(60, 0.02))
     assert len(records) == 60 and all(r.num_output_tokens == 32 and r.error is None for r in records)
     assert sum(cluster.stats.num_routed.values()) == 60

@@ -107,13 +107,13 @@ class SLORequestRouter(FIFOMixin, RequestRouter):
         self,
         mode: str = "spread",
         seed: int | None = None,
-        tight_tpot_ms: float | None = None,
-        tight_share: float = 0.5,
+        tier_tpot_ms: str | None = None,
+        tier_shares: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"routing mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode, self.rng, self.turn = mode, random.Random(seed), 0
-        self.tiers = Tiers(tight_tpot_ms, tight_share) if tight_tpot_ms is not None else None
+        self.tiers = Tiers.parse(tier_tpot_ms, tier_shares) if tier_tpot_ms is not None else None
         self.since_stats: dict[str, tuple[int, int, int]] = {}  # replica -> (id of its stats, requests, tokens)
 
     async def choose_replicas(
@@ -239,8 +239,8 @@ def build_app(args: argparse.Namespace):
             request_router_class=SLORequestRouter,
             request_router_kwargs={
                 "mode": args.router,
-                "tight_tpot_ms": args.tight_tpot_ms,
-                "tight_share": args.tight_share,
+                "tier_tpot_ms": args.tier_tpot_ms,
+                "tier_shares": args.tier_shares,
             },
             request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
             request_routing_stats_timeout_s=5,

@@ -17,17 +17,19 @@ replicas rank first, infeasible ones last, ties at random. When no replica is fe
 that asked to be refused (`slo_policy: "reject"`) is; any other goes best-effort to the replica
 where it misses least. When every replica is full the router should back off and try again.
 
-`tiered` reserves replicas for tight requests: the first `Tiers.share` of them (by id) serve the
-requests whose TPOT target is at most `Tiers.tight_tpot_ms`, the others the rest, each tier routed
-as by spread. Why: a step's time grows with its batch, so a tight request sharing a replica with
-many loose ones misses, and holding the loose ones back for it costs their TTFT; apart, the tight
-tier runs short batches and the loose tier long ones. In the simulated study this is the only mode
-well ahead of power-of-two (docs/results.md#routing-across-replicas); the share is the operator's
-to size (too small a tier starves the tight class, too large the loose ones).
+`tiered` splits the replicas (by id) into SLO tiers (`Tiers`: TPOT bounds and a share of the
+replicas for each), sends each request to its tier and routes within it as by spread. Why: a step's
+time grows with its batch, so a tight request sharing a replica with many loose ones misses, and
+holding the loose ones back for it costs their TTFT; apart, the tight tier runs short batches and
+the loose tiers long ones, and short-prompt requests do not wait behind long prompts' prefill. In
+the simulated study this is the only mode well ahead of power-of-two
+(docs/results.md#routing-across-replicas); the shares are the operator's to size (too small a tier
+starves its class).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -41,21 +43,47 @@ SLO_AWARE_MODES = ("spread", "pack", "tiered")
 
 @dataclass(frozen=True)
 class Tiers:
-    tight_tpot_ms: float  # requests with a TPOT target at most this go to the tight tier
-    share: float = 0.5  # of the replicas (at least one each when there are two or more)
+    """`tiered` mode's split. Tier k takes the requests whose TPOT target is at most
+    tpot_bounds_ms[k] (the first bound that holds); the last tier the rest, and those with no target."""
+
+    tpot_bounds_ms: tuple[float, ...]  # ascending
+    shares: tuple[float, ...]  # of the replicas, one per tier (one more than the bounds), summing to 1
 
     def __post_init__(self) -> None:
-        if not 0 < self.share < 1 or self.tight_tpot_ms <= 0:
-            raise ValueError(f"tiers need 0 < share < 1 and tight_tpot_ms > 0, got {self}")
+        bounds, shares = self.tpot_bounds_ms, self.shares
+        ok = len(shares) == len(bounds) + 1 and all(x > 0 for x in bounds + shares)
+        if not ok or list(bounds) != sorted(bounds) or abs(sum(shares) - 1) > 1e-6:
+            raise ValueError(f"tiers need ascending TPOT bounds > 0 and one share > 0 more, summing to 1; got {self}")
 
-    def split(self, replicas: list[ReplicaState]) -> tuple[list[ReplicaState], list[ReplicaState]]:
-        """(tight tier, loose tier). Worked example: 8 replicas, share 0.5 -> ids 0-3 and 4-7;
-        3 replicas, share 0.5 -> round(1.5) = 2 and 1; 1 replica -> it serves both tiers."""
-        if len(replicas) < 2:
-            return replicas, replicas
+    @classmethod
+    def parse(cls, bounds_ms: str, shares: str | None = None) -> Tiers:
+        """'150,400' and '0.5,0.25,0.25'; shares default to equal ones."""
+        bounds = tuple(float(x) for x in bounds_ms.split(","))
+        parts = tuple(float(x) for x in shares.split(",")) if shares else (1 / (len(bounds) + 1),) * (len(bounds) + 1)
+        return cls(bounds, parts)
+
+    def tier_of(self, tpot_ms: float | None) -> int:
+        if tpot_ms is None:
+            return len(self.tpot_bounds_ms)
+        return next((k for k, bound in enumerate(self.tpot_bounds_ms) if tpot_ms <= bound), len(self.tpot_bounds_ms))
+
+    def split(self, replicas: list[ReplicaState]) -> list[list[ReplicaState]]:
+        """The replicas of each tier, by replica id. Worked example: 8 replicas, shares 0.5, 0.25,
+        0.25 -> ids 0-3, 4-5, 6-7; 3 replicas, shares 0.5, 0.5 -> round(1.5) = 2 and 1. Fewer
+        replicas than tiers: one each, the loosest tiers sharing the last (2 replicas, 3 tiers ->
+        [0], [1], [1])."""
         ordered = sorted(replicas, key=lambda s: s.replica_id)
-        num_tight = min(len(ordered) - 1, max(1, round(self.share * len(ordered))))
-        return ordered[:num_tight], ordered[num_tight:]
+        n = len(ordered)
+        if n < len(self.shares):
+            return [ordered[min(k, n - 1) : min(k, n - 1) + 1] for k in range(len(self.shares))]
+        counts = [max(1, round(share * n)) for share in self.shares]
+        while sum(counts) > n:  # (rounding up): take from the one furthest above its share, ties the later
+            over = [(counts[k] - self.shares[k] * n, k) if counts[k] > 1 else (-n, k) for k in range(len(counts))]
+            counts[max(over)[1]] -= 1
+        while sum(counts) < n:  # (rounding down): give to the one furthest below its share
+            counts[max(range(len(counts)), key=lambda k: self.shares[k] * n - counts[k])] += 1
+        starts = list(itertools.accumulate(counts, initial=0))
+        return [ordered[starts[k] : starts[k + 1]] for k in range(len(counts))]
 
 
 @dataclass(frozen=True)
@@ -152,10 +180,8 @@ def _tiered(
     request: RouteRequest, replicas: list[ReplicaState], rng: random.Random, tiers: Tiers | None
 ) -> RouteDecision:
     if tiers is None:
-        raise ValueError("routing mode 'tiered' needs Tiers (tight_tpot_ms, share)")
-    tight, loose = tiers.split(replicas)
-    target = request.slo.tpot_ms
-    own = tight if target is not None and target <= tiers.tight_tpot_ms else loose
+        raise ValueError("routing mode 'tiered' needs Tiers (TPOT bounds and shares)")
+    own = tiers.split(replicas)[tiers.tier_of(request.slo.tpot_ms)]
     decision = route(request, own, "spread", rng)
     if decision.refuse:
         return decision
