@@ -124,6 +124,10 @@ def test_engine_profiles_once_per_model_pair_and_caches(tiny_model_dirs, tmp_pat
     assert profile_key(*args, None, "cpu", "float32", "gguf") != profile_key(*args, 1, "cpu", "float32", "gguf")
     # So is another weight format.
     assert profile_key(*args, None, "cpu", "float32", "gguf") != profile_key(*args, None, "cpu", "float32", "fp32")
+    # And new kernel code: its latencies are measured again.
+    key = profile_key(*args, None, "cpu", "float32", "gguf")
+    monkeypatch.setattr("adaserve.engine.profiler.kernel_version", lambda: "another build")
+    assert profile_key(*args, None, "cpu", "float32", "gguf") != key
 
 
 def test_per_sequence_term_and_json_round_trip():

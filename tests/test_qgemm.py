@@ -116,24 +116,32 @@ def test_llama_row_order_matches_transformers_reverse_permute():
     assert np.array_equal(w[llama_rope_row_order(rows, heads)], hf)
 
 
-@pytest.mark.skipif("avx2" not in cpu_flags(), reason="no AVX2")
-def test_the_avx2_build_equals_plain_cpp(tmp_path):
-    """On an AVX-512 machine the default build never runs the AVX2 path: build it on purpose."""
+# Each build: its name, compiler flags, the ISA it reports, and the CPU flag it needs to run.
+BUILDS = {
+    "avx2": (["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"], "avx2", "avx2"),
+    "portable": (["-O3", "-fopenmp"], "scalar", None),  # x86-64 baseline: every loop is plain C++
+}
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_build_for_another_isa_gives_the_same_bits(tmp_path, build):
+    """The default build runs one ISA's code only: build the others on purpose and compare."""
     from torch.utils.cpp_extension import load
 
     from adaserve.kernels import SOURCES
 
-    flags = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
-    ops = load(
-        "qgemm_avx2_test", [str(s) for s in SOURCES], flags, extra_ldflags=["-fopenmp"], build_directory=str(tmp_path)
-    )
-    assert ops.isa() == "avx2"
+    flags, isa, needs = BUILDS[build]
+    if needs and needs not in cpu_flags():
+        pytest.skip(f"no {needs}")
+    sources = [str(s) for s in SOURCES]
+    ops = load(f"qgemm_{build}_test", sources, flags, extra_ldflags=["-fopenmp"], build_directory=str(tmp_path))
+    assert ops.isa() == isa
     for pw in (random_int4(48)[0], quantize_int8(torch.randn(48, 96))):
         x = torch.randn(13, 96)
         y = ops.linear(x, pw.weight, pw.scales, pw.int4, False)
         assert torch.equal(y, ops.linear(x, pw.weight, pw.scales, pw.int4, True))
         assert torch.equal(y, run(pw, x, scalar=True))  # and equal to the default build's plain path
-    # The attention kernel's portable loops do the AVX-512 path's additions in the same order.
+    # Every build's attention (AVX-512, AVX2, plain C++) does the same additions in the same order.
     g = torch.Generator().manual_seed(3)
     k_cache, v_cache = torch.randn(40, 2, 128, generator=g), torch.randn(40, 2, 128, generator=g)
     q = torch.randn(9, 12, 128, generator=g)

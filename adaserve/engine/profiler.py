@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from adaserve.engine.executor import ModelExecutor
-from adaserve.kernels import cpu_flags, cpu_model
+from adaserve.kernels import cpu_flags, cpu_model, kernel_version
 from adaserve.models.sources import cache_root
 from adaserve.sched.cost_model import CostModel, LatencyCurve
 
@@ -154,8 +154,8 @@ def profile_key(
     target_dir: Path, draft_dir: Path | None, draft_num_layers: int | None, device: str, dtype: str, weights: str
 ) -> str:
     """Everything the latencies depend on: the models (a draft cut to its first layers is another
-    model), the device, the weight format and number format, and the machine with its ISA flags
-    (a change of any of them is a new key, so the profile is measured again)."""
+    model), the device, the weight format and number format, the machine with its ISA flags, and
+    our kernels' code (a change of any of them is a new key, so the profile is measured again)."""
     parts = [
         str(target_dir),
         str(draft_dir),
@@ -168,6 +168,7 @@ def profile_key(
         str(torch.get_num_threads()),
         torch.__version__,
         str(os.cpu_count()),
+        kernel_version(),
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

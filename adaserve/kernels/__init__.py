@@ -41,6 +41,12 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def kernel_version() -> str:
+    """A hash of the kernels' sources, the torch version and this CPU's ISA flags: what the
+    compiled code, and so every latency measured with it, depends on."""
+    return _build_key()
+
+
 def _build_key() -> str:
     h = hashlib.sha256()
     for src in SOURCES:

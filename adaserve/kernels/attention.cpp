@@ -42,6 +42,17 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 #endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define ADASERVE_ATTN_AVX2 1
+// The 16 lanes as two halves (lo: 0-7, hi: 8-15); the first fold step, l += l + 8, is lo + hi,
+// then the same tree as the AVX-512 fold.
+inline float fold(__m256 lo, __m256 hi) {
+  __m256 s8 = _mm256_add_ps(lo, hi);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+#endif
 
 constexpr int64_t MAX_HEADS = 8;
 
@@ -65,6 +76,28 @@ void dots_avx512(const float* q, const float* k, int64_t D, float scale, float* 
 }
 #endif
 
+#ifdef ADASERVE_ATTN_AVX2
+// dots_avx512 on two 8-lane halves: the same lanes, fused multiply-adds and fold, so the same bits.
+template <int NH>
+void dots_avx2(const float* q, const float* k, int64_t D, float scale, float* out, int64_t out_stride) {
+  __m256 lo[NH], hi[NH];
+  for (int g = 0; g < NH; ++g) lo[g] = hi[g] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + LANES <= D; i += LANES) {
+    const __m256 k0 = _mm256_loadu_ps(k + i), k1 = _mm256_loadu_ps(k + i + 8);
+    for (int g = 0; g < NH; ++g) {
+      lo[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + i), k0, lo[g]);
+      hi[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + i + 8), k1, hi[g]);
+    }
+  }
+  for (int g = 0; g < NH; ++g) {
+    float s = fold(lo[g], hi[g]);
+    for (int64_t r = i; r < D; ++r) s += q[g * D + r] * k[r];
+    out[g * out_stride] = s * scale;
+  }
+}
+#endif
+
 // out[g * out_stride] = dot(q + g * D, k, D) * scale for num_heads consecutive query heads.
 inline void dots(const float* q, int64_t num_heads, const float* k, int64_t D, float scale, float* out,
                  int64_t out_stride) {
@@ -72,6 +105,11 @@ inline void dots(const float* q, int64_t num_heads, const float* k, int64_t D, f
   using Kernel = void (*)(const float*, const float*, int64_t, float, float*, int64_t);
   static constexpr Kernel kernels[MAX_HEADS] = {dots_avx512<1>, dots_avx512<2>, dots_avx512<3>, dots_avx512<4>,
                                                 dots_avx512<5>, dots_avx512<6>, dots_avx512<7>, dots_avx512<8>};
+  kernels[num_heads - 1](q, k, D, scale, out, out_stride);
+#elif defined(ADASERVE_ATTN_AVX2)
+  using Kernel = void (*)(const float*, const float*, int64_t, float, float*, int64_t);
+  static constexpr Kernel kernels[MAX_HEADS] = {dots_avx2<1>, dots_avx2<2>, dots_avx2<3>, dots_avx2<4>,
+                                                dots_avx2<5>, dots_avx2<6>, dots_avx2<7>, dots_avx2<8>};
   kernels[num_heads - 1](q, k, D, scale, out, out_stride);
 #else
   for (int64_t g = 0; g < num_heads; ++g) out[g * out_stride] = dot(q + g * D, k, D) * scale;
@@ -97,6 +135,23 @@ void weighted_sum_avx512(const float* probs, int64_t probs_stride, const int64_t
 }
 #endif
 
+#ifdef ADASERVE_ATTN_AVX2
+constexpr int64_t AVX2_LANES = 8;
+template <int NH>  // as weighted_sum_avx512, in 8-lane chunks
+void weighted_sum_avx2(const float* probs, int64_t probs_stride, const int64_t* slots, int64_t n, const float* v,
+                       int64_t v_stride, int64_t D, float* out) {
+  for (int64_t c = 0; c + AVX2_LANES <= D; c += AVX2_LANES) {
+    __m256 acc[NH];
+    for (int g = 0; g < NH; ++g) acc[g] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+      const __m256 vj = _mm256_loadu_ps(v + slots[j] * v_stride + c);
+      for (int g = 0; g < NH; ++g) acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(probs[g * probs_stride + j]), vj, acc[g]);
+    }
+    for (int g = 0; g < NH; ++g) _mm256_storeu_ps(out + g * D + c, acc[g]);
+  }
+}
+#endif
+
 inline void weighted_sum(const float* probs, int64_t probs_stride, int64_t num_heads, const int64_t* slots, int64_t n,
                          const float* v, int64_t v_stride, int64_t D, float* out) {
   int64_t c = 0;
@@ -107,6 +162,13 @@ inline void weighted_sum(const float* probs, int64_t probs_stride, int64_t num_h
       weighted_sum_avx512<5>, weighted_sum_avx512<6>, weighted_sum_avx512<7>, weighted_sum_avx512<8>};
   kernels[num_heads - 1](probs, probs_stride, slots, n, v, v_stride, D, out);
   c = D / LANES * LANES;
+#elif defined(ADASERVE_ATTN_AVX2)
+  using Kernel = void (*)(const float*, int64_t, const int64_t*, int64_t, const float*, int64_t, int64_t, float*);
+  static constexpr Kernel kernels[MAX_HEADS] = {weighted_sum_avx2<1>, weighted_sum_avx2<2>, weighted_sum_avx2<3>,
+                                                weighted_sum_avx2<4>, weighted_sum_avx2<5>, weighted_sum_avx2<6>,
+                                                weighted_sum_avx2<7>, weighted_sum_avx2<8>};
+  kernels[num_heads - 1](probs, probs_stride, slots, n, v, v_stride, D, out);
+  c = D / AVX2_LANES * AVX2_LANES;
 #endif
   for (; c < D; ++c)
     for (int64_t g = 0; g < num_heads; ++g) {

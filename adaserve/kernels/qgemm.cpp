@@ -26,8 +26,8 @@ namespace {
 
 constexpr int64_t COLS = 16, GROUP = 32, MAX_ROWS = 8, PAIR_ROWS = 4;
 
-// x [M, K] fp32 -> q int8 [M, K], scale [M, K/32], scaled_sum = scale * sum(q) [M, K/32].
-void quantize_rows(const float* x, int64_t num_groups, int8_t* q, float* scale, float* scaled_sum) {
+// x [M, K] fp32 -> q int8 [M, K], scale [M, K/32], qsum = sum(q) and scaled_sum = scale * qsum [M, K/32].
+void quantize_rows(const float* x, int64_t num_groups, int8_t* q, float* scale, int32_t* qsum, float* scaled_sum) {
   at::parallel_for(0, num_groups, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* xs = x + i * GROUP;
@@ -42,6 +42,7 @@ void quantize_rows(const float* x, int64_t num_groups, int8_t* q, float* scale, 
         sum += v;
       }
       scale[i] = s;
+      qsum[i] = sum;
       scaled_sum[i] = s * static_cast<float>(sum);
     }
   });
@@ -51,6 +52,7 @@ struct Acts {
   const int8_t* q;
   const float* scale;
   const float* scaled_sum;
+  const int32_t* qsum;  // sum of q per group
   int64_t K, G;
 };
 
@@ -88,6 +90,7 @@ void block_scalar(const uint8_t* w, const at::Half* sc, const Acts& a, int64_t r
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 constexpr const char* KERNEL_ISA = "avx512_vnni";
+constexpr int64_t SIMD_ROWS_INT4 = MAX_ROWS, SIMD_ROWS_INT8 = MAX_ROWS;
 
 // NB column blocks (16 columns each, `wstride` / `sstride` apart) at once, so that each broadcast
 // activation quad feeds NB dot products; for each quad j: unpack it for every block, then every row.
@@ -155,65 +158,112 @@ void pair_rows(const uint8_t* w, int64_t wstride, const at::Half* sc, int64_t ss
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 constexpr const char* KERNEL_ISA = "avx2";
 constexpr bool PAIRED = false;
+// Rows per call, measured on a Zen 3 (AVX2): int4 6 (its int16 sums spill a little, but each weight
+// load serves more rows), int8 4 (4 x 2 x 2 accumulators, most of the 16 ymm registers).
+constexpr int64_t SIMD_ROWS_INT4 = 6, SIMD_ROWS_INT8 = 4;
 
-// u (unsigned, < 128) times q (signed) summed over each lane's 4 bytes, as VNNI's dpbusd does.
-inline __m256i dot4(__m256i u, __m256i q) {
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1));
+// acc[m][h] += d_h * scale[m] * dot_u[m][h] + z_h * scaled_sum[m] for group g (dot_u = sum u * q),
+// the plain path's two fused multiply-adds per column.
+template <int ROWS>
+inline void add_group(const at::Half* sc, const Acts& a, int64_t g, __m256i (&dot_u)[ROWS][2], __m256 (&acc)[ROWS][2]) {
+  for (int h = 0; h < 2; ++h) {
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 32 + 8 * h)));
+    const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 32 + 16 + 8 * h)));
+    for (int m = 0; m < ROWS; ++m) {
+      const __m256 ds = _mm256_mul_ps(d, _mm256_set1_ps(a.scale[m * a.G + g]));
+      acc[m][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u[m][h]), ds, acc[m][h]);
+      acc[m][h] = _mm256_fmadd_ps(z, _mm256_set1_ps(a.scaled_sum[m * a.G + g]), acc[m][h]);
+    }
+  }
 }
 
-// Two halves of 8 columns each, so that the weights of one half fit in the 16 ymm registers.
-template <int ROWS, bool INT4>
-void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int half = 0; half < 2; ++half) {
-    __m256 acc[ROWS];
-    for (int m = 0; m < ROWS; ++m) acc[m] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < a.G; ++g) {
-      __m256i wq[8];
-      if constexpr (INT4) {
-        const uint8_t* wg = w + g * 256 + 32 * half;
-        for (int c = 0; c < 4; ++c) {
-          const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * c));
-          wq[2 * c] = _mm256_and_si256(packed, low);
-          wq[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-        }
-      } else {  // signed w = u - 128, so that maddubs cannot saturate: |q| * sign(w, q)
-        for (int j = 0; j < 8; ++j) {
-          const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 512 + 64 * j + 32 * half));
-          wq[j] = _mm256_xor_si256(u, bias);
-        }
-      }
-      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 32 + 8 * half)));
-      const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc + g * 32 + 16 + 8 * half)));
-      for (int m = 0; m < ROWS; ++m) {
-        const int8_t* xq = a.q + m * a.K + g * GROUP;
-        __m256i dot = _mm256_setzero_si256();
-        int32_t qsum = 0;
-        for (int j = 0; j < 8; ++j) {
+template <int ROWS>
+inline void store_rows(__m256 (&acc)[ROWS][2], float* out, int64_t ldo) {
+  for (int m = 0; m < ROWS; ++m) {
+    _mm256_storeu_ps(out + m * ldo, acc[m][0]);
+    _mm256_storeu_ps(out + m * ldo + 8, acc[m][1]);
+  }
+}
+
+// Both halves of a block (8 columns each) per broadcast activation quad, for ROWS rows at a time.
+// int4: u < 16, so maddubs cannot saturate and its int16 pair sums add up over a whole group
+// (8 quads x 2 x 15 x 127 = 30480 < 32767): one madd to int32 per group, not per quad.
+template <int ROWS>
+void block_avx2_int4(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[ROWS][2];
+  for (int m = 0; m < ROWS; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < a.G; ++g) {
+    const uint8_t* wg = w + g * 256;
+    __m256i dot[ROWS][2];
+    for (int m = 0; m < ROWS; ++m) dot[m][0] = dot[m][1] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {  // chunk c: quad 2c in the low nibbles, 2c + 1 in the high ones
+      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * c));
+      const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * c + 32));
+      for (int hi = 0; hi < 2; ++hi) {
+        const __m256i w0 = _mm256_and_si256(hi ? _mm256_srli_epi16(p0, 4) : p0, low);
+        const __m256i w1 = _mm256_and_si256(hi ? _mm256_srli_epi16(p1, 4) : p1, low);
+        for (int m = 0; m < ROWS; ++m) {
           int32_t quad;
-          std::memcpy(&quad, xq + 4 * j, 4);
-          const __m256i q = _mm256_set1_epi32(quad);
-          if constexpr (INT4) {
-            dot = _mm256_add_epi32(dot, dot4(wq[j], q));
-          } else {
-            dot = _mm256_add_epi32(dot, dot4(_mm256_sign_epi8(q, q), _mm256_sign_epi8(wq[j], q)));
-            qsum += xq[4 * j] + xq[4 * j + 1] + xq[4 * j + 2] + xq[4 * j + 3];
-          }
+          std::memcpy(&quad, a.q + m * a.K + g * GROUP + 4 * (2 * c + hi), 4);
+          const __m256i x = _mm256_set1_epi32(quad);
+          dot[m][0] = _mm256_add_epi16(dot[m][0], _mm256_maddubs_epi16(w0, x));
+          dot[m][1] = _mm256_add_epi16(dot[m][1], _mm256_maddubs_epi16(w1, x));
         }
-        if constexpr (!INT4) dot = _mm256_add_epi32(dot, _mm256_set1_epi32(128 * qsum));  // back to sum u * q
-        const __m256 ds = _mm256_mul_ps(d, _mm256_set1_ps(a.scale[m * a.G + g]));
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), ds, acc[m]);
-        acc[m] = _mm256_fmadd_ps(z, _mm256_set1_ps(a.scaled_sum[m * a.G + g]), acc[m]);
       }
     }
-    for (int m = 0; m < ROWS; ++m) _mm256_storeu_ps(out + m * ldo + 8 * half, acc[m]);
+    for (int m = 0; m < ROWS; ++m)
+      for (int h = 0; h < 2; ++h) dot[m][h] = _mm256_madd_epi16(dot[m][h], ones);  // int16 pairs -> int32
+    add_group<ROWS>(sc, a, g, dot, acc);
+  }
+  store_rows<ROWS>(acc, out, ldo);
+}
+
+// int8: u = w + 128 would saturate maddubs, so the signed w = u - 128 goes through the sign trick
+// (|q| * sign(w, q)), summed in int32; sum u * q = sum w * q + 128 * sum q, sum q from quantize_rows.
+template <int ROWS>
+void block_avx2_int8(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
+  __m256 acc[ROWS][2];
+  for (int m = 0; m < ROWS; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < a.G; ++g) {
+    const uint8_t* wg = w + g * 512;
+    __m256i dot[ROWS][2];
+    for (int m = 0; m < ROWS; ++m) dot[m][0] = dot[m][1] = _mm256_setzero_si256();
+    for (int j = 0; j < 8; ++j) {
+      const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * j)), bias);
+      const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * j + 32)), bias);
+      for (int m = 0; m < ROWS; ++m) {
+        int32_t quad;
+        std::memcpy(&quad, a.q + m * a.K + g * GROUP + 4 * j, 4);
+        const __m256i x = _mm256_set1_epi32(quad);
+        const __m256i ax = _mm256_sign_epi8(x, x);
+        const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, x));
+        const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, x));
+        dot[m][0] = _mm256_add_epi32(dot[m][0], _mm256_madd_epi16(p0, ones));
+        dot[m][1] = _mm256_add_epi32(dot[m][1], _mm256_madd_epi16(p1, ones));
+      }
+    }
+    for (int m = 0; m < ROWS; ++m)
+      for (int h = 0; h < 2; ++h) dot[m][h] = _mm256_add_epi32(dot[m][h], _mm256_set1_epi32(128 * a.qsum[m * a.G + g]));
+    add_group<ROWS>(sc, a, g, dot, acc);
+  }
+  store_rows<ROWS>(acc, out, ldo);
+}
+
+template <int ROWS, bool INT4>
+void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
+  if constexpr (INT4) {
+    block_avx2_int4<ROWS>(w, sc, a, out, ldo);
+  } else {
+    block_avx2_int8<ROWS>(w, sc, a, out, ldo);
   }
 }
 
 #else
 constexpr const char* KERNEL_ISA = "scalar";
 constexpr bool PAIRED = false;
+constexpr int64_t SIMD_ROWS_INT4 = MAX_ROWS, SIMD_ROWS_INT8 = MAX_ROWS;
 
 template <int ROWS, bool INT4>
 void block_simd(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
@@ -252,9 +302,10 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor weight, torch::Tensor scales
   TORCH_CHECK(scales.numel() == weight.size(0) * G * 2 * COLS, "scales shape");
   auto q = torch::empty({M, K}, x.options().dtype(torch::kInt8));
   auto act_scale = torch::empty({M, G}, x.options());
+  auto act_qsum = torch::empty({M, G}, x.options().dtype(torch::kInt32));
   auto act_sum = torch::empty({M, G}, x.options());
   quantize_rows(x.data_ptr<float>(), M * G, q.data_ptr<int8_t>(), act_scale.data_ptr<float>(),
-                act_sum.data_ptr<float>());
+                act_qsum.data_ptr<int32_t>(), act_sum.data_ptr<float>());
   auto out = torch::empty({M, N}, x.options());
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const at::Half* sc = scales.data_ptr<at::Half>();
@@ -263,15 +314,16 @@ torch::Tensor linear(torch::Tensor x, torch::Tensor weight, torch::Tensor scales
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = act_scale.data_ptr<float>();
   const float* ssp = act_sum.data_ptr<float>();
+  const int32_t* qsp = act_qsum.data_ptr<int32_t>();
   // Work units of one column block, or two where the ISA has the paired kernel; rows in tiles.
   const int64_t num_blocks = weight.size(0), unit = (PAIRED && !scalar) ? 2 : 1;
-  const int64_t tile = unit == 2 ? PAIR_ROWS : MAX_ROWS;
+  const int64_t tile = unit == 2 ? PAIR_ROWS : (scalar ? MAX_ROWS : int4 ? SIMD_ROWS_INT4 : SIMD_ROWS_INT8);
   at::parallel_for(0, (num_blocks + unit - 1) / unit, 1, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t cb0 = u * unit, blocks = std::min(unit, num_blocks - cb0);
       for (int64_t m0 = 0; m0 < M; m0 += tile) {
         const int64_t rows = std::min(tile, M - m0);
-        const Acts a{qp + m0 * K, sp + m0 * G, ssp + m0 * G, K, G};
+        const Acts a{qp + m0 * K, sp + m0 * G, ssp + m0 * G, qsp + m0 * G, K, G};
         float* dst = o + m0 * N + cb0 * COLS;
         if (blocks == 2) {
           int4 ? pair_rows<true>(w + cb0 * wbytes, wbytes, sc + cb0 * sbytes, sbytes, a, rows, dst, N)
