@@ -106,11 +106,9 @@ def cmd_bench(args) -> None:
 def cmd_demo(args) -> None:
     from adaserve.bench.demo import DemoConfig, run
 
-    run(
-        DemoConfig(
-            model=args.model, policy=args.policy, num_requests=args.requests, rate=args.rate, max_tokens=args.max_tokens
-        )
-    )
+    load = {} if args.load is None else {"load": args.load}
+    config = DemoConfig(args.model, args.policy, args.requests, args.rate, max_tokens=args.max_tokens, **load)
+    run(config)
 
 
 def cmd_profile(args) -> None:
@@ -268,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="default: the Qwen2.5-Coder 1.5B + 0.5B pair")
     p.add_argument("--policy", default=None)
     p.add_argument("--requests", type=int, default=12)
-    p.add_argument("--rate", type=float, default=0.3, help="requests per second (Poisson)")
+    p.add_argument("--rate", type=float, default=None, help="requests per second (Poisson); default: from --load")
+    p.add_argument(
+        "--load",
+        type=float,
+        default=None,
+        help="mean requests in flight at the latency a request has alone, measured first (default 1)",
+    )
     p.add_argument("--max-tokens", type=int, default=48)
     p.set_defaults(func=cmd_demo)
     _add_bench_parser(sub)

@@ -9,7 +9,7 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -87,6 +87,29 @@ def print_report(records, wall_s: float) -> None:
     )
 
 
+# The default load, in requests in flight on average were each served as fast as when alone:
+# "small" on any machine. The first demos ran a fixed 0.3 requests/s, about 1.2 of these on the
+# Xeon they were tuned on, and 2.5 on a Zen 3 whose prefill is 2.5x slower: overload there.
+DEMO_LOAD = 1.0
+CALIBRATION_NOTE = {"role": "system", "content": "Calibration run."}  # its own prefix-cache blocks
+
+
+async def unloaded_latency_s(url: str, model: str, requests: list[BenchRequest]) -> float:
+    """Mean over `requests` of their class's latency (first send to last token) served alone: one
+    request of each class, one at a time, each behind a system note so that it shares no cached
+    prefix with the load that follows."""
+    alone: dict[str, float] = {}
+    for req in requests:
+        if req.category in alone:
+            continue
+        probe = replace(req, arrival_s=0.0, messages=[CALIBRATION_NOTE, *req.messages])
+        (record,) = await run_load(url, model, [probe], send_slo=True, progress=False)
+        if record.error or not record.chunk_times:
+            raise RuntimeError(f"calibration request ({req.category}) failed: {record.error}")
+        alone[req.category] = record.chunk_times[-1] - record.arrival_time
+    return sum(alone[r.category] for r in requests) / len(requests)
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """`adaserve demo` (see its --help): None = the server's defaults."""
@@ -94,7 +117,8 @@ class DemoConfig:
     model: str | None = None
     policy: str | None = None
     num_requests: int = 12
-    rate: float = 0.3  # requests per second (Poisson)
+    rate: float | None = None  # requests per second (Poisson); None: from `load` and a calibration
+    load: float = DEMO_LOAD
     max_tokens: int = 48
 
 
@@ -109,7 +133,17 @@ def run(config: DemoConfig) -> None:
     try:
         wait_healthy(url, server, timeout_s=3600)
         model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-        requests = demo_requests(config.num_requests, config.rate, config.max_tokens)
+        rate = config.rate
+        if rate is None:
+            shape = demo_requests(config.num_requests, 1.0, config.max_tokens)  # the same prompts at any rate
+            latency_s = asyncio.run(unloaded_latency_s(url, model, shape))
+            rate = config.load / latency_s
+            print(
+                f"rate {rate:.3f} requests/s: {config.load:g} in flight on average at the {latency_s:.1f} s "
+                "a request takes alone here (--rate sets it)",
+                flush=True,
+            )
+        requests = demo_requests(config.num_requests, rate, config.max_tokens)
         start = time.perf_counter()
         records = asyncio.run(run_load(url, model, requests, send_slo=True))
         print_report(records, time.perf_counter() - start)
