@@ -77,7 +77,8 @@ def main() -> None:
         print(f"{n:>4} tokens: {args.rev} {old_ms:.0f} ms, now {new_ms:.0f} ms, {old_ms / new_ms:.2f}x", flush=True)
     result = {"rev": args.rev, "model": args.model, "context": CONTEXT, "cpu_flags": kernels.cpu_flags(), "rows": rows}
     result["cpu"], result["isa"] = kernels.cpu_model(), new.isa()
-    result["rev_commit"] = subprocess.check_output(["git", "rev-parse", "--short", args.rev], cwd=ROOT, text=True).strip()
+    rev_commit = subprocess.check_output(["git", "rev-parse", "--short", args.rev], cwd=ROOT, text=True)
+    result["rev_commit"] = rev_commit.strip()
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", args.out)
 
