@@ -44,11 +44,24 @@ def test_cat_promotes_to_int8_when_parts_differ():
     assert torch.equal(unpack(fused), torch.cat([unpack(a), unpack(b)]))
 
 
+def weights(kind: str, num_out: int = 48):
+    """int4; int8 from fp32 (u in 1..255); int4 promoted to int8 as `cat` does (u in 0..15: the
+    signed weight -128 occurs, which the AVX2 sign trick once got wrong)."""
+    if kind == "int4":
+        return random_int4(num_out)[0]
+    if kind == "int8":
+        return quantize_int8(torch.randn(num_out, 96, generator=torch.Generator().manual_seed(num_out)))
+    return to_int8(random_int4(num_out, seed=5)[0])
+
+
+KINDS = ["int4", "int8", "int4_as_int8"]
+
+
 @pytest.mark.parametrize("num_out", [64, 48])  # 48: an odd number of 16-column blocks
-@pytest.mark.parametrize("int4", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("num_rows", [1, 3, 8, 13, 20])
-def test_simd_equals_plain_cpp_and_tracks_the_fp32_product(int4, num_rows, num_out):
-    pw = random_int4(num_out)[0] if int4 else quantize_int8(torch.randn(num_out, 96))
+def test_simd_equals_plain_cpp_and_tracks_the_fp32_product(kind, num_rows, num_out):
+    pw = weights(kind, num_out)
     x = torch.randn(num_rows, 96, generator=torch.Generator().manual_seed(num_rows))
     y = run(pw, x)
     assert torch.equal(y, run(pw, x, scalar=True))
@@ -136,7 +149,7 @@ def test_a_build_for_another_isa_gives_the_same_bits(tmp_path, build):
     sources = [str(s) for s in SOURCES]
     ops = load(f"qgemm_{build}_test", sources, flags, extra_ldflags=["-fopenmp"], build_directory=str(tmp_path))
     assert ops.isa() == isa
-    for pw in (random_int4(48)[0], quantize_int8(torch.randn(48, 96))):
+    for pw in (weights(kind) for kind in KINDS):
         x = torch.randn(13, 96)
         y = ops.linear(x, pw.weight, pw.scales, pw.int4, False)
         assert torch.equal(y, ops.linear(x, pw.weight, pw.scales, pw.int4, True))

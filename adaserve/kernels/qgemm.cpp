@@ -219,8 +219,10 @@ void block_avx2_int4(const uint8_t* w, const at::Half* sc, const Acts& a, float*
   store_rows<ROWS>(acc, out, ldo);
 }
 
-// int8: u = w + 128 would saturate maddubs, so the signed w = u - 128 goes through the sign trick
-// (|q| * sign(w, q)), summed in int32; sum u * q = sum w * q + 128 * sum q, sum q from quantize_rows.
+// int8: u = w + 128 would saturate maddubs, so the signed w = u - 128 goes through the sign trick,
+// |w| * sign(q, w): |w| <= 128 fits an unsigned byte (w = -128 is u = 0, common in int4 weights
+// promoted to int8), |q| <= 127 flips safely, and pairs stay under 2^15 (2 x 128 x 127). Summed in
+// int32; sum u * q = sum w * q + 128 * sum q, with sum q from quantize_rows.
 template <int ROWS>
 void block_avx2_int8(const uint8_t* w, const at::Half* sc, const Acts& a, float* out, int64_t ldo) {
   const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80)), ones = _mm256_set1_epi16(1);
@@ -233,13 +235,13 @@ void block_avx2_int8(const uint8_t* w, const at::Half* sc, const Acts& a, float*
     for (int j = 0; j < 8; ++j) {
       const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * j)), bias);
       const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 64 * j + 32)), bias);
+      const __m256i abs0 = _mm256_abs_epi8(w0), abs1 = _mm256_abs_epi8(w1);  // -128 -> 0x80, read unsigned
       for (int m = 0; m < ROWS; ++m) {
         int32_t quad;
         std::memcpy(&quad, a.q + m * a.K + g * GROUP + 4 * j, 4);
         const __m256i x = _mm256_set1_epi32(quad);
-        const __m256i ax = _mm256_sign_epi8(x, x);
-        const __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, x));
-        const __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, x));
+        const __m256i p0 = _mm256_maddubs_epi16(abs0, _mm256_sign_epi8(x, w0));
+        const __m256i p1 = _mm256_maddubs_epi16(abs1, _mm256_sign_epi8(x, w1));
         dot[m][0] = _mm256_add_epi32(dot[m][0], _mm256_madd_epi16(p0, ones));
         dot[m][1] = _mm256_add_epi32(dot[m][1], _mm256_madd_epi16(p1, ones));
       }
