@@ -104,11 +104,10 @@ def cmd_bench(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from adaserve.bench.demo import DemoConfig, run
+    from adaserve.bench.demo import DEMO_LOAD, DemoConfig, run
 
-    load = {} if args.load is None else {"load": args.load}
-    config = DemoConfig(args.model, args.policy, args.requests, args.rate, max_tokens=args.max_tokens, **load)
-    run(config)
+    load = DEMO_LOAD if args.load is None else args.load
+    run(DemoConfig(args.model, args.policy, args.requests, args.rate, load, args.max_tokens))
 
 
 def cmd_profile(args) -> None:

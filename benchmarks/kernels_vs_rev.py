@@ -38,10 +38,8 @@ def build_rev(rev: str, build_dir: Path):
             subprocess.check_output(["git", "show", f"{rev}:adaserve/kernels/{src.name}"], cwd=ROOT, text=True)
         )
         sources.append(str(path))
-    flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]
-    return load(
-        "adaserve_qgemm_rev", sources, extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(build_dir)
-    )
+    flags, build = kernels.BUILD_FLAGS, str(build_dir)
+    return load("adaserve_qgemm_rev", sources, extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=build)
 
 
 def main() -> None:

@@ -41,13 +41,13 @@ def cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+BUILD_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # at::parallel_for needs OpenMP
+
+
+@cache
 def kernel_version() -> str:
     """A hash of the kernels' sources, the torch version and this CPU's ISA flags: what the
-    compiled code, and so every latency measured with it, depends on."""
-    return _build_key()
-
-
-def _build_key() -> str:
+    compiled code, and so every latency measured with it, depends on (the build cache's key)."""
     h = hashlib.sha256()
     for src in SOURCES:
         h.update(src.read_bytes())
@@ -62,16 +62,15 @@ def qgemm():
 
     from adaserve.models.sources import cache_root
 
-    key = _build_key()
+    key = kernel_version()
     build_dir = cache_root() / "kernels" / key
     build_dir.mkdir(parents=True, exist_ok=True)
     log.info("loading the qgemm kernels (built once per machine, in %s)", build_dir)
-    flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"]  # at::parallel_for needs OpenMP
     with _build_lock(build_dir):
         return load(
             name=f"adaserve_qgemm_{key}",
             sources=[str(s) for s in SOURCES],
-            extra_cflags=flags,
+            extra_cflags=BUILD_FLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
             verbose=False,
