@@ -33,10 +33,11 @@ def build_rev(rev: str, build_dir: Path):
     """The kernels module of `rev`, compiled as the current build is."""
     sources = []
     for src in kernels.SOURCES:
+        show = subprocess.run(["git", "show", f"{rev}:adaserve/kernels/{src.name}"], cwd=ROOT, capture_output=True)
+        if show.returncode:  # a source added after rev (e.g. ops.cpp)
+            continue
         path = build_dir / src.name
-        path.write_text(
-            subprocess.check_output(["git", "show", f"{rev}:adaserve/kernels/{src.name}"], cwd=ROOT, text=True)
-        )
+        path.write_bytes(show.stdout)
         sources.append(str(path))
     flags, build = kernels.BUILD_FLAGS, str(build_dir)
     return load("adaserve_qgemm_rev", sources, extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=build)

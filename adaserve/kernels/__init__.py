@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name("qgemm.cpp"), Path(__file__).with_name("attention.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.cpp", "attention.cpp", "ops.cpp")]
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile")
 
 

@@ -348,9 +348,11 @@ std::string isa() { return KERNEL_ISA; }
 }  // namespace
 
 void register_attention(pybind11::module& m);  // attention.cpp
+void register_ops(pybind11::module& m);        // ops.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   register_attention(m);
+  register_ops(m);
   // Without the GIL: the server's event loop (streaming, new requests) runs while a step computes.
   m.def("linear", &linear, "x [M, K] fp32 @ quantized weight^T -> [M, N] fp32",
         pybind11::call_guard<pybind11::gil_scoped_release>());

@@ -107,6 +107,7 @@ def model_from_state(state: dict, cfg: ModelConfig, max_positions: int | None = 
         raise ValueError(f"no packed tensor for {leftover[:5]}")
     model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, max_positions or cfg.max_position_embeddings)
     model.batch_invariant = True  # int8 activations amplify batch-shape noise; see key_lists.py
+    model.use_fused_ops()
     return model.eval().requires_grad_(False)
 
 

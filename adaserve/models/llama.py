@@ -39,10 +39,20 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.ops = None  # the C++ kernels' fused ops (CausalLM.use_fused_ops), else torch's
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """norm(x); with a residual, (norm(x + residual), x + residual), in place under the C++ ops."""
+        if self.ops is not None:
+            if residual is None:
+                return self.ops.rms_norm(x, self.weight, self.eps)
+            self.ops.add_rms_norm_(x, residual, self.weight, self.eps)
+            return x, residual
+        if residual is not None:
+            residual = x = x + residual
         # One fused op; bitwise equal to HF's x * rsqrt(mean(x^2) + eps) * weight in fp32.
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        out = F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        return out if residual is None else (out, residual)
 
 
 class Rotary(nn.Module):
@@ -74,14 +84,12 @@ class Attention(nn.Module):
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, q_size + 2 * kv_size, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
+        self.ops = None  # as RMSNorm.ops
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv: KVCache) -> torch.Tensor:
-        num_tokens, num_qk_heads = x.shape[0], self.num_heads + self.num_kv_heads
+        num_tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # [num_tokens, (heads + 2 * kv_heads) * head_dim]
-        # Rotate q and k in one go: [num_tokens, heads + kv_heads, head_dim]
-        qk = apply_rotary(qkv[:, : num_qk_heads * self.head_dim].view(num_tokens, num_qk_heads, -1), cos, sin)
-        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        v = qkv[:, num_qk_heads * self.head_dim :].view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k, v = self._rotated_qkv(qkv, cos, sin)
         k_cache, v_cache = kv.k[self.layer_idx], kv.v[self.layer_idx]  # [blocks, bs, kv_heads, d]
         k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, meta.slot_mapping, k)
         v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, meta.slot_mapping, v)
@@ -94,6 +102,18 @@ class Attention(nn.Module):
             for group in meta.groups:
                 out[group.token_ids] = self._attend(q[group.token_ids], k_cache, v_cache, group)
         return self.o_proj(out)  # [num_tokens, hidden]
+
+    def _rotated_qkv(self, qkv: torch.Tensor, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [num_tokens, heads, d], k and v [num_tokens, kv_heads, d]; q and k rotated (q and k
+        heads in one go, in place in qkv under the C++ ops)."""
+        num_tokens, num_qk_heads, d = qkv.shape[0], self.num_heads + self.num_kv_heads, self.head_dim
+        if self.ops is not None:
+            self.ops.rotary_(qkv, num_qk_heads, d, cos, sin)
+            qk = qkv[:, : num_qk_heads * d].view(num_tokens, num_qk_heads, d)
+        else:
+            qk = apply_rotary(qkv[:, : num_qk_heads * d].view(num_tokens, num_qk_heads, d), cos, sin)
+        v = qkv[:, num_qk_heads * d :].view(num_tokens, self.num_kv_heads, d)
+        return qk[:, : self.num_heads], qk[:, self.num_heads :], v
 
     def _attend_invariant(self, q: torch.Tensor, k_cache, v_cache, keys) -> torch.Tensor:
         """q [num_tokens, heads, d] -> [num_tokens, heads * d], each row independent of the batch."""
@@ -149,9 +169,13 @@ class MLP(nn.Module):
         super().__init__()
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.ops = None  # as RMSNorm.ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate]
+        if self.ops is not None:
+            return self.down_proj(self.ops.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -163,9 +187,13 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, meta: AttentionMetadata, kv: KVCache) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, meta: AttentionMetadata, kv: KVCache):
+        """-> (this layer's MLP output, the residual stream before it); their sum is the layer's
+        output, added by the next norm (vLLM's layout, which lets add and norm be one op)."""
+        x, residual = (self.input_layernorm(x), x) if residual is None else self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos, sin, meta, kv)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class CausalLM(nn.Module):
@@ -185,11 +213,19 @@ class CausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, kv: KVCache
     ) -> torch.Tensor:
         """input_ids, positions: [num_tokens] -> final hidden states [num_tokens, hidden]."""
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         cos, sin = self.rotary(positions)
         for layer in self.layers:
-            x = layer(x, cos, sin, meta, kv)
-        return self.norm(x)
+            x, residual = layer(x, residual, cos, sin, meta, kv)
+        return self.norm(x) if residual is None else self.norm(x, residual)[0]
+
+    def use_fused_ops(self) -> None:
+        """Run norms, residual adds, rotary and SiLU gating as the C++ kernels' fused ops (CPU, fp32)."""
+        from adaserve.kernels import qgemm
+
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, Attention, MLP)):
+                module.ops = qgemm()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)  # [n, vocab]
