@@ -116,6 +116,28 @@ def test_a_prompt_still_progresses_when_a_running_request_has_no_slack():
     assert plan.limits.max_prefill_tokens == BLOCK and not plan.demote  # (it can catch up by max_tokens)
 
 
+# A GPU-like cost: 16 more tokens cost next to nothing beside a 10 ms step.
+CHEAP_PROMPTS = CostModel(LatencyCurve((1, 1001), (10.0, 20.0)), LatencyCurve((1, 1001), (2.0, 4.0)))
+
+
+@pytest.mark.parametrize(
+    "cost, prompt_ttft_ms, expected",
+    [
+        (COST, 5000.0, "none"),  # a block (16 ms) costs more than the step (10 ms); 4.9 s to spare: waits
+        (COST, 110.0, "some"),  # ~102 ms of prefill at full steps: a step later it would be late
+        (COST, None, "block"),  # no deadline: never deferred (it could wait for ever)
+        (CHEAP_PROMPTS, 5000.0, "block"),  # a block is cheap: it runs, as it always did
+    ],
+)
+def test_a_prompt_with_time_to_spare_waits_while_a_block_would_break_a_tpot(cost, prompt_ttft_ms, expected):
+    r = decoding(10, 0.56)  # 10 ms behind its line: its slack funds no prompt tokens
+    w = waiting("w", 100, ttft_ms=prompt_ttft_ms)
+    cap = StepPlanner(cost, 512, BLOCK, 1, 1.0).plan(10.0, [r], [w], StepLoad(1, 1)).limits.max_prefill_tokens
+    assert {"none": cap == 0, "some": cap >= BLOCK, "block": cap == BLOCK}[expected], cap
+    no_deferral = StepPlanner(cost, 512, BLOCK, 1, 1.0, defer_prompts=False)
+    assert no_deferral.plan(10.0, [r], [w], StepLoad(1, 1)).limits.max_prefill_tokens >= BLOCK
+
+
 def test_the_draft_passes_count_against_the_slack():
     r = decoding(10, 0.25, max_tokens=13)  # 300 ms of slack; 100 of them drafting
     assert planner().plan(10.0, [r], [], StepLoad(1, draft_ms=100.0)).limits.max_prefill_tokens == 190

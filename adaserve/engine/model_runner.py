@@ -18,6 +18,7 @@ from adaserve.engine.profiler import load_or_profile, profile_key
 from adaserve.engine.runner import ChunkResult, RunnerOutput
 from adaserve.engine.sampler import Sampler, logits_to_probs
 from adaserve.engine.step_log import StepLog
+from adaserve.kernels import kernel_version
 from adaserve.models.sources import resolve_model
 from adaserve.sched.cost_model import CostModel
 from adaserve.sched.scheduler import ScheduledChunk, SchedulerOutput
@@ -74,6 +75,7 @@ class ModelRunner:
             self.model_dir, draft_dir, config.draft_num_layers, config.device, self._dtype_name(), self._linear_format()
         )
         meta = {"model": str(self.model_dir), "draft": str(draft_dir) if draft_dir else None, "weights": self.weights}
+        meta["kernels"] = kernel_version()  # which profile is this machine's today (find_profile)
         max_tokens = config.max_num_batched_tokens  # steps carry up to this many tokens: measure them
         return load_or_profile(self.executor, self.draft, key, max_tokens, meta, refresh)
 

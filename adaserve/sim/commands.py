@@ -48,7 +48,10 @@ class SimRunConfig:
 
 
 def find_profile(model: str, draft: str | None) -> Path:
-    """The newest cached `adaserve profile` of this model pair (the engine caches one per pair)."""
+    """The cached `adaserve profile` of this model pair measured with today's kernels on this
+    machine, else the newest of the pair (the engine caches one per pair and configuration; an
+    older one may be another build's, or one taken on a loaded machine)."""
+    from adaserve.kernels import kernel_version
     from adaserve.models.sources import cache_root, resolve_model
 
     want = {"model": str(resolve_model(model)), "draft": str(resolve_model(draft)) if draft else None}
@@ -56,12 +59,12 @@ def find_profile(model: str, draft: str | None) -> Path:
     for path in (cache_root() / "profiles").glob("*.json"):
         meta = json.loads(path.read_text()).get("meta", {})
         if meta.get("model") == want["model"] and meta.get("draft") == want["draft"]:
-            found.append((meta.get("created", ""), path))
+            found.append((meta.get("kernels") == kernel_version(), meta.get("created", ""), path))
     if not found:
         raise ValueError(
             f"no cached profile of {model} + {draft}: run `adaserve profile --model {model} --draft {draft}`"
         )
-    return max(found)[1]
+    return max(found)[-1]
 
 
 def load_models(sources: ModelSources) -> tuple[CostModel, AcceptanceModel | None]:
