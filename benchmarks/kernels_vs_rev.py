@@ -23,6 +23,7 @@ import adaserve.kernels as kernels
 from adaserve.config import EngineConfig
 from adaserve.engine.builder import build_target
 from adaserve.engine.profiler import _reserve_context, _timed_forward
+from adaserve.models.llama import MLP, Attention, RMSNorm
 from adaserve.models.quantized import QuantLinear
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,10 +56,13 @@ def main() -> None:
     old = build_rev(args.rev, Path(tempfile.mkdtemp(prefix="kernels-rev-")))
     executor = build_target(EngineConfig(model=args.model)).executor
     linears = [m for m in executor.model.modules() if isinstance(m, QuantLinear)]
+    fusable = [m for m in executor.model.modules() if isinstance(m, (RMSNorm, Attention, MLP))]
 
     def use(ops) -> None:  # the linears hold their module; attention looks kernels.qgemm up per call
         for m in linears:
             m._ops = ops
+        for m in fusable:  # a rev before the fused ops ran torch's
+            m.ops = ops if hasattr(ops, "rms_norm") else None
         kernels.qgemm = lambda: ops
 
     _reserve_context(executor, CONTEXT)

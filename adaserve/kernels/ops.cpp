@@ -1,7 +1,7 @@
-// The small per-layer ops of a decoder pass, fused: RMSNorm with its residual add, and rotary
-// embedding applied in place. In a batch-1 decode step of a 1.5B model these ops are ~200 tiny
-// torch calls (allocations, dispatch, casts) costing about a fifth of the step; here each is one
-// loop over the rows. fp32, CPU; every row is computed alone, so results do not depend on the batch.
+// The small per-layer ops of a decoder pass, fused: RMSNorm with its residual add, rotary embedding
+// applied in place, and SiLU gating. In a batch-1 decode step of a 1.5B model these ops were ~200
+// tiny torch calls (allocations, dispatch, casts; 14 ms of aten time by torch's profiler); here each
+// is one call. fp32, CPU; every row is computed alone, so results do not depend on the batch.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>

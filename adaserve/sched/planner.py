@@ -111,8 +111,7 @@ class StepPlanner:
                 keeping.append(r)
         prefilling = [r for r in running if r.first_token_time is None] + list(waiting)
         # Unattainable: late even if every step from now on gave prompts all the budget they can take.
-        full = max(1, self.max_num_batched_tokens - load.num_decode_tokens)
-        given_up = _late_prefills(prefilling, now, full / self._step_ms(load, full, context, len(running)))
+        given_up = _late_prefills(prefilling, now, self._full_prompt_rate(load, context, len(running)))
         for r in given_up:
             _give_up(plan, r)
         mean_tree = -(-max(0, load.num_decode_tokens - load.num_decoding) // max(1, load.num_decoding))
@@ -169,10 +168,14 @@ class StepPlanner:
             return False  # a block is cheap beside the step (a GPU): it breaks little, so it runs
         if any(r.params.slo.ttft_ms is None for r in prefilling if not r.best_effort and id(r) not in given_up_ids):
             return False
-        full = max(1, self.max_num_batched_tokens - load.num_decode_tokens)
         later = now + decode_ms / 1000.0
-        num_late = len(_late_prefills(prefilling, later, full / self._step_ms(load, full, context, num_seqs)))
+        num_late = len(_late_prefills(prefilling, later, self._full_prompt_rate(load, context, num_seqs)))
         return num_late <= len(given_up_ids)
+
+    def _full_prompt_rate(self, load: StepLoad, context: int, num_seqs: int) -> float:
+        """Prompt tokens per ms when every step gives prompts all the budget the decodes leave."""
+        full = max(1, self.max_num_batched_tokens - load.num_decode_tokens)
+        return full / self._step_ms(load, full, context, num_seqs)
 
     def _prefill_cap(self, fits: int, load: StepLoad) -> int:
         return max(self.block_size, fits - load.num_decode_tokens)
