@@ -90,12 +90,12 @@ def _reader_tensor(values: np.ndarray, qtype: QT) -> SimpleNamespace:
     return SimpleNamespace(data=data, tensor_type=qtype, shape=list(reversed(values.shape)))
 
 
-@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q8_0])
+@pytest.mark.parametrize("qtype", [QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q8_0])
 def test_gguf_blocks_keep_their_values(qtype):
     values = np.random.default_rng(0).standard_normal((32, 256)).astype(np.float32)
     t = _reader_tensor(values, qtype)
     expected = dequantize(t.data, qtype).reshape(32, 256)
-    # Q4_0 / Q8_0 keep the file's fp16 scale exactly; Q4_1's offset too.
+    # Q4_0 / Q5_0 / Q8_0 keep the file's fp16 scale exactly; Q4_1's offset too.
     assert torch.equal(unpack(pack_tensor(t)), torch.from_numpy(expected))
 
 
@@ -115,8 +115,8 @@ def test_gguf_q4_k_up_to_the_rounding_of_its_scales():
 
 def test_requantized_formats_stay_close():
     values = np.random.default_rng(2).standard_normal((32, 256)).astype(np.float32)
-    t = _reader_tensor(values, QT.Q5_0)
-    expected = torch.from_numpy(dequantize(t.data, QT.Q5_0).reshape(32, 256))
+    t = _reader_tensor(values, QT.Q5_1)
+    expected = torch.from_numpy(dequantize(t.data, QT.Q5_1).reshape(32, 256))
     got = unpack(pack_tensor(t))
     assert ((got - expected).norm() / expected.norm()) < 0.01
 

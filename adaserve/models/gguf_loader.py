@@ -20,7 +20,7 @@ from adaserve.models.llama import CausalLM, Rotary
 from adaserve.models.quantized import QuantEmbedding, QuantLinear
 
 log = logging.getLogger(__name__)
-LAYOUT_VERSION = 1  # bump when the packed layout or the decoding changes: old caches are not read
+LAYOUT_VERSION = 2  # bump when the packed layout or the decoding changes: old caches are not read
 # Our fused linear -> the GGUF tensors concatenated into it, in order.
 FUSED = {
     "self_attn.qkv_proj": ("attn_q", "attn_k", "attn_v"),

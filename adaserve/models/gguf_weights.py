@@ -2,9 +2,10 @@
 
 4-bit block formats become the kernels' int4 layout with the file's own values: Q4_0 and Q4_1
 directly, Q4_K with one scale and offset per 32-weight sub-block (d * sc and -dmin * m). Q8_0 becomes
-int8 with its own scales. Other formats (Q5_*, Q6_K, ...) are dequantized by the gguf package and
-requantized to int8 with one scale per 32 weights; that step rounds, so it is used only where the
-file holds no 4- or 8-bit group format. Scales are stored as fp16, so `d * sc` may round there.
+int8 with its own scales, and so does Q5_0 (u = q, z = -16 d). Other formats (Q5_1, Q6_K, ...) are
+dequantized by the gguf package and requantized to int8 with one scale per 32 weights; that step
+rounds, so it is used only where the file holds none of those formats. Scales are stored as fp16,
+so `d * sc` may round there.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ def _q8_0_parts(t: ReaderTensor) -> tuple[np.ndarray, np.ndarray]:
     return (q.astype(np.int16) + 128).astype(np.uint8).reshape(rows, -1), d.reshape(rows, -1)
 
 
+def _q5_0_parts(t: ReaderTensor) -> tuple[np.ndarray, np.ndarray]:
+    """q [N, K] uint8 in 0..31 and d [N, K / 32] fp32 with w = d * (q - 16)."""
+    blocks = t.data.reshape(-1, 22)  # per 32: fp16 d, 32 high bits (uint32), 16 bytes of nibbles
+    high = np.ascontiguousarray(blocks[:, 2:6]).view(np.uint32) >> np.arange(32, dtype=np.uint32)  # [B, 32]
+    q = _split_nibbles(blocks[:, 6:]) | ((high & 1).astype(np.uint8) << 4)
+    rows = t.data.shape[0]
+    return q.reshape(rows, -1), _f16(blocks[:, 0:2]).reshape(rows, -1)
+
+
 def pack_tensor(t: ReaderTensor, row_order: np.ndarray | None = None) -> PackedWeight:
     """A 2-D GGUF weight [N, K] in the kernels' layout, rows reordered by `row_order` if given."""
 
@@ -68,6 +78,9 @@ def pack_tensor(t: ReaderTensor, row_order: np.ndarray | None = None) -> PackedW
     if t.tensor_type == QT.Q8_0:
         u, d = _q8_0_parts(t)
         return pack(rows(u), rows(d), rows(-128 * d), int4=False)
+    if t.tensor_type == QT.Q5_0:
+        q, d = _q5_0_parts(t)
+        return pack(rows(q), rows(d), rows(-16 * d), int4=False)
     # In row chunks: a whole fp32 copy of a 150k-row output head would be ~1 GB of transient memory.
     num_rows = t.data.shape[0]
     order = np.arange(num_rows) if row_order is None else row_order
