@@ -22,7 +22,7 @@ def _logits(model) -> torch.Tensor:  # [5, vocab]
     return ForwardHarness(model).forward([SeqInput("a", [1, 2, 3, 4, 5], list(range(5)))])[0]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape", "wrong_block_size"])
 def test_a_damaged_packed_weight_cache_is_packed_again(smollm2_dir, tmp_path, monkeypatch, damage):
     gguf, cfg = gguf_source(smollm2_dir), read_model_config(smollm2_dir)
     cache = tmp_path / "packed.safetensors"
@@ -32,10 +32,15 @@ def test_a_damaged_packed_weight_cache_is_packed_again(smollm2_dir, tmp_path, mo
         cache.write_bytes(b"\x00not a safetensors file" * 100)
     elif damage == "truncated":
         cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 3])
-    else:  # readable, but from another model: one matrix has the wrong shape
+    elif damage == "wrong_shape":  # readable, but from another model: one matrix has the wrong shape
         state = gguf_loader.load_file(str(cache))
         name = "layers.0.self_attn.o_proj.weight"
         state[name] = state[name][:-1].clone()
+        save_file(state, str(cache))
+    else:  # the right matrix shapes in another layout (384-byte blocks, as an unreleased int6 had)
+        state = gguf_loader.load_file(str(cache))
+        name = "layers.0.self_attn.o_proj.weight"
+        state[name] = torch.cat([state[name], state[name][..., :128]], dim=-1)  # int4: 256 + 128 bytes
         save_file(state, str(cache))
     assert torch.equal(_logits(gguf_loader.load_gguf_model(gguf, cfg)), expected)
     assert gguf_loader.load_file(str(cache)).keys() == gguf_loader.gguf_state(gguf, cfg).keys()
