@@ -32,15 +32,13 @@ def test_a_damaged_packed_weight_cache_is_packed_again(smollm2_dir, tmp_path, mo
         cache.write_bytes(b"\x00not a safetensors file" * 100)
     elif damage == "truncated":
         cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 3])
-    elif damage == "wrong_shape":  # readable, but from another model: one matrix has the wrong shape
+    else:  # readable, but not this model's packing
         state = gguf_loader.load_file(str(cache))
         name = "layers.0.self_attn.o_proj.weight"
-        state[name] = state[name][:-1].clone()
-        save_file(state, str(cache))
-    else:  # the right matrix shapes in another layout (384-byte blocks, as an unreleased int6 had)
-        state = gguf_loader.load_file(str(cache))
-        name = "layers.0.self_attn.o_proj.weight"
-        state[name] = torch.cat([state[name], state[name][..., :128]], dim=-1)  # int4: 256 + 128 bytes
+        if damage == "wrong_shape":  # from another model: one matrix has the wrong shape
+            state[name] = state[name][:-1].clone()
+        else:  # the right matrix shapes in another layout (384-byte blocks, as an unreleased int6 had)
+            state[name] = torch.cat([state[name], state[name][..., :128]], dim=-1)  # int4: 256 + 128 bytes
         save_file(state, str(cache))
     assert torch.equal(_logits(gguf_loader.load_gguf_model(gguf, cfg)), expected)
     assert gguf_loader.load_file(str(cache)).keys() == gguf_loader.gguf_state(gguf, cfg).keys()

@@ -73,6 +73,8 @@ def gguf_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tenso
 
 def _packed(state: dict, name: str) -> PackedWeight:
     weight = state[f"{name}.weight"]
+    if weight.dim() != 3 or weight.shape[2] not in (256, 512):  # int4 / int8 blocks; else another layout
+        raise ValueError(f"{name}: packed blocks of shape {list(weight.shape)[2:]} are not int4 or int8")
     return PackedWeight(weight, state[f"{name}.scales"], int4=weight.shape[2] == 256)
 
 
@@ -81,8 +83,6 @@ def _check_shape(name: str, packed: PackedWeight, linear: torch.nn.Module) -> No
     got, want = (packed.out_features, packed.in_features), (linear.out_features, linear.in_features)
     if got != want or packed.scales.shape[:2] != packed.weight.shape[:2]:
         raise ValueError(f"{name}: packed weight is {list(got)}, the layer is {list(want)}")
-    if packed.weight.shape[2] not in (256, 512):  # int4 / int8 blocks; anything else is another layout
-        raise ValueError(f"{name}: packed blocks of {packed.weight.shape[2]} bytes are not int4 or int8")
 
 
 def model_from_state(state: dict, cfg: ModelConfig, max_positions: int | None = None) -> CausalLM:
