@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 
@@ -53,6 +54,12 @@ def _engine_args(
         help="none, chunked, chain:K, static-tree, dynamic-tree, smartspec, adaserve, adaserve-cap, adaserve-equal",
     )
     p.add_argument("--cost-model", default=None, help="profile JSON (default: cached per model pair)")
+    p.add_argument(
+        "--no-draft-int4",
+        dest="draft_int4",
+        action="store_false",
+        help="keep a GGUF draft's int8 matrices (default: requantized to int4, a faster draft; same output)",
+    )
 
 
 def engine_config(args, **overrides):
@@ -75,6 +82,7 @@ def engine_config(args, **overrides):
             "draft": args.draft,
             "spec_policy": args.policy or "none",
             "cost_model": args.cost_model,
+            "draft_int4": args.draft_int4,
             **overrides,
         }
     )
@@ -107,7 +115,8 @@ def cmd_demo(args) -> None:
     from adaserve.bench.demo import DEMO_LOAD, DemoConfig, run
 
     load = DEMO_LOAD if args.load is None else args.load
-    run(DemoConfig(args.model, args.policy, args.requests, args.rate, load, args.max_tokens))
+    server_args = tuple(shlex.split(args.server_args))
+    run(DemoConfig(args.model, args.policy, args.requests, args.rate, load, args.max_tokens, server_args))
 
 
 def cmd_profile(args) -> None:
@@ -273,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean requests in flight at the latency a request has alone, measured first (default 1)",
     )
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--server-args", default="", help="more `adaserve serve` flags, e.g. '--step-log steps.jsonl'")
     p.set_defaults(func=cmd_demo)
     _add_bench_parser(sub)
     _add_serve_parser(sub)

@@ -10,6 +10,9 @@ exactly the tokens of `none`, which the script checks. Results: JSON and a PNG.
                     against the measured fraction of those nodes the target accepted
 
 Usage: python benchmarks/spec_decode.py [--target qwen2.5-coder-1.5b --draft qwen2.5-coder-0.5b]
+  [--draft-int4]   the draft as its GGUF file has it (int8) on one engine and requantized to int4
+                   on a second: each speculating policy runs on both (rows "<policy>+int4"), in the
+                   same rotation (without it: the engine's default, int4)
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import platform
 import statistics
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from adaserve.config import EngineConfig
 from adaserve.engine.core import EngineCore
+from adaserve.kernels import cpu_flags
 from adaserve.sampling import SamplingParams
 from adaserve.sim.recorder import OfferRecorder
 from adaserve.spec.policies import make_policy
@@ -146,6 +151,7 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--draft-int4", action="store_true", help="also run each policy with an int4 draft")
     ap.add_argument("--out", default="benchmarks/results/spec_decode.json")
     args = ap.parse_args()
     policies = args.policies.split(",")
@@ -161,27 +167,32 @@ def main() -> None:
         max_model_len=2048,
         num_threads=args.threads,
     )
-    engine = EngineCore(config)
+    engines = {"": EngineCore(replace(config, draft_int4=not args.draft_int4))}  # by row suffix
+    if args.draft_int4:
+        engines["+int4"] = EngineCore(replace(config, draft_int4=True))
     recorder = OfferRecorder()  # (draft path probability, accepted?) per verified node
-    engine.add_spec_observer(recorder)
+    for engine in engines.values():
+        engine.add_spec_observer(recorder)
+    engine = engines[""]
     tok = engine.tokenizer
     prompts = [
         engine.tokenize(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False))
         for c in humaneval_prompts(args.num_prompts)
     ]
     params = SamplingParams(max_tokens=args.max_tokens)
-    for policy in policies:  # warm-up: first-call allocations, oneDNN primitive caches
-        engine.set_spec_policy(policy)
-        run_one(engine, recorder, prompts[0], SamplingParams(max_tokens=8))
-    runs: dict[str, list[dict]] = {p: [] for p in policies}
+    # Rows: (name, engine, policy); `none` on the first engine only.
+    rows = [(p + suffix, e, p) for suffix, e in engines.items() for p in policies if suffix == "" or p != "none"]
+    for _, e, policy in rows:  # warm-up: first-call allocations, oneDNN primitive caches
+        e.set_spec_policy(policy)
+        run_one(e, recorder, prompts[0], SamplingParams(max_tokens=8))
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
     for i, prompt in enumerate(prompts):
-        order = policies[i % len(policies) :] + policies[: i % len(policies)]
-        for policy in order:
-            engine.set_spec_policy(policy)
-            runs[policy].append(run_one(engine, recorder, prompt, params))
-            r = runs[policy][-1]
+        for name, e, policy in rows[i % len(rows) :] + rows[: i % len(rows)]:
+            e.set_spec_policy(policy)
+            runs[name].append(run_one(e, recorder, prompt, params))
+            r = runs[name][-1]
             print(
-                f"prompt {i} {policy:14s} {r['num_decode_tokens'] / r['decode_seconds']:6.2f} tok/s "
+                f"prompt {i} {name:14s} {r['num_decode_tokens'] / r['decode_seconds']:6.2f} tok/s "
                 f"accepted/verify {r['spec']['mean_accepted_tokens']:.2f}",
                 flush=True,
             )
@@ -197,7 +208,8 @@ def main() -> None:
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
-        "policies": {p: summarize(runs[p], runs["none"]) for p in policies},
+        "cpu_flags": cpu_flags(),
+        "policies": {name: summarize(runs[name], runs["none"]) for name in runs},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ def _logits(model) -> torch.Tensor:  # [5, vocab]
 def test_a_damaged_packed_weight_cache_is_packed_again(smollm2_dir, tmp_path, monkeypatch, damage):
     gguf, cfg = gguf_source(smollm2_dir), read_model_config(smollm2_dir)
     cache = tmp_path / "packed.safetensors"
-    monkeypatch.setattr(gguf_loader, "_cache_path", lambda _: cache)
+    monkeypatch.setattr(
+        gguf_loader, "_cache_path", lambda _, int4=False: tmp_path / "int4.safetensors" if int4 else cache
+    )
     expected = _logits(gguf_loader.load_gguf_model(gguf, cfg))
     if damage == "garbage":
         cache.write_bytes(b"\x00not a safetensors file" * 100)

@@ -59,3 +59,29 @@ def test_packed_weights_are_cached_and_a_corrupt_cache_is_rebuilt(smollm2_dir, t
     cache_file.write_bytes(b"torn write")
     again = cached_state(gguf, cfg)
     assert all(torch.equal(first[k], v) for k, v in again.items()) and cache_file.stat().st_size > 1000
+
+
+def test_an_int4_draft_tracks_its_int8_self_and_keeps_greedy_output(smollm2_dir, both):
+    """SmolLM2 as its own draft, requantized to int4: the draft's logits move a little, the output
+    is still the target's token for token (the draft only proposes)."""
+    from adaserve import SamplingParams
+
+    gguf, _ = both
+    spec = LLM(str(smollm2_dir), draft=str(smollm2_dir), draft_int4=True, spec_policy="chain:4")
+    draft = spec.engine.runner.draft
+    from adaserve.models.quantized import QuantLinear
+
+    linears = [m for m in draft.model.modules() if isinstance(m, QuantLinear)]
+    assert linears and all(m.int4 for m in linears)
+    ids = gguf.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    int8_logits = next_token_logits(gguf, ids)
+    slots = draft.kv.reserve("probe", len(ids))
+    int4_logits = draft.logits(draft.forward([draft.seq_input("probe", ids, list(range(len(ids))), slots, 0)]))
+    draft.kv.free("probe")
+    agreement = (int4_logits.argmax(-1) == int8_logits.argmax(-1)).float().mean()
+    assert 0.7 <= agreement < 1.0, agreement  # close, and really requantized
+    params = SamplingParams(max_tokens=32)
+    prompts = [TEXT[:60], TEXT[100:160]]
+    expected = [o.token_ids for o in gguf.generate(prompts, params)]
+    assert [o.token_ids for o in spec.generate(prompts, params)] == expected
+    assert spec.engine.spec.stats.totals.num_accepted > 0

@@ -9,7 +9,16 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 from adaserve.kernels import cpu_flags, qgemm
-from adaserve.kernels.layout import cat, pack, quantize_int8, to_int8, unpack, unpack_rows
+from adaserve.kernels.layout import (
+    cat,
+    pack,
+    quantize_int4,
+    quantize_int8,
+    requantize_int4,
+    to_int8,
+    unpack,
+    unpack_rows,
+)
 from adaserve.models.attention import SeqSpec
 from adaserve.models.gguf_weights import llama_rope_row_order, pack_tensor
 from adaserve.models.key_lists import build_key_lists
@@ -119,6 +128,29 @@ def test_requantized_formats_stay_close():
     expected = torch.from_numpy(dequantize(t.data, QT.Q5_1).reshape(32, 256))
     got = unpack(pack_tensor(t))
     assert ((got - expected).norm() / expected.norm()) < 0.01
+
+
+def test_int4_quantization_is_within_half_a_step_and_exact_on_its_grid():
+    w = torch.randn(48, 96, generator=torch.Generator().manual_seed(3))
+    pw = quantize_int4(w)
+    assert pw.int4
+    d = pw.scales[:, :, 0].float()  # [N / 16, K / 32, 16]: the step of each column's group
+    step = d.permute(0, 2, 1).reshape(48, 3).repeat_interleave(32, dim=1)  # [N, K]
+    assert ((unpack(pw) - w).abs() <= step / 2 + 1e-6).all()
+    assert torch.equal(unpack(quantize_int4(unpack(pw))), unpack(pw))  # its own values come back
+
+
+def test_requantizing_int8_to_int4_keeps_shape_and_stays_close_in_row_chunks(monkeypatch):
+    import adaserve.kernels.layout as layout
+
+    monkeypatch.setattr(layout, "REQUANT_ROWS", 32)  # several chunks, one of them short
+    w = torch.randn(80, 64, generator=torch.Generator().manual_seed(4))
+    int8 = quantize_int8(w)
+    int4 = requantize_int4(int8)
+    assert int4.int4 and (int4.out_features, int4.in_features) == (80, 64)
+    assert torch.equal(unpack(int4), unpack(quantize_int4(unpack(int8))))
+    assert ((unpack(int4) - w).norm() / w.norm()) < 0.15  # 4 bits: ~0.1 relative error on Gaussians
+    assert requantize_int4(int4) is int4
 
 
 def test_llama_row_order_matches_transformers_reverse_permute():

@@ -36,7 +36,8 @@ def smollm2_plain(smollm2_dir):
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize(
     "draft",
-    [dict(draft="smollm2-135m"), dict(draft="smollm2-135m", draft_num_layers=3), dict(draft="ngram")],
+    # self-draft: the target's own weights (not requantized to int4, the default for a GGUF draft)
+    [dict(draft="smollm2-135m", draft_int4=False), dict(draft="smollm2-135m", draft_num_layers=3), dict(draft="ngram")],
     ids=["self-draft", "weak-draft", "ngram"],
 )
 def test_smollm2_greedy_speculation_equals_plain_greedy(smollm2_dir, smollm2_plain, policy, draft):
@@ -143,7 +144,7 @@ def test_offer_records_name_the_output_position_they_predict(smollm2_dir):
 
 def test_offer_records_of_a_self_draft_always_hit_the_top_child(smollm2_dir):
     """Draft = target, greedy: the target's choice is the draft's most likely child."""
-    llm = LLM(str(smollm2_dir), draft="smollm2-135m", spec_policy="dynamic-tree:6:3:3")
+    llm = LLM(str(smollm2_dir), draft="smollm2-135m", draft_int4=False, spec_policy="dynamic-tree:6:3:3")
     recorder = OfferRecorder()
     llm.engine.add_spec_observer(recorder)
     llm.generate(PROMPTS[:2], SamplingParams(max_tokens=16))

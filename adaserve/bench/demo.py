@@ -120,6 +120,7 @@ class DemoConfig:
     rate: float | None = None  # requests per second (Poisson); None: from `load` and a calibration
     load: float = DEMO_LOAD
     max_tokens: int = 48
+    server_args: tuple[str, ...] = ()  # more `adaserve serve` flags, e.g. ("--step-log", "steps.jsonl")
 
 
 def run(config: DemoConfig) -> None:
@@ -128,6 +129,7 @@ def run(config: DemoConfig) -> None:
     cmd = [sys.executable, "-m", "adaserve.cli", "serve", "--port", str(port), "--log-level", "warning"]
     cmd += ["--model", config.model] if config.model else []
     cmd += ["--policy", config.policy] if config.policy else []
+    cmd += list(config.server_args)
     print("starting:", " ".join(cmd), "(first run: downloads, converts and profiles the models)", flush=True)
     server = subprocess.Popen(cmd, env=dict(os.environ))
     try:

@@ -88,13 +88,13 @@ def _native_bf16(device: torch.device) -> bool:
 
 
 def load_weights(
-    config: EngineConfig, model_dir: Path, max_positions: int, num_layers: int | None = None
+    config: EngineConfig, model_dir: Path, max_positions: int, num_layers: int | None = None, int4: bool = False
 ) -> tuple[CausalLM, str]:
-    """The model in the format weight_format picks, and that format."""
+    """The model in the format weight_format picks, and that format (int4: GGUF matrices all int4)."""
     fmt = weight_format(config, model_dir)
     if fmt == "gguf":
-        model = load_gguf_model(gguf_source(model_dir), read_model_config(model_dir), max_positions, num_layers)
-        return model, fmt
+        cfg = read_model_config(model_dir)
+        return load_gguf_model(gguf_source(model_dir), cfg, max_positions, num_layers, int4), fmt
     device, dtype = torch.device(config.device), activation_dtype(config, fmt)
     model_dir = fp32_weights(model_dir)
     return load_model(model_dir, device, dtype, max_positions, config.cpu_packed_linear, num_layers), fmt
@@ -129,7 +129,8 @@ def build_draft_executor(config: EngineConfig, target: Target) -> ModelExecutor 
     bs = config.block_size
     # Everything the target holds, plus every request's largest draft tree.
     num_blocks = target.executor.kv.pool.num_blocks + config.max_num_seqs * (-(-MAX_TREE_TOKENS // bs) + 1)
-    model, _ = load_weights(config, draft_dir, target.max_model_len + MAX_TREE_DEPTH, config.draft_num_layers)
+    max_positions = target.max_model_len + MAX_TREE_DEPTH
+    model, _ = load_weights(config, draft_dir, max_positions, config.draft_num_layers, config.draft_int4)
     return ModelExecutor(model, KVCacheManager(num_blocks, bs, config.enable_prefix_caching), dtype, device)
 
 

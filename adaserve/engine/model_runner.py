@@ -86,7 +86,7 @@ class ModelRunner:
     def _linear_format(self) -> str:
         """What the linear layers run on, part of the profile key."""
         if self.weights == "gguf":
-            return "gguf"
+            return "gguf+draft-int4" if self.draft is not None and self.config.draft_int4 else "gguf"
         return "fp32-packed" if self.config.cpu_packed_linear else "fp32"
 
     def free(self, request_id: str) -> None:

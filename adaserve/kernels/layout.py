@@ -91,3 +91,29 @@ def quantize_int8(w: torch.Tensor) -> PackedWeight:
     q = torch.where(d[..., None] > 0, groups / d[..., None], 0).round().clamp(-127, 127)
     u = (q + 128).to(torch.uint8).view(num_out, num_in)
     return pack(u, d, -128 * d, int4=False)
+
+
+def quantize_int4(w: torch.Tensor) -> PackedWeight:
+    """fp32 [N, K] -> int4 with one fp16 scale and offset per group of 32 (min to max in 15 steps):
+    d = (max - min) / 15, z = min, u = round((w - z) / d). Worked example: a group spanning -0.3
+    to 1.2 -> d = 0.1, z = -0.3; w = 0.46 -> u = round(7.6) = 8, read back as 0.5."""
+    num_out, num_in = w.shape
+    groups = w.float().view(num_out, num_in // GROUP, GROUP)
+    lo, hi = groups.amin(dim=-1), groups.amax(dim=-1)
+    d = ((hi - lo) / 15).to(torch.float16).float()  # the scale and offset as stored
+    z = lo.to(torch.float16).float()
+    q = torch.where(d[..., None] > 0, (groups - z[..., None]) / d[..., None], 0).round().clamp(0, 15)
+    return pack(q.to(torch.uint8).view(num_out, num_in), d, z, int4=True)
+
+
+REQUANT_ROWS = 4096  # rows per step (a multiple of COLS): a whole 150k-row head in fp32 is ~0.5-1 GB
+
+
+def requantize_int4(pw: PackedWeight) -> PackedWeight:
+    """The same matrix as int4 (lossy for an int8 one: a draft model's cheaper weights; the draft
+    only steers which tokens are proposed, the target's verification keeps the output exact)."""
+    if pw.int4:
+        return pw
+    rows = torch.arange(pw.out_features)
+    chunks = [quantize_int4(unpack_rows(pw, rows[i : i + REQUANT_ROWS])) for i in range(0, len(rows), REQUANT_ROWS)]
+    return cat(chunks)

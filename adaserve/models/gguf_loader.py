@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from adaserve.kernels.layout import PackedWeight, cat
+from adaserve.kernels.layout import PackedWeight, cat, requantize_int4
 from adaserve.models.config import ModelConfig
 from adaserve.models.gguf_weights import dense_tensor, llama_rope_row_order, open_gguf, pack_tensor
 from adaserve.models.llama import CausalLM, Rotary
@@ -71,6 +71,17 @@ def gguf_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tenso
     return state
 
 
+def int4_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every int8 matrix of a packed state requantized to int4 (a cheaper draft: see
+    layout.requantize_int4); int4 matrices and everything else as they are."""
+    out = dict(state)
+    for key in state:
+        name = key.removesuffix(".scales")
+        if key.endswith(".scales") and state[f"{name}.weight"].dim() == 3:
+            _put(out, name, requantize_int4(_packed(state, name)))
+    return out
+
+
 def _packed(state: dict, name: str) -> PackedWeight:
     weight = state[f"{name}.weight"]
     if weight.dim() != 3 or weight.shape[2] not in (256, 512):  # int4 / int8 blocks; else another layout
@@ -113,24 +124,26 @@ def model_from_state(state: dict, cfg: ModelConfig, max_positions: int | None = 
     return model.eval().requires_grad_(False)
 
 
-def _cache_path(gguf_path: Path) -> Path:
+def _cache_path(gguf_path: Path, int4: bool = False) -> Path:
     from adaserve.models.sources import cache_root
 
     stat = gguf_path.stat()
-    return cache_root() / "packed" / f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-v{LAYOUT_VERSION}.safetensors"
+    name = f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-v{LAYOUT_VERSION}{'-int4' if int4 else ''}"
+    return cache_root() / "packed" / f"{name}.safetensors"
 
 
-def cached_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The packed tensors: from the cache when it holds this file, else decoded and cached."""
+def cached_state(gguf_path: str | Path, cfg: ModelConfig, int4: bool = False) -> dict[str, torch.Tensor]:
+    """The packed tensors (int4: every matrix requantized to int4): from the cache when it holds
+    this file, else decoded and cached."""
     gguf_path = Path(gguf_path)
-    path = _cache_path(gguf_path)
+    path = _cache_path(gguf_path, int4)
     if path.exists():
         try:
             return load_file(str(path))
         except Exception as e:  # a torn or corrupt cache file: decode again
             log.warning("ignoring unreadable packed-weight cache %s: %s", path, e)
     log.info("packing %s for the CPU kernels (once; cached in %s)", gguf_path.name, path.parent)
-    state = gguf_state(gguf_path, cfg)
+    state = int4_state(cached_state(gguf_path, cfg)) if int4 else gguf_state(gguf_path, cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     save_file({k: v.contiguous() for k, v in state.items()}, str(partial))
@@ -140,21 +153,27 @@ def cached_state(gguf_path: str | Path, cfg: ModelConfig) -> dict[str, torch.Ten
 
 
 def load_gguf_model(
-    gguf_path: str | Path, cfg: ModelConfig, max_positions: int | None = None, num_layers: int | None = None
+    gguf_path: str | Path,
+    cfg: ModelConfig,
+    max_positions: int | None = None,
+    num_layers: int | None = None,
+    int4: bool = False,
 ) -> CausalLM:
-    """`cfg` comes from the converted model directory (read_model_config); CPU only. A cached
-    packing that does not build this model (missing or misshapen tensors) is packed again."""
+    """`cfg` comes from the converted model directory (read_model_config); CPU only. int4: every
+    matrix requantized to int4 (for a draft). A cached packing that does not build this model
+    (missing or misshapen tensors) is packed again."""
     model_cfg = cfg if num_layers is None else ModelConfig(**{**cfg.__dict__, "num_layers": num_layers})
-    path = _cache_path(Path(gguf_path))
-    from_cache = path.exists()
+    paths = [_cache_path(Path(gguf_path))] + ([_cache_path(Path(gguf_path), True)] if int4 else [])
+    from_cache = all(p.exists() for p in paths)
     try:
-        return model_from_state(cached_state(gguf_path, cfg), model_cfg, max_positions)
+        return model_from_state(cached_state(gguf_path, cfg, int4), model_cfg, max_positions)
     except (ValueError, RuntimeError, KeyError) as e:
-        if not (from_cache and path.exists()):
+        if not (from_cache and any(p.exists() for p in paths)):
             raise
-        log.warning("the packed-weight cache %s does not fit this model (%s): packing again", path, e)
-        path.unlink()
-        return model_from_state(cached_state(gguf_path, cfg), model_cfg, max_positions)
+        log.warning("the packed-weight cache %s does not fit this model (%s): packing again", paths[-1], e)
+        for p in paths:
+            p.unlink(missing_ok=True)
+        return model_from_state(cached_state(gguf_path, cfg, int4), model_cfg, max_positions)
 
 
 def _release_freed_memory() -> None:

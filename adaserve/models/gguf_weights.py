@@ -16,10 +16,9 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, ReaderTensor
 from gguf.quants import Q4_K, dequantize
 
-from adaserve.kernels.layout import PackedWeight, cat, pack, quantize_int8
+from adaserve.kernels.layout import REQUANT_ROWS, PackedWeight, cat, pack, quantize_int8
 
 INT4_TYPES = (QT.Q4_0, QT.Q4_1, QT.Q4_K)
-REQUANT_ROWS = 4096  # a multiple of the kernels' 16-column blocks
 
 
 def _f16(raw: np.ndarray) -> np.ndarray:
