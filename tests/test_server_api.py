@@ -220,3 +220,14 @@ def test_bad_structured_output_is_a_400(server, body, needle):
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert needle in err["message"] or needle == err["param"], err
+
+
+def test_prefill_calibration_runs_share_no_cached_prefix(server, engine):
+    """`adaserve bench` times prefill on the server with its prefix cache on: a repeat of one prompt
+    would be served from the cache, so every run must be a prompt of its own."""
+    from adaserve.bench.run import calibrate_prefill
+
+    hits = _metric_value(server.url, "adaserve_prefix_cache_hits_total")
+    assert calibrate_prefill(server.url, MODEL, unloaded_tpot_ms=0.0, num_runs=2) > 0
+    assert _metric_value(server.url, "adaserve_prefix_cache_hits_total") == hits
+    wait_idle(engine)
