@@ -183,7 +183,11 @@ def test_a_second_recording_policy_fills_the_positions_the_first_missed(tmp_path
         out = tmp_path / f"{policies}.jsonl"
         record_module.record(
             record_module.RecordConfig(
-                model=str(smollm2_dir), draft="smollm2-135m", policies=tuple(policies.split(",")), out=out
+                model=str(smollm2_dir),
+                draft="smollm2-135m",
+                policies=tuple(policies.split(",")),
+                out=out,
+                draft_int4=False,  # the target's own weights: every tree accepted whole
             )
         )
         model = RecordedAcceptance.load(out)

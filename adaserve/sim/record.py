@@ -45,13 +45,14 @@ class RecordConfig:
     num_prompts: int = 8
     output_tokens: int = 128
     seed: int = 0
+    draft_int4: bool = True  # the draft as the server runs it (EngineConfig.draft_int4)
 
 
 def record(config: RecordConfig) -> Path:
     from adaserve.engine.llm import LLM
 
     policies = list(config.policies)
-    llm = LLM(config.model, draft=config.draft, spec_policy=policies[0], num_threads=2)
+    llm = LLM(config.model, draft=config.draft, spec_policy=policies[0], num_threads=2, draft_int4=config.draft_int4)
     stats = OfferRecorder()
     llm.engine.add_spec_observer(stats)
     records, categories, prompt_keys = [], [], []
