@@ -46,6 +46,22 @@ def test_a_damaged_packed_weight_cache_is_packed_again(smollm2_dir, tmp_path, mo
     assert gguf_loader.load_file(str(cache)).keys() == gguf_loader.gguf_state(gguf, cfg).keys()
 
 
+def test_an_int4_draft_over_a_damaged_int8_cache_is_packed_again(smollm2_dir, tmp_path, monkeypatch):
+    """The int4 packing is made from the int8 cache: a misshapen int8 cache with no int4 one yet is
+    packed again too, not raised."""
+    gguf, cfg = gguf_source(smollm2_dir), read_model_config(smollm2_dir)
+    cache, int4_cache = tmp_path / "packed.safetensors", tmp_path / "int4.safetensors"
+    monkeypatch.setattr(gguf_loader, "_cache_path", lambda _, int4=False: int4_cache if int4 else cache)
+    expected = _logits(gguf_loader.load_gguf_model(gguf, cfg, int4=True))
+    int4_cache.unlink()
+    state = gguf_loader.load_file(str(cache))
+    name = "layers.0.self_attn.o_proj.weight"
+    state[name] = state[name][:-1].clone()
+    save_file(state, str(cache))
+    assert torch.equal(_logits(gguf_loader.load_gguf_model(gguf, cfg, int4=True)), expected)
+    assert int4_cache.exists()
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from adaserve import LLM
+from adaserve import LLM, SamplingParams
+from adaserve.models.quantized import QuantLinear
 
 TEXT = (
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n"
@@ -64,13 +65,9 @@ def test_packed_weights_are_cached_and_a_corrupt_cache_is_rebuilt(smollm2_dir, t
 def test_an_int4_draft_tracks_its_int8_self_and_keeps_greedy_output(smollm2_dir, both):
     """SmolLM2 as its own draft, requantized to int4: the draft's logits move a little, the output
     is still the target's token for token (the draft only proposes)."""
-    from adaserve import SamplingParams
-
     gguf, _ = both
     spec = LLM(str(smollm2_dir), draft=str(smollm2_dir), draft_int4=True, spec_policy="chain:4")
     draft = spec.engine.runner.draft
-    from adaserve.models.quantized import QuantLinear
-
     linears = [m for m in draft.model.modules() if isinstance(m, QuantLinear)]
     assert linears and all(m.int4 for m in linears)
     ids = gguf.tokenizer(TEXT, add_special_tokens=False)["input_ids"]

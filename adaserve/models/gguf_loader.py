@@ -75,10 +75,8 @@ def int4_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every int8 matrix of a packed state requantized to int4 (a cheaper draft: see
     layout.requantize_int4); int4 matrices and everything else as they are."""
     out = dict(state)
-    for key in state:
-        name = key.removesuffix(".scales")
-        if key.endswith(".scales") and state[f"{name}.weight"].dim() == 3:
-            _put(out, name, requantize_int4(_packed(state, name)))
+    for name in [key.removesuffix(".scales") for key in state if key.endswith(".scales")]:
+        _put(out, name, requantize_int4(_packed(state, name)))
     return out
 
 
@@ -163,8 +161,9 @@ def load_gguf_model(
     matrix requantized to int4 (for a draft). A cached packing that does not build this model
     (missing or misshapen tensors) is packed again."""
     model_cfg = cfg if num_layers is None else ModelConfig(**{**cfg.__dict__, "num_layers": num_layers})
+    # The int4 packing is made from the int8 one: a damaged int8 cache spoils both.
     paths = [_cache_path(Path(gguf_path))] + ([_cache_path(Path(gguf_path), True)] if int4 else [])
-    from_cache = all(p.exists() for p in paths)
+    from_cache = any(p.exists() for p in paths)
     try:
         return model_from_state(cached_state(gguf_path, cfg, int4), model_cfg, max_positions)
     except (ValueError, RuntimeError, KeyError) as e:
