@@ -17,16 +17,17 @@ from adaserve.sim.config import SimConfig
 from adaserve.sim.proposer import SimProposer
 from adaserve.sim.runner import SYNTHETIC_TOKEN, SimClock, SimRunner
 from adaserve.slo import SLO
+from adaserve.spec.registry import choose_policy
 
 # A pass of n tokens takes 9 + n ms: 10 ms for one token, 1 ms per further token.
 COST = CostModel(LatencyCurve((1, 1001), (10.0, 1010.0)), LatencyCurve((1, 1001), (2.0, 202.0)))
 BLOCK = 16
 
 
-def planner(max_tokens=512, recovery_tokens=1, tpot_headroom=1.0) -> StepPlanner:
+def planner(max_tokens=512, recovery_tokens=1, tpot_headroom=1.0, demote_at="batch") -> StepPlanner:
     """recovery_tokens=1: a running request must be back on its TPOT line right after the step;
     tpot_headroom=1.0: the plans keep the TPOT itself (the tables' arithmetic stays exact)."""
-    return StepPlanner(COST, max_tokens, BLOCK, recovery_tokens, tpot_headroom)
+    return StepPlanner(COST, max_tokens, BLOCK, recovery_tokens, tpot_headroom, demote_at=demote_at)
 
 
 def decoding(decoded: int, since_first_s: float, tpot_ms=50.0, max_tokens=100, now=10.0) -> Request:
@@ -172,6 +173,28 @@ def test_an_unattainable_tpot_is_demoted_and_leaves_the_slack_to_the_others():
     assert plan.limits.max_prefill_tokens == COST.target.max_tokens_within(300.0, 40, 512) - 2
 
 
+@pytest.mark.parametrize("demote_at, demoted", [("batch", True), ("finish", False)])
+def test_demotion_at_the_finish_pace_counts_the_steps_that_get_faster(demote_at, demoted):
+    """TPOT 10.5 ms; steps of two tokens take 11 ms, of one 10 ms. `long` has 20 tokens left: 30 x
+    10.5 = 315 ms in all, 107 ms spent. A request is lost when even a step of no time leaves it
+    late: at this batch's pace the 19 steps after this one take 19 x 11 = 209 ms, 1 ms too many.
+    `short` leaves after the next step, so at the finish pace they take 11 + 18 x 10 = 191 ms: 17 ms
+    to spare. short keeps its TPOT either way (12 x 10.5 - 107 - 11 = 8 ms)."""
+    long = decoding(10, 0.107, tpot_ms=10.5, max_tokens=31)
+    short = decoding(10, 0.107, tpot_ms=10.5, max_tokens=13)
+    plan = planner(demote_at=demote_at).plan(10.0, [long, short], [], StepLoad(2, 2))
+    assert plan.demote == ([long] if demoted else [])
+
+
+def test_the_policy_name_picks_the_demotion_rule():
+    assert choose_policy("adaserve", COST).demote_at == "batch"
+    assert choose_policy("adaserve:finish", COST).demote_at == "finish"
+    with pytest.raises(ValueError, match="adaserve takes ':finish'"):
+        choose_policy("adaserve:soon", COST)
+    engine, _, _ = sim_engine(policy="adaserve:finish")
+    assert engine.policy.demote_at == "finish"
+
+
 def test_best_effort_requests_constrain_nothing():
     lost = decoding(10, 0.56)
     lost.best_effort = True
@@ -179,10 +202,12 @@ def test_best_effort_requests_constrain_nothing():
 
 
 # -- the engine on a simulated runner ----------------------------------------------------------
-def sim_engine(max_num_seqs=32, max_tokens=512, seed=0):
+def sim_engine(max_num_seqs=32, max_tokens=512, seed=0, policy="adaserve"):
     clock = SimClock()
     proposer = SimProposer(ParametricAcceptance(top1=0.8), random.Random(seed))
-    config = SimConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, kv_capacity_tokens=20_000)
+    config = SimConfig(
+        policy=policy, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens, kv_capacity_tokens=20_000
+    )
     engine = EngineCore(config.engine_config(), SimRunner(config, COST, clock, proposer), clock)
     assert engine.policy.planner
     return engine, clock, proposer
@@ -243,11 +268,12 @@ def test_a_demoted_request_is_still_served_to_the_end():
         max_size=12,
     ),
     st.sampled_from([64, 512]),
+    st.sampled_from(["adaserve", "adaserve:finish"]),
 )
-def test_every_request_ends_and_no_step_exceeds_the_budget(requests, max_tokens):
+def test_every_request_ends_and_no_step_exceeds_the_budget(requests, max_tokens, policy):
     """No admitted request is starved forever (each one finishes or is refused), and every step's
-    tokens stay within the budget, whatever the deadlines."""
-    engine, clock, proposer = sim_engine(max_num_seqs=4, max_tokens=max_tokens)
+    tokens stay within the budget, whatever the deadlines (with either demotion rule)."""
+    engine, clock, proposer = sim_engine(max_num_seqs=4, max_tokens=max_tokens, policy=policy)
     step_tokens = []
     execute = engine.runner.execute
     engine.runner.execute = lambda step: step_tokens.append(step.num_batched_tokens) or execute(step)

@@ -191,7 +191,12 @@ class EngineCore:
                 self.policy, self.cost_model, tpots, self.config.max_num_batched_tokens, self.config.block_size
             )
             return StepPlan(StepLimits(max_prefill_tokens=cap)), []
-        planner = StepPlanner(self.cost_model, self.config.max_num_batched_tokens, self.config.block_size)
+        planner = StepPlanner(
+            self.cost_model,
+            self.config.max_num_batched_tokens,
+            self.config.block_size,
+            demote_at=self.policy.demote_at,
+        )
         plan = planner.plan(self.clock(), self.scheduler.running, self.scheduler.waiting, self.step_load())
         for request in plan.demote:
             self.scheduler.demote(request)

@@ -29,6 +29,7 @@ pace), and best-effort requests run only while no request keeps a TPOT.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Iterable
@@ -67,6 +68,16 @@ class Pace:
 
     step_ms: float
     speculating: bool = False
+    # The steps after this one, if not all of step_ms: (from step, ms by then, ms a step) segments.
+    segments: tuple[tuple[float, float, float], ...] = ()
+
+    def later_ms(self, num_steps: float) -> float:
+        """The time of the next num_steps steps after this one."""
+        if not self.segments:
+            return num_steps * self.step_ms
+        i = bisect.bisect_right(self.segments, (num_steps, math.inf, math.inf)) - 1
+        from_step, ms, step_ms = self.segments[max(0, i)]
+        return ms + (num_steps - from_step) * step_ms
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,7 @@ class StepPlanner:
         recovery_tokens: int = RECOVERY_TOKENS,
         tpot_headroom: float = TPOT_HEADROOM,
         defer_prompts: bool = True,
+        demote_at: str = "batch",
     ) -> None:
         self.cost = cost
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -95,11 +107,16 @@ class StepPlanner:
         self.recovery_tokens = recovery_tokens
         self.tpot_headroom = tpot_headroom
         self.defer_prompts = defer_prompts
+        if demote_at not in ("batch", "finish"):
+            raise ValueError(f"demote_at must be 'batch' or 'finish', not {demote_at!r}")
+        self.demote_at = demote_at
 
     def plan(self, now: float, running: list[Request], waiting: Iterable[Request], load: StepLoad) -> StepPlan:
         context = sum(r.num_computed_tokens for r in running)
         decode_ms = load.draft_ms + self.cost.verify_ms(max(1, load.num_decode_tokens), context, len(running))
         paces = (Pace(decode_ms, True), Pace(self.cost.verify_ms(max(1, load.num_decoding), context, len(running))))
+        if self.demote_at == "finish":
+            paces = self._finish_paces([r for r in running if _keeps_tpot(r)], load, context, paces)
         plan = StepPlan()
         keeping = []  # running requests that can still meet their TPOT
         for r in running:
@@ -124,6 +141,32 @@ class StepPlanner:
         # Best-effort requests come strictly last: they run only while no request keeps a TPOT.
         plan.limits = StepLimits(cap, mean_tree, max(fits, load.num_decoding + cap), num_new, True)
         return plan
+
+    def _finish_paces(
+        self, requests: list[Request], load: StepLoad, context: int, paces: tuple[Pace, ...]
+    ) -> tuple[Pace, ...]:
+        """The paces with later steps priced by who is left: the requests leave the batch as they
+        reach their max_tokens (no newcomers: the planner admits one only within every running
+        slack), and a step of m requests costs m average trees and m average contexts. Worked
+        example: requests 2 and 5 steps from their end at 30 ms a step of two and 20 ms of one ->
+        segments (0 steps, 0 ms, 30 ms a step), (2 steps, 60 ms, 20 ms a step)."""
+        n = max(1, load.num_decoding)
+        out = []
+        for pace in paces:
+            tokens_per_seq = load.num_decode_tokens / n if pace.speculating else 1.0
+            draft_per_seq = load.draft_ms / n if pace.speculating else 0.0
+            context_per_seq = context / max(1, len(requests))
+            mean_tokens = load.mean_tokens_per_step if pace.speculating else None
+            ends = sorted(self._slack_terms(r, r.first_token_time, mean_tokens, None)[1] for r in requests)
+            segments, done_steps, done_ms = [], 0.0, 0.0
+            for m, end in zip(range(len(ends), 0, -1), ends):  # m requests run until the next end
+                num_tokens = max(1, round(m * tokens_per_seq))
+                step_ms = m * draft_per_seq + self.cost.verify_ms(num_tokens, round(m * context_per_seq), m)
+                segments.append((done_steps, done_ms, step_ms))
+                done_ms += (end - done_steps) * step_ms
+                done_steps = end
+            out.append(Pace(pace.step_ms, pace.speculating, tuple(segments)))
+        return tuple(out)
 
     def _prompt_budget(
         self,
@@ -207,7 +250,7 @@ class StepPlanner:
         slacks = []
         for pace in paces:
             fixed_ms, per_step = self._slack_terms(r, now, mean_tokens if pace.speculating else None, h, headroom)
-            slacks.append(fixed_ms - per_step * pace.step_ms)
+            slacks.append(fixed_ms - pace.later_ms(per_step))
         return max(slacks)
 
     def _slack_terms(

@@ -8,6 +8,8 @@ dynamic-tree    EAGLE-2: the top-N nodes per request of an expanded candidate tr
 smartspec       one chain length per step, chosen for expected goodput from the cost model
 adaserve        SLO-customized trees: SLO quotas first, then throughput (the paper), with the SLO step
                 planner (prefill by TPOT slack, TTFT deadlines, overload control: adaserve.sched.planner)
+adaserve:finish adaserve with demotion judged at the pace the batch will have as its requests finish
+                (not at this step's pace: adaserve.sched.planner, demote_at "finish")
 adaserve-cap    the paper's AdaServe as built before the planner: depth clip(B1 // (n + 1) - 1) and the
                 fixed SLO prefill cap (for attribution)
 adaserve-equal  adaserve's drafting with an equal per-request budget (the paper's ablation)
@@ -34,6 +36,7 @@ POLICY_NAMES = (
     "dynamic-tree",
     "smartspec",
     "adaserve",
+    "adaserve:finish",
     "adaserve-cap",
     "adaserve-equal",
     "adaserve-paper",
@@ -49,6 +52,7 @@ class PolicyChoice:
     slo_token_budget: bool
     # Plan each step by both deadlines instead (adaserve.sched.planner), demoting the unattainable.
     planner: bool = False
+    demote_at: str = "batch"  # the planner's: "batch" (this step's pace) or "finish" (see its docs)
 
 
 def speculates(name: str) -> bool:
@@ -67,7 +71,10 @@ def choose_policy(name: str, cost: CostModel | None = None) -> PolicyChoice:
     if base == "chunked":
         return PolicyChoice(name, None, slo_token_budget=True)
     if base == "adaserve":
-        return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=False, planner=True)
+        demote_at = name.partition(":")[2] or "batch"
+        if demote_at not in ("batch", "finish"):
+            raise ValueError(f"policy {name!r}: adaserve takes ':finish' or nothing")
+        return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=False, planner=True, demote_at=demote_at)
     if base == "adaserve-cap":
         paper_shape = AdaptiveShape(depth_rule="paper")
         return PolicyChoice(name, AdaServePolicy(cost, paper_shape, name="adaserve-cap"), slo_token_budget=True)
