@@ -45,6 +45,7 @@ MAX_ADMISSIONS = 64  # new requests one step may start (the planner checks each 
 # and the cost model an estimate, so a plan that spends every predicted ms ends late half the time.
 # Demotion is judged on the TPOT itself.
 TPOT_HEADROOM = 0.9
+DEMOTE_AT = ("batch", "finish")  # the demotion rules (StepPlanner's demote_at)
 MIN_OWN_VERIFICATIONS = 4  # before that many, a request's tokens per step is the all-request mean
 
 
@@ -107,7 +108,7 @@ class StepPlanner:
         self.recovery_tokens = recovery_tokens
         self.tpot_headroom = tpot_headroom
         self.defer_prompts = defer_prompts
-        if demote_at not in ("batch", "finish"):
+        if demote_at not in DEMOTE_AT:
             raise ValueError(f"demote_at must be 'batch' or 'finish', not {demote_at!r}")
         self.demote_at = demote_at
 
@@ -151,12 +152,13 @@ class StepPlanner:
         example: requests 2 and 5 steps from their end at 30 ms a step of two and 20 ms of one ->
         segments (0 steps, 0 ms, 30 ms a step), (2 steps, 60 ms, 20 ms a step)."""
         n = max(1, load.num_decoding)
+        context_per_seq = context / max(1, len(requests))
         out = []
         for pace in paces:
             tokens_per_seq = load.num_decode_tokens / n if pace.speculating else 1.0
             draft_per_seq = load.draft_ms / n if pace.speculating else 0.0
-            context_per_seq = context / max(1, len(requests))
             mean_tokens = load.mean_tokens_per_step if pace.speculating else None
+            # The steps after this one each request needs to reach max_tokens (the per-step term).
             ends = sorted(self._slack_terms(r, r.first_token_time, mean_tokens, None)[1] for r in requests)
             segments, done_steps, done_ms = [], 0.0, 0.0
             for m, end in zip(range(len(ends), 0, -1), ends):  # m requests run until the next end

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adaserve.sched.cost_model import CostModel
+from adaserve.sched.planner import DEMOTE_AT
 from adaserve.spec.policies import SpecPolicy, make_policy
 from adaserve.spec.slo_policies import AdaptiveShape, AdaServeEqualPolicy, AdaServePolicy, SmartSpecPolicy
 
@@ -72,7 +73,7 @@ def choose_policy(name: str, cost: CostModel | None = None) -> PolicyChoice:
         return PolicyChoice(name, None, slo_token_budget=True)
     if base == "adaserve":
         demote_at = name.partition(":")[2] or "batch"
-        if demote_at not in ("batch", "finish"):
+        if demote_at not in DEMOTE_AT:
             raise ValueError(f"policy {name!r}: adaserve takes ':finish' or nothing")
         return PolicyChoice(name, AdaServePolicy(cost), slo_token_budget=False, planner=True, demote_at=demote_at)
     if base == "adaserve-cap":
